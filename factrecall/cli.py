@@ -1,0 +1,175 @@
+"""The `factrecall` command: run sweeps, query the store, list models and relations."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from factrecall.paths import configure_prefect, default_store
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+err = Console(stderr=True)
+
+EXAMPLE_QUERY = "accuracy_by_shot"
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _shots(text: str) -> list[int]:
+    try:
+        shots = [int(s) for s in _split(text)]
+    except ValueError:
+        raise typer.BadParameter(f"shots must be comma-separated integers like 0,2; got {text!r}") from None
+    if not shots or any(s < 0 for s in shots):
+        raise typer.BadParameter(f"shots must be non-negative integers; got {text!r}")
+    return shots
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    models: str = typer.Option("smollm2-135m", help="Comma-separated: packaged names, local dirs, .gguf files or hub names."),
+    relations: str = typer.Option("paper.capital", help="Comma-separated relation names (see `factrecall relations`) or .jsonl files."),
+    shots: str = typer.Option("0,2", help="Comma-separated k-shot settings."),
+    seed: int = typer.Option(0, help="Seed for demonstrations and corruptions."),
+    batch_size: int = typer.Option(16, min=1, help="Prompts per forward pass (bounds memory)."),
+    dtype: str = typer.Option("float32", help="float32 (reference) | bfloat16 | float16."),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when present)."),
+    variants: str = typer.Option("clean", help="Prompt variants: clean,subject_corrupt,relation_corrupt."),
+    max_prompts: Optional[int] = typer.Option(None, min=1, help="Use only the first N prompts of each relation."),
+    store: Path = typer.Option(None, help="Store root (default: $FACTRECALL_STORE or .factrecall/store)."),
+    example: bool = typer.Option(True, help="Print the answer of an example query at the end."),
+    progress: bool = typer.Option(True, help="Show a progress display."),
+) -> None:
+    """Capture activations, ledgers and logits for every (model, relation, shot) into the store."""
+    from factrecall.tasks.prompts import VARIANTS
+
+    store_root = (store or default_store()).resolve()
+    variant_list = _split(variants)
+    unknown = [v for v in variant_list if v not in VARIANTS]
+    if unknown:
+        _fail(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    configure_prefect()
+    from factrecall.flows.sweep import sweep
+    from factrecall.storage.query import run_query, named_query
+    from factrecall.tasks.adapters import UnsupportedModelError
+    from factrecall.tasks.models import ModelLoadError
+    from factrecall.tasks.relations import RelationError
+    from factrecall.tasks.tokenization import TokenizationError
+
+    try:
+        manifest = sweep(
+            models=_split(models), relations=_split(relations), shots=_shots(shots), store_root=str(store_root),
+            seed=seed, batch_size=batch_size, dtype=dtype, device=device, variants=tuple(variant_list),
+            max_prompts=max_prompts, show_progress=progress,
+        )
+    except (ModelLoadError, UnsupportedModelError, RelationError, TokenizationError, ValueError) as exc:
+        _fail(str(exc))
+    written = sum(p["status"] == "written" for p in manifest["partitions"])
+    skipped = sum(p["status"] == "skipped" for p in manifest["partitions"])
+    console.print(f"run {manifest['run_id']}: {written} partition(s) written, {skipped} unchanged (skipped)")
+    console.print(f"store: {store_root}")
+    for model, reason in manifest["refused"].items():
+        err.print(f"[bold red]refused[/] {model}: {reason}", highlight=False)
+    if example and manifest["partitions"]:
+        console.print(f"\nexample query `factrecall query --named {EXAMPLE_QUERY}`:")
+        console.print(run_query(store_root, named_query(EXAMPLE_QUERY)), highlight=False)
+    if manifest["refused"]:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def query(
+    sql: Optional[str] = typer.Argument(None, help="SQL over the store's views (see --list)."),
+    named: Optional[str] = typer.Option(None, help="Run a named query from sql/queries instead."),
+    fmt: str = typer.Option("table", "--format", help="table | csv | json | parquet."),
+    out: Optional[Path] = typer.Option(None, help="Output file (required for parquet)."),
+    store: Path = typer.Option(None, help="Store root (default: $FACTRECALL_STORE or .factrecall/store)."),
+    list_: bool = typer.Option(False, "--list", help="List views and named queries."),
+) -> None:
+    """Query the store with DuckDB SQL (read-only)."""
+    from factrecall.storage.query import QueryError, list_named_queries, named_query, run_query, view_names
+
+    if list_:
+        console.print("views: " + ", ".join(view_names()))
+        for name, description in list_named_queries().items():
+            console.print(f"  --named {name}: {description}", highlight=False)
+        return
+    if (sql is None) == (named is None):
+        _fail('give either SQL (factrecall query "SELECT ...") or --named NAME; `factrecall query --list` lists both')
+    store_root = (store or default_store()).resolve()
+    if not store_root.exists():
+        _fail(f"no store at {store_root}; run `factrecall run` first or pass --store")
+    try:
+        text = named_query(named) if named else sql
+        result = run_query(store_root, text, fmt=fmt, out=out)
+    except (QueryError, ValueError) as exc:
+        _fail(str(exc))
+    if out is not None and fmt != "parquet":
+        out.write_text(result)
+        console.print(f"wrote {out}")
+    else:
+        sys.stdout.write(result if result.endswith("\n") else result + "\n")
+
+
+@app.command()
+def models() -> None:
+    """List packaged models and supported architecture families."""
+    from factrecall.tasks.adapters import ADAPTERS
+    from factrecall.tasks.models import describe_models
+
+    table = Table("name", "installed", "default", "description")
+    for row in describe_models():
+        table.add_row(row["name"], "yes" if row["installed"] else "no", "*" if row["default"] else "", row["description"])
+    console.print(table)
+    families = Table("family", "HF model_type", "norm", "notes")
+    for a in ADAPTERS:
+        notes = []
+        if a.attn_post_norm:
+            notes.append("sandwich norms linearised")
+        if a.gain_offset:
+            notes.append(f"gain = {a.gain_offset:g} + w")
+        if a.pos_embed:
+            notes.append("learned positions")
+        families.add_row(a.family, ", ".join(a.model_types), a.norm_kind, "; ".join(notes) or "-")
+    console.print(families)
+    console.print("Also accepted: a local HF model directory, a .gguf file, or a hub name (needs network).")
+
+
+@app.command()
+def relations(
+    source: Optional[str] = typer.Option(None, help="Only this source: paper | lre | pararel | rome."),
+    fmt: str = typer.Option("table", "--format", help="table | csv."),
+) -> None:
+    """List the built-in relations with their counts."""
+    import polars as pl
+
+    from factrecall.tasks.relations import list_relations
+
+    df = list_relations()
+    if source:
+        df = df.filter(pl.col("source") == source)
+    if fmt == "csv":
+        sys.stdout.write(df.write_csv())
+        return
+    table = Table(*df.columns)
+    for row in df.iter_rows():
+        table.add_row(*[str(v) for v in row])
+    console.print(table)
+    console.print(f"{df.height} relations; a .jsonl file of {{subject, object, template}} lines is also accepted.")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

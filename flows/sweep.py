@@ -1,0 +1,148 @@
+"""The Prefect flow `sweep(models, relations, shots)`: one task per partition, cached by content hash.
+
+Prefect runs serverless (ephemeral), quietly and offline, with its home inside the state directory
+(`factrecall.paths.configure_prefect`, applied before Prefect is imported). Errors in our inputs are
+deterministic, so tasks never retry. A model whose ledger fails is refused: its remaining partitions
+are not attempted, and the flow reports it.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from factrecall.paths import configure_prefect
+
+configure_prefect()
+
+from prefect import flow, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from factrecall.storage.store import PartitionKey, Store  # noqa: E402
+from factrecall.tasks.models import load_model  # noqa: E402
+from factrecall.tasks.partition_capture import LedgerError, model_info_table  # noqa: E402
+from factrecall.tasks.relations import get_relation  # noqa: E402
+from factrecall.version import code_version, package_versions  # noqa: E402
+
+from .partition import CaptureConfig, PartitionResult, input_hash, run_partition  # noqa: E402
+
+
+def _partition_cache_key(context, parameters) -> str | None:
+    """Cache by the partition's content hash, but only while the store still holds that partition."""
+    store: Store = parameters["store"]
+    lm, relation, shot = parameters["lm"], parameters["relation"], parameters["shot"]
+    digest = input_hash(lm, relation, shot, parameters["config"])
+    if store.is_committed(PartitionKey(lm.model_id, relation.name, shot), digest):
+        return f"factrecall-partition-{store.root}-{digest}"
+    return None
+
+
+@task(name="capture-partition", retries=0, cache_key_fn=_partition_cache_key, persist_result=True,
+      task_run_name="{relation.name}/shot={shot}")
+def capture_partition_task(store: Store, lm, relation, shot: int, config: CaptureConfig, run_id: str,
+                           progress=None) -> dict:
+    return run_partition(store, lm, relation, shot, config, run_id, progress=progress).__dict__
+
+
+@task(name="load-model", retries=0, cache_policy=NO_CACHE)
+def load_model_task(ref: str, dtype: str, device: str | None):
+    return load_model(ref, dtype=dtype, device=device)
+
+
+@flow(name="factrecall-sweep", retries=0, log_prints=False)
+def sweep(
+    models: list[str],
+    relations: list[str],
+    shots: list[int],
+    store_root: str,
+    seed: int = 0,
+    batch_size: int = 16,
+    dtype: str = "float32",
+    device: str | None = None,
+    variants: tuple[str, ...] = ("clean",),
+    max_prompts: int | None = None,
+    show_progress: bool = True,
+) -> dict:
+    """Capture every (model, relation, shot) partition into the store; returns the run manifest."""
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    started = datetime.now(timezone.utc).isoformat()
+    store = Store(Path(store_root))
+    config = CaptureConfig(seed=seed, variants=tuple(variants), max_prompts=max_prompts, batch_size=batch_size)
+    rels = [get_relation(r) for r in relations]  # bad names fail before any model loads
+    partitions: list[dict] = []
+    refused: dict[str, str] = {}
+    timings: dict[str, float] = {}
+    with _progress(show_progress) as progress:
+        for ref in models:
+            t0 = time.perf_counter()
+            lm = load_model_task(ref, dtype, device)
+            timings[f"load:{lm.model_id}"] = round(time.perf_counter() - t0, 3)
+            try:
+                for relation in rels:
+                    for shot in shots:
+                        bar = progress.bar(f"{lm.model_id} {relation.name} shot={shot}")
+                        result = capture_partition_task(store, lm, relation, shot, config, run_id, progress=bar)
+                        bar(done=True, status=result["status"])
+                        partitions.append(result)
+            except LedgerError as exc:
+                refused[lm.model_id] = str(exc)
+                continue
+            store.write_model_table("model_info", lm.model_id, model_info_table(lm, ref))
+    manifest = {
+        "run_id": run_id,
+        "started_at": started,
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "code_version": code_version(),
+        "packages": package_versions(),
+        "python": platform.python_version(),
+        "seed": seed,
+        "config": {"models": models, "relations": relations, "shots": list(shots), "batch_size": batch_size,
+                   "dtype": dtype, "device": device, "variants": list(variants), "max_prompts": max_prompts,
+                   "bos": "tokenizer default", "answer_token": "first token of ' ' + object after the prompt",
+                   "padding": "right", "ledger_rtol": 1e-3},
+        "partitions": partitions,
+        "refused": refused,
+        "timings": timings,
+        "store": str(store.root),
+    }
+    store.write_run(manifest)
+    return manifest
+
+
+class _progress:
+    """A rich progress display with one bar per partition (or nothing when disabled)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                               TimeElapsedColumn(), TextColumn("{task.fields[status]}"))
+            self._p.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._p.__exit__(*exc)
+
+    def bar(self, description: str):
+        if not self.enabled:
+            return lambda **kw: None
+        task_id = self._p.add_task(description, total=None, status="")
+
+        def update(total=None, advance=None, done=False, status=""):
+            if total is not None:
+                self._p.update(task_id, total=total)
+            if advance:
+                self._p.advance(task_id, advance)
+            if done:
+                t = self._p.tasks[task_id]
+                self._p.update(task_id, total=t.total or 1, completed=t.total or 1, status=status)
+
+        return update

