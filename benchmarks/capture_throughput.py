@@ -11,7 +11,6 @@ forward. Also: cached model load time (fresh process) and peak RSS for a 1,000-p
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,13 @@ def main() -> None:
                 ids, mask = right_pad(rows, pad, "cpu")
                 plain(input_ids=ids, attention_mask=mask, use_cache=False)
 
+    def plain_forward_end_logits():
+        with torch.inference_mode():
+            for rows in batches:
+                ids, mask = right_pad(rows, pad, "cpu")
+                end = mask.sum(1) - 1
+                plain(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=end[:, None])
+
     def hooks_only():
         for rows in batches:
             capture_batch(lm.model, lm.adapter, lm.dims, rows, pad)
@@ -78,35 +84,55 @@ def main() -> None:
         return min(times)
 
     base = best(plain_forward)
-    print(f"model {lm.model_id}, {n} prompts, batch {args.batch_size}, {args.threads} threads")
-    print(f"{'plain HF forward (baseline)':34s} {n / base:8.1f} prompts/s   1.00x")
+    print(f"model {lm.model_id}, {n} prompts (paper.capital, shot 0), batch {args.batch_size}, {args.threads} threads")
+    print(f"{'':38s} {'prompts/s':>9s}  vs plain  vs plain-END")
+    end_only = best(plain_forward_end_logits)
+    rows = [("plain HF forward, all logits", base), ("plain HF forward, END logits only", end_only)]
     for name, fn in (("capture (hooks, eager, END)", hooks_only), ("capture + tables + ledger", with_tables),
-                     ("whole partition written", whole_partition)):
-        t = best(fn)
-        print(f"{name:34s} {n / t:8.1f} prompts/s   {base / t:.2f}x")
+                     ("whole partition written to Parquet", whole_partition)):
+        rows.append((name, best(fn)))
+    for name, t in rows:
+        print(f"{name:38s} {n / t:9.1f}  {base / t:7.2f}x  {end_only / t:10.2f}x")
 
     code = (
-        "import time; t=time.perf_counter(); from factrecall.tasks.models import load_model; "
-        f"load_model({args.model!r}); print(time.perf_counter()-t)"
+        "import time; t0=time.perf_counter(); import transformers, torch; "
+        "from factrecall.tasks.models import load_model; t=time.perf_counter(); "
+        f"load_model({args.model!r}); print(t-t0, time.perf_counter()-t)"
     )
-    load = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()[-1])
-    print(f"cached model load (fresh process, imports included): {load:.2f} s")
+    imports, load = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                              check=True).stdout.split()[-2:])
+    print(f"cached model load in a fresh process: {load:.2f} s (plus {imports:.2f} s importing torch/transformers)")
 
-    code = (
-        "import resource, tempfile, torch; torch.set_num_threads(%d)\n"
-        "from factrecall.tasks.models import load_model\n"
-        "from factrecall.tasks.relations import get_relation\n"
-        "from factrecall.storage.store import Store\n"
-        "from factrecall.flows.partition import CaptureConfig, run_partition\n"
-        "lm = load_model(%r); rel = get_relation('lre.city_in_country')\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "with tempfile.TemporaryDirectory() as tmp:\n"
-        "    r = run_partition(Store(tmp), lm, rel, 0, CaptureConfig(max_prompts=%d, batch_size=%d), 'bench')\n"
-        "print(r.n_prompts, before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
-    ) % (args.threads, args.model, args.peak_prompts, args.batch_size)
+    for n_prompts in (args.peak_prompts // 10, args.peak_prompts):
+        peak, base_rss, written = _peak_rss(args, n_prompts)
+        print(f"{written} prompts (lre.company_hq): peak RSS during capture {peak:.0f} MiB "
+              f"(model loaded: {base_rss:.0f} MiB, +{peak - base_rss:.0f} MiB)")
+
+
+_PEAK_CODE = """
+import tempfile, threading, time, psutil, torch
+torch.set_num_threads({threads})
+from factrecall.tasks.models import load_model
+from factrecall.tasks.relations import get_relation
+from factrecall.storage.store import Store
+from factrecall.flows.partition import CaptureConfig, run_partition
+lm = load_model({model!r}); rel = get_relation('lre.company_hq')
+proc = psutil.Process(); base = proc.memory_info().rss; peak = [base]; stop = [False]
+def sample():
+    while not stop[0]:
+        peak[0] = max(peak[0], proc.memory_info().rss); time.sleep(0.02)
+threading.Thread(target=sample, daemon=True).start()
+with tempfile.TemporaryDirectory() as tmp:
+    r = run_partition(Store(tmp), lm, rel, 0, CaptureConfig(max_prompts={n}, batch_size={batch}), 'bench')
+stop[0] = True
+print(peak[0] / 2**20, base / 2**20, r.n_prompts)
+"""
+
+
+def _peak_rss(args, n_prompts: int) -> tuple[float, float, int]:
+    code = _PEAK_CODE.format(threads=args.threads, model=args.model, n=n_prompts, batch=args.batch_size)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    n_peak, before, after = int(out[-3]), int(out[-2]), int(out[-1])
-    print(f"peak RSS for {n_peak} prompts: {after / 1024:.0f} MiB (after model load: {before / 1024:.0f} MiB)")
+    return float(out[-3]), float(out[-2]), int(out[-1])
 
 
 if __name__ == "__main__":

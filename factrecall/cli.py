@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from factrecall.paths import configure_prefect, default_store
 
@@ -61,17 +61,27 @@ def run(
     unknown = [v for v in variant_list if v not in VARIANTS]
     if unknown:
         _fail(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    from factrecall.paths import model_cache_dir
+    from factrecall.tasks.adapters import UnsupportedModelError
+    from factrecall.tasks.models import ModelLoadError, resolve
+    from factrecall.tasks.relations import RelationError, get_relation
+    from factrecall.tasks.tokenization import TokenizationError
+
+    shot_list = _shots(shots)
+    try:  # validate every input before Prefect starts or anything is written
+        for name in _split(relations):
+            get_relation(name)
+        for ref in _split(models):
+            resolve(ref, model_cache_dir())
+    except (ModelLoadError, RelationError) as exc:
+        _fail(str(exc))
     configure_prefect()
     from factrecall.flows.sweep import sweep
-    from factrecall.storage.query import run_query, named_query
-    from factrecall.tasks.adapters import UnsupportedModelError
-    from factrecall.tasks.models import ModelLoadError
-    from factrecall.tasks.relations import RelationError
-    from factrecall.tasks.tokenization import TokenizationError
+    from factrecall.storage.query import named_query, run_query
 
     try:
         manifest = sweep(
-            models=_split(models), relations=_split(relations), shots=_shots(shots), store_root=str(store_root),
+            models=_split(models), relations=_split(relations), shots=shot_list, store_root=str(store_root),
             seed=seed, batch_size=batch_size, dtype=dtype, device=device, variants=tuple(variant_list),
             max_prompts=max_prompts, show_progress=progress,
         )
@@ -85,7 +95,7 @@ def run(
         err.print(f"[bold red]refused[/] {model}: {reason}", highlight=False)
     if example and manifest["partitions"]:
         console.print(f"\nexample query `factrecall query --named {EXAMPLE_QUERY}`:")
-        console.print(run_query(store_root, named_query(EXAMPLE_QUERY)), highlight=False)
+        print(run_query(store_root, named_query(EXAMPLE_QUERY)))
     if manifest["refused"]:
         raise typer.Exit(code=1)
 
@@ -130,7 +140,7 @@ def models() -> None:
     from factrecall.tasks.adapters import ADAPTERS
     from factrecall.tasks.models import describe_models
 
-    table = Table("name", "installed", "default", "description")
+    table = Table(Column("name", no_wrap=True), "installed", "default", "description")
     for row in describe_models():
         table.add_row(row["name"], "yes" if row["installed"] else "no", "*" if row["default"] else "", row["description"])
     console.print(table)
@@ -164,7 +174,7 @@ def relations(
     if fmt == "csv":
         sys.stdout.write(df.write_csv())
         return
-    table = Table(*df.columns)
+    table = Table(*[Column(c, no_wrap=c == "name") for c in df.columns])
     for row in df.iter_rows():
         table.add_row(*[str(v) for v in row])
     console.print(table)

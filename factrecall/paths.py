@@ -1,6 +1,7 @@
 """Where factrecall keeps its state: the store, the model cache and Prefect's home.
 
-`FACTRECALL_HOME` overrides the state directory (default: `.factrecall/` in the current directory).
+`FACTRECALL_HOME` overrides the state directory (default: `.factrecall/` in the current directory);
+`FACTRECALL_STORE` and `FACTRECALL_MODEL_CACHE` override the store and the model cache inside it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ def default_store() -> Path:
 
 
 def model_cache_dir() -> Path:
-    return state_dir() / "models"
+    """Dequantised GGUF cache (`FACTRECALL_MODEL_CACHE` overrides; default `<state>/models`)."""
+    return Path(os.environ.get("FACTRECALL_MODEL_CACHE", state_dir() / "models")).resolve()
 
 
 def configure_prefect() -> None:
@@ -26,8 +28,8 @@ def configure_prefect() -> None:
 
     Must run before `prefect` is imported; explicit user settings win.
     """
-    home = state_dir() / "prefect"
-    os.environ.setdefault("PREFECT_HOME", str(home))
+    home = Path(os.environ.setdefault("PREFECT_HOME", str(state_dir() / "prefect")))
+    home.mkdir(parents=True, exist_ok=True)  # Prefect does not create missing parents
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

@@ -199,7 +199,8 @@ def resolve(ref: str, cache_dir: Path) -> tuple[str, str, Path | str, str | None
         return sanitize_id(ref.replace("/", "--")), "hub", ref, None
     raise ModelLoadError(
         f"unknown model {ref!r}: packaged models are {', '.join(PACKAGED)}; otherwise give a local HF "
-        "model directory, a .gguf file, or a hub name like 'gpt2' / 'org/name' (needs network). "
+        "model directory, a .gguf file, or a hub name of the form 'org/name' such as "
+        "'openai-community/gpt2' (needs network). "
         "`factrecall models` lists them"
     )
 

@@ -20,7 +20,7 @@ from factrecall.storage.schema import schema
 
 from .adapters import get_module
 from .capture import EndCapture, capture_batch
-from .ledger import LEDGER_RTOL, Ledger, compute_ledger, norm_scale, stack_components
+from .ledger import Ledger, compute_ledger, ledger_rtol, norm_scale, stack_components
 from .metrics import summarize_logits
 from .models import LoadedModel
 from .tokenization import TokenizedPrompt
@@ -99,7 +99,8 @@ def _batch_tables(lm, batch, cap: EndCapture, norm: FinalNorm, w_u, b_u, d, stat
     ledgers: dict[str, Ledger] = {}
     for role, ids in zip(TOKEN_ROLES, (answer, subject, top1)):
         ledgers[role] = compute_ledger(
-            cap, components, ids, w_u, b_u, norm.gain, norm.bias, norm.eps, norm.kind, lm.dims.logit_softcap
+            cap, components, ids, w_u, b_u, norm.gain, norm.bias, norm.eps, norm.kind, lm.dims.logit_softcap,
+            rtol=ledger_rtol(lm.dtype),
         )
     _check_ledger(batch, ledgers, stats)
     stats.n_prompts += n
@@ -162,7 +163,7 @@ def _check_ledger(batch: Sequence[TokenizedPrompt], ledgers: dict[str, Ledger], 
             p = batch[worst].prompt
             raise LedgerError(
                 f"ledger broken: DLA terms sum to {float(led.dla_sum[worst]):.6f} but the model's {role} logit is "
-                f"{float(led.model_logit[worst]):.6f} (error {err:.3g} > {LEDGER_RTOL} * max(1, |logit|)) for "
+                f"{float(led.model_logit[worst]):.6f} (error {err:.3g} > {led.rtol} * max(1, |logit|)) for "
                 f"prompt {p.prompt_id} ({p.variant}) {p.text!r}; the model is refused and nothing is written"
             )
 

@@ -1,1 +1,27 @@
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).parent))
+"""Test session set-up: isolated state (Prefect home, stores) in a temporary directory; the
+dequantised model cache shared with the project (`.factrecall/models`) so it is built only once."""
+
+import os
+import pathlib
+import sys
+import tempfile
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+REPO = pathlib.Path(__file__).resolve().parent.parent
+os.environ.setdefault("FACTRECALL_MODEL_CACHE", str(REPO / ".factrecall" / "models"))
+os.environ["FACTRECALL_HOME"] = tempfile.mkdtemp(prefix="factrecall-test-home-")
+os.environ.pop("FACTRECALL_STORE", None)
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """The packaged SmolLM2-135M (Llama family), loaded once per session on the CPU in float32.
+
+    The dequantised weights go to FACTRECALL_MODEL_CACHE (the project's `.factrecall/models` unless
+    set), so only the first session on a machine pays the ~40 s dequantisation.
+    """
+    from factrecall.tasks.models import load_model
+
+    return load_model("smollm2-135m", dtype="float32", device="cpu")

@@ -60,3 +60,36 @@ def tiny_model(family: str, seed: int = 0):
             elif p.dim() >= 2:
                 p.mul_(3.0)  # larger weights: sharper attention, bigger logits
     return model
+
+
+def tokenizer_for(family: str):
+    """The offline fixture tokenizer paired with a family: SentencePiece-style with BOS for
+    Llama/Gemma, byte-level BPE without BOS for GPT-2/OPT."""
+    from tokenizers_fixture import make_bpe_tokenizer, make_metaspace_tokenizer
+
+    tok = make_metaspace_tokenizer() if family in ("llama", "gemma3") else make_bpe_tokenizer()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def save_tiny_model_dir(family: str, path) -> str:
+    """Save a tiny model with its fixture tokenizer as a local HF directory; returns the path."""
+    import copy
+
+    model = copy.deepcopy(tiny_model(family))
+    model.save_pretrained(path)
+    tokenizer_for(family).save_pretrained(path)
+    return str(path)
+
+
+def loaded_tiny_model(family: str):
+    """A `LoadedModel` around the cached tiny model (no files)."""
+    from factrecall.tasks.adapters import adapter_for_config
+    from factrecall.tasks.models import LoadedModel
+
+    model = tiny_model(family)
+    adapter = adapter_for_config(model.config)
+    return LoadedModel(model_id=f"tiny-{family}", source="test", file_sha256=None, model=model,
+                       tokenizer=tokenizer_for(family), adapter=adapter, dims=adapter.dims(model.config),
+                       dtype=torch.float32, device=torch.device("cpu"))
