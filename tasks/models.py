@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,9 +226,11 @@ def load_model(ref: str, dtype: str = "float32", device: str | None = None, cach
     else:
         load_from = str(location)
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(load_from)
-        model = AutoModelForCausalLM.from_pretrained(load_from, dtype=DTYPES[dtype], attn_implementation="eager")
+    try:  # the tokenizer loads in a thread while the weights load (most of both is I/O and parsing)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            tokenizer_future = pool.submit(AutoTokenizer.from_pretrained, load_from)
+            model = AutoModelForCausalLM.from_pretrained(load_from, dtype=DTYPES[dtype], attn_implementation="eager")
+            tokenizer = tokenizer_future.result()
     except OSError as exc:
         hint = " (the hub is unreachable offline: use a packaged model or a local directory)" if kind == "hub" else ""
         raise ModelLoadError(f"cannot load {ref!r}: {str(exc).splitlines()[0]}{hint}") from exc

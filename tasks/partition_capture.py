@@ -188,8 +188,11 @@ def _heads_table(batch, cap: EndCapture, L: int, H: int, d: int) -> pa.Table:
     n = len(batch)
     s_pos = torch.tensor([t.s_pos for t in batch], device=cap.attn.device)
     attn_to_s = cap.attn[torch.arange(n, device=cap.attn.device), :, :, s_pos]  # [n, L, H]
-    attn = cap.attn.cpu().numpy()
-    attn_lists = [attn[b, l, h, : len(batch[b].input_ids)].tolist() for b in range(n) for l in range(L) for h in range(H)]
+    attn = cap.attn.cpu().numpy()  # [n, L, H, T], zero beyond each row's length
+    lengths = np.array([len(t.input_ids) for t in batch])
+    values = np.concatenate([attn[b, :, :, : lengths[b]].reshape(-1) for b in range(n)])
+    offsets = np.concatenate([[0], np.cumsum(np.repeat(lengths, L * H))]).astype(np.int32)
+    attn_lists = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.float32()))
     return pa.Table.from_arrays(
         [
             pa.array(np.repeat([t.prompt.prompt_id for t in batch], L * H), pa.int32()),
@@ -198,7 +201,7 @@ def _heads_table(batch, cap: EndCapture, L: int, H: int, d: int) -> pa.Table:
             pa.array(np.tile(np.arange(H), n * L), pa.int16()),
             _vectors(cap.head_out, d),
             _col(attn_to_s.reshape(-1), pa.float32()),
-            pa.array(attn_lists, pa.list_(pa.float32())),
+            attn_lists,
         ],
         schema=schema("heads", d),
     )
