@@ -75,11 +75,13 @@ def sweep(
     partitions: list[dict] = []
     refused: dict[str, str] = {}
     timings: dict[str, float] = {}
+    model_hashes: dict[str, str | None] = {}
     with _progress(show_progress) as progress:
         for ref in models:
             t0 = time.perf_counter()
             lm = load_model_task(ref, dtype, device)
             timings[f"load:{lm.model_id}"] = round(time.perf_counter() - t0, 3)
+            model_hashes[lm.model_id] = lm.file_sha256
             try:
                 for relation in rels:
                     for shot in shots:
@@ -103,6 +105,8 @@ def sweep(
                    "dtype": dtype, "device": device, "variants": list(variants), "max_prompts": max_prompts,
                    "bos": "tokenizer default", "answer_token": "first token of ' ' + object after the prompt",
                    "padding": "right", "ledger_rtol": 1e-3},
+        "model_sha256": model_hashes,
+        "relation_sha256": {r.name: r.content_hash() for r in rels},
         "partitions": partitions,
         "refused": refused,
         "timings": timings,

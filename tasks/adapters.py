@@ -12,6 +12,8 @@ Conventions every adapter states:
 - `attn_post_norm`: a norm applied to the whole attention output before it joins the residual
   (Gemma's sandwich norm); head outputs are linearised at its real scale (METHOD.md §2).
 - `mlp_out`: the module whose output is exactly what the MLP adds to the residual stream.
+- `mlp_chain`: the per-layer modules that, applied in order to the residual after attention, give that
+  contribution (pre-MLP norm, MLP, and Gemma's post-MLP norm). Used to re-run MLPs at END alone.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class FamilyAdapter:
     out_proj_kind: Literal["linear", "conv1d"] = "linear"
     attn_post_norm: str | None = None
     mlp_out_flat: bool = False  # module output is [batch*seq, d_model] instead of [batch, seq, d_model]
+    mlp_chain: tuple[str, ...] = ()
     gain_offset: float = 0.0
     norm_eps_attr: str = "eps"
     bos_rule: str = "tokenizer default"
@@ -143,6 +146,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
         out_proj="attn.c_proj",
         out_proj_kind="conv1d",
         mlp_out="mlp",
+        mlp_chain=("ln_2", "mlp"),
         norm_kind="layernorm",
         bos_rule="tokenizer default (GPT-2 adds no BOS)",
     ),
@@ -157,6 +161,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
         out_proj="self_attn.out_proj",
         mlp_out="fc2",
         mlp_out_flat=True,
+        mlp_chain=("final_layer_norm", "fc1", "activation_fn", "fc2"),
         norm_kind="layernorm",
         bos_rule="tokenizer default (OPT prepends </s>)",
         check_config=_check_opt,
@@ -170,6 +175,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
         attn="self_attn",
         out_proj="self_attn.o_proj",
         mlp_out="mlp",
+        mlp_chain=("post_attention_layernorm", "mlp"),  # Llama's "post_attention_layernorm" is the pre-MLP norm
         norm_kind="rmsnorm",
         norm_eps_attr="variance_epsilon",
         bos_rule="tokenizer default (Llama prepends <s>)",
@@ -185,6 +191,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
         out_proj="self_attn.o_proj",
         attn_post_norm="post_attention_layernorm",
         mlp_out="post_feedforward_layernorm",  # sandwich norm: the normed MLP output joins the residual
+        mlp_chain=("pre_feedforward_layernorm", "mlp", "post_feedforward_layernorm"),
         norm_kind="rmsnorm",
         gain_offset=1.0,
         bos_rule="tokenizer default (Gemma prepends <bos>)",

@@ -33,6 +33,8 @@ class EndCapture:
     head_out: torch.Tensor
     attn_bias: torch.Tensor
     attn_out: torch.Tensor
+    proj_out: torch.Tensor
+    head_raw: torch.Tensor
     mlp_out: torch.Tensor
     resid_pre: torch.Tensor
     resid_post: torch.Tensor
@@ -155,14 +157,17 @@ def capture_batch(
         parts = rec.store[name]
         return torch.stack([parts[i] for i in range(len(parts))], dim=1)
 
-    head_out, attn_bias = _split_heads(model, adapter, dims, stack("z"), stack("proj_out"), rec)
-    attn_out = stack("attn_out") if adapter.attn_post_norm is not None else stack("proj_out")
+    proj_out = stack("proj_out")
+    head_out, attn_bias, head_raw = _split_heads(model, adapter, dims, stack("z"), proj_out)
+    attn_out = stack("attn_out") if adapter.attn_post_norm is not None else proj_out
     return EndCapture(
         embed=rec.store["embed"][0],
         pos_embed=rec.store["pos_embed"][0] if "pos_embed" in rec.store else None,
         head_out=head_out,
         attn_bias=attn_bias,
         attn_out=attn_out,
+        proj_out=proj_out,
+        head_raw=head_raw,
         mlp_out=stack("mlp_out"),
         resid_pre=stack("resid_pre"),
         resid_post=stack("resid_post"),
@@ -173,20 +178,22 @@ def capture_batch(
     )
 
 
-def _split_heads(model, adapter: FamilyAdapter, dims: ModelDims, z, proj_out, rec):
-    """Per-head contributions `[B, L, H, d]` and bias contribution `[B, L, d]` from z `[B, L, H*d_head]`.
+def _split_heads(model, adapter: FamilyAdapter, dims: ModelDims, z, proj_out):
+    """Per-head contributions `[B, L, H, d]`, bias contribution `[B, L, d]` and the raw per-head
+    projections `[B, L, H, d]` (before any sandwich norm) from z `[B, L, H*d_head]`.
 
     Without a sandwich norm: o[h] = z[h] @ W_O[h], and sum_h o[h] + b_O = proj_out exactly.
     With one (Gemma): the post-attention norm is linearised at its real scale, so a part v of the
     projection output contributes g * v / rms(proj_out); the parts still sum to the norm's output.
     """
     batch = z.shape[0]
-    heads, biases = [], []
+    heads, biases, raws = [], [], []
     for l, layer in enumerate(adapter.layer_modules(model)):
         out_proj = adapter.layer_part(layer, adapter.out_proj)
         w = adapter.out_proj_weight(out_proj, dims.n_heads, dims.d_head)  # [H, d_head, d]
         zl = z[:, l].reshape(batch, dims.n_heads, dims.d_head)
         o = torch.einsum("bhk,hkd->bhd", zl, w)
+        raws.append(o)
         b = out_proj.bias.detach().float() if getattr(out_proj, "bias", None) is not None else None
         bias = torch.zeros(batch, dims.d_model, device=z.device) if b is None else b.expand(batch, dims.d_model).clone()
         if adapter.attn_post_norm is not None:
@@ -196,4 +203,5 @@ def _split_heads(model, adapter: FamilyAdapter, dims: ModelDims, z, proj_out, re
             bias = bias * scale
         heads.append(o)
         biases.append(bias)
-    return torch.stack(heads, 1), torch.stack(biases, 1)
+    raw = torch.stack(raws, 1)
+    return torch.stack(heads, 1), torch.stack(biases, 1), raw

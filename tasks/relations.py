@@ -151,6 +151,20 @@ def _cross_cases(n_facts: int, n_templates: int) -> tuple[tuple[int, int], ...]:
     return tuple((f, t) for t in range(n_templates) for f in range(n_facts))
 
 
+def _add_case(facts: list[Fact], templates: list[str], cases: list[tuple[int, int]], fact: Fact,
+              template: str) -> bool:
+    """Append a (fact, template) case, reusing known facts/templates; False if it was a duplicate."""
+    if fact not in facts:
+        facts.append(fact)
+    if template not in templates:
+        templates.append(template)
+    case = (facts.index(fact), templates.index(template))
+    if case in cases:
+        return False
+    cases.append(case)
+    return True
+
+
 def _dedupe_facts(facts: list[Fact], repairs: list[str], label: str) -> list[Fact]:
     seen: set[Fact] = set()
     out = []
@@ -402,15 +416,7 @@ def _load_rome_cached(relation_id: str, path: Path, label: str) -> Relation:
         fact = Fact(rec["subject"].strip(), rec["attribute"].strip())
         template = rec["template"]
         _check_template(template, where=f"{path} (known_id {rec.get('known_id')})")
-        if fact not in facts:
-            facts.append(fact)
-        if template not in templates:
-            templates.append(template)
-        case = (facts.index(fact), templates.index(template))
-        if case in cases:
-            n_dup += 1
-        else:
-            cases.append(case)
+        n_dup += not _add_case(facts, templates, cases, fact, template)
     if n_dup:
         repairs.append(f"dropped {n_dup} duplicate record(s)")
     return Relation(
@@ -488,15 +494,7 @@ def load_generic_jsonl(path: str | os.PathLike) -> Relation:
                           "Use one domain per file")
             domain = d
         fact, template = Fact(s, o), row["template"]
-        if fact not in facts:
-            facts.append(fact)
-        if template not in templates:
-            templates.append(template)
-        case = (facts.index(fact), templates.index(template))
-        if case in cases:
-            n_dup += 1
-        else:
-            cases.append(case)
+        n_dup += not _add_case(facts, templates, cases, fact, template)
     if not cases:
         raise err(None, "the file has no facts (it is empty)", _GENERIC_FIX)
     repairs = []
