@@ -3,8 +3,8 @@
 `capture_partition` yields, per batch, `{table: pyarrow.Table}` for the partitioned tables of
 `factrecall.storage.schema`. Memory is bounded by the batch size: nothing is accumulated across
 batches except the ids of tokens whose unembedding columns are written at the end.
-The ledger is checked for every prompt and attributed token; a failure raises `LedgerError` naming
-the worst prompt, before the caller commits anything.
+The ledger is checked for every prompt and attributed token; after the last batch, any failure raises
+`LedgerError` naming the worst prompt of the partition, before the caller commits anything.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ class PartitionStats:
     n_prompts: int = 0
     ledger_max_error: float = 0.0
     worst_prompt: str = ""
+    n_broken: int = 0  # (prompt, attributed token) pairs outside the ledger tolerance
+    worst_ratio: float = 0.0
+    worst_failure: str = ""
     token_ids: set[int] = field(default_factory=set)
 
 
@@ -86,6 +89,7 @@ def capture_partition(
         yield _batch_tables(lm, batch, cap, norm, w_u, b_u, d, stats)
         if progress is not None:
             progress(len(batch))
+    _raise_if_broken(stats)  # after every batch, so the message names the worst prompt of all
 
 
 def _batch_tables(lm, batch, cap: EndCapture, norm: FinalNorm, w_u, b_u, d, stats: PartitionStats):
@@ -152,6 +156,7 @@ def _batch_tables(lm, batch, cap: EndCapture, norm: FinalNorm, w_u, b_u, d, stat
 
 
 def _check_ledger(batch: Sequence[TokenizedPrompt], ledgers: dict[str, Ledger], stats: PartitionStats) -> None:
+    """Track the largest error and every prompt that breaks the ledger (raised after the last batch)."""
     for role, led in ledgers.items():
         ratio = (led.error / led.tolerance()).cpu()
         worst = int(ratio.argmax())
@@ -159,13 +164,23 @@ def _check_ledger(batch: Sequence[TokenizedPrompt], ledgers: dict[str, Ledger], 
         if err > stats.ledger_max_error:
             stats.ledger_max_error = err
             stats.worst_prompt = batch[worst].prompt.text
-        if ratio[worst] > 1:
+        stats.n_broken += int((ratio > 1).sum())
+        if ratio[worst] > 1 and float(ratio[worst]) > stats.worst_ratio:
             p = batch[worst].prompt
-            raise LedgerError(
-                f"ledger broken: DLA terms sum to {float(led.dla_sum[worst]):.6f} but the model's {role} logit is "
+            stats.worst_ratio = float(ratio[worst])
+            stats.worst_failure = (
+                f"DLA terms sum to {float(led.dla_sum[worst]):.6f} but the model's {role} logit is "
                 f"{float(led.model_logit[worst]):.6f} (error {err:.3g} > {led.rtol} * max(1, |logit|)) for "
-                f"prompt {p.prompt_id} ({p.variant}) {p.text!r}; the model is refused and nothing is written"
+                f"prompt {p.prompt_id} ({p.variant}) {p.text!r}"
             )
+
+
+def _raise_if_broken(stats: PartitionStats) -> None:
+    if stats.n_broken:
+        raise LedgerError(
+            f"ledger broken for {stats.n_broken} (prompt, token) pair(s) of {stats.n_prompts} prompts; worst: "
+            f"{stats.worst_failure}; the model is refused and nothing is written"
+        )
 
 
 def _prompts_table(batch: Sequence[TokenizedPrompt], d: int) -> pa.Table:
