@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-__all__ = ["vector_type", "schema", "TABLES", "MODEL_TABLES", "PARTITION_COLUMNS"]
+__all__ = ["vector_type", "schema", "TABLES", "HEAD_TABLES", "MODEL_TABLES", "PARTITION_COLUMNS"]
 
 #: Partitioned tables, written through ``Store.open_partition``.
 TABLES: tuple[str, ...] = ("prompts", "logits", "heads", "layers", "resid_end", "dla", "ledger", "unembed")
+#: Tables of the argument-passing-head analysis (stage "heads", METHOD.md §4), same partitioning.
+HEAD_TABLES: tuple[str, ...] = ("head_prompts", "mlp_patching", "head_summary", "head_sets")
 #: Per-model tables, written through ``Store.write_model_table``.
 MODEL_TABLES: tuple[str, ...] = ("model_info",)
 #: Columns that come from the Hive path of partitioned tables (must not be in their files).
@@ -156,6 +158,75 @@ def _model_info(d: int) -> list[pa.Field]:
     ]
 
 
+def _head_prompts(d: int) -> list[pa.Field]:
+    """Per clean prompt x head at END (METHOD.md §4); effects are path-patching effect% on M."""
+    return [
+        _f("prompt_id", pa.int32()),
+        _f("layer", pa.int16()),
+        _f("head", pa.int16()),
+        _f("attn_to_s", pa.float32()),  # attention weight END -> S
+        _f("dla_subject", pa.float32()),  # DLA of the head's output onto the subject's first token
+        _f("dla_answer", pa.float32()),  # DLA onto the answer token
+        _f("subject_rank", pa.int32()),  # rank of the subject token in the logit lens of the output (0 = top)
+        _f("m_clean", pa.float32()),  # M = logit(y) - mean vocab logit, clean run
+        _f("effect_subject_pct", pa.float32()),  # sender mean over subject-corrupted prompts
+        _f("effect_relation_pct", pa.float32()),  # sender mean over relation-word-corrupted prompts (null if none)
+    ]
+
+
+def _mlp_patching(d: int) -> list[pa.Field]:
+    return [
+        _f("prompt_id", pa.int32()),
+        _f("layer", pa.int16()),
+        _f("effect_subject_pct", pa.float32()),
+        _f("effect_relation_pct", pa.float32()),
+    ]
+
+
+def _head_summary(d: int) -> list[pa.Field]:
+    """Per head over the partition's clean prompts; *_lo/*_hi are bootstrap 95% intervals."""
+    return [
+        _f("layer", pa.int16()),
+        _f("head", pa.int16()),
+        _f("n", pa.int32()),
+        _f("mean_attn_to_s", pa.float64()),
+        _f("mean_dla_subject", pa.float64()),
+        _f("mean_dla_answer", pa.float64()),
+        _f("median_subject_rank", pa.float64()),
+        _f("pearson_r", pa.float64()),  # attention END->S vs DLA onto the subject, across prompts
+        _f("r_lo", pa.float64()),
+        _f("r_hi", pa.float64()),
+        _f("effect_pct", pa.float64()),  # 100 (mean M_patched - mean M_clean) / mean M_clean
+        _f("effect_lo", pa.float64()),
+        _f("effect_hi", pa.float64()),
+        _f("effect_relation_pct", pa.float64()),  # same with relation-word corruption (null if none)
+        _f("attn_above_layer_median", pa.bool_()),
+        _f("in_head_set", pa.bool_()),
+        _f("set_order", pa.int16()),  # 1 = largest negative effect in the set; null outside it
+    ]
+
+
+def _head_sets(d: int) -> list[pa.Field]:
+    """One row per partition: the task-specific head set and the rule that chose it."""
+    return [
+        _f("heads", pa.list_(pa.string())),  # "L{l}.H{h}", in set order
+        _f("n_heads", pa.int32()),
+        _f("rule", pa.string()),  # JSON: coverage, attention filter, effect definition, corruption
+        _f("coverage", pa.float64()),
+        _f("covered_share", pa.float64()),  # share of the candidates' negative effect the set covers
+        _f("covered_share_all", pa.float64()),  # share of all heads' negative effect
+        _f("set_effect_pct", pa.float64()),  # sum of the set's head effects (subject corruption)
+        _f("set_effect_relation_pct", pa.float64()),  # same under relation-word corruption (null if none)
+        _f("n_prompts", pa.int32()),
+        _f("n_corrupt_subject", pa.int32()),
+        _f("n_corrupt_relation", pa.int32()),
+        _f("relation_corruption", pa.string()),  # "word->replacement" pairs used, or why it is missing
+        _f("plots", pa.list_(pa.string())),  # PNG paths relative to the store root
+        _f("seconds_patching", pa.float64()),
+        _f("skipped_reason", pa.string()),  # non-null: the analysis was skipped (e.g. fewer than 2 subjects)
+    ]
+
+
 _BUILDERS = {
     "prompts": _prompts,
     "logits": _logits,
@@ -166,6 +237,10 @@ _BUILDERS = {
     "ledger": _ledger,
     "unembed": _unembed,
     "model_info": _model_info,
+    "head_prompts": _head_prompts,
+    "mlp_patching": _mlp_patching,
+    "head_summary": _head_summary,
+    "head_sets": _head_sets,
 }
 
 

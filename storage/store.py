@@ -5,7 +5,7 @@ Layout under ``root``::
     <table>/model=<m>/relation=<r>/shot=<k>/part-0.parquet     partitioned tables (schema.TABLES)
     <table>/model=<m>/part-0.parquet                           per-model tables (model_info)
     runs/run_id=<id>/part-0.parquet                            one manifest row per run
-    _commits/model=<m>/relation=<r>/shot=<k>/commit.json       commit record of a partition
+    _commits/model=<m>/relation=<r>/shot=<k>/<stage>.json      commit record of a partition's stage
     _staging/<uuid>/<table>/part-0.parquet                     partitions being written
     _trash/<uuid>/                                             replaced partitions being deleted
 
@@ -177,12 +177,12 @@ class Store:
                     lock.unlink(missing_ok=True)
 
     # -- commit records ----------------------------------------------------------------------
-    def _commit_path(self, key: PartitionKey) -> Path:
-        return self.root / "_commits" / key.path() / "commit.json"
+    def _commit_path(self, key: PartitionKey, stage: str = "capture") -> Path:
+        return self.root / "_commits" / key.path() / f"{_check_table(stage)}.json"
 
-    def _read_commit(self, key: PartitionKey) -> dict | None:
+    def _read_commit(self, key: PartitionKey, stage: str = "capture") -> dict | None:
         try:
-            return json.loads(self._commit_path(key).read_text(encoding="utf-8"))
+            return json.loads(self._commit_path(key, stage).read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
 
@@ -190,9 +190,13 @@ class Store:
         """Directory of ``table``'s data for ``key``."""
         return self.root / _check_table(table) / key.path()
 
-    def is_committed(self, key: PartitionKey, input_hash: str) -> bool:
-        """True when ``key`` was committed with ``input_hash`` and all its tables' files exist."""
-        rec = self._read_commit(key)
+    def is_committed(self, key: PartitionKey, input_hash: str, stage: str = "capture") -> bool:
+        """True when ``key``'s ``stage`` was committed with ``input_hash`` and all its tables' files exist.
+
+        A stage ("capture", "heads", ...) is an independent set of tables of the same partition key,
+        each with its own commit record, so later analyses never replace the capture's tables.
+        """
+        rec = self._read_commit(key, stage)
         if rec is None or rec.get("input_hash") != input_hash:
             return False
         return all((self.partition_dir(t, key) / _PART).is_file() for t in rec.get("tables", []))
@@ -200,17 +204,18 @@ class Store:
     def committed(self) -> list[dict]:
         """All commit records, sorted by (model, relation, shot)."""
         recs = []
-        for p in (self.root / "_commits").glob("*/*/*/commit.json"):
+        for p in (self.root / "_commits").glob("*/*/*/*.json"):
             try:
                 recs.append(json.loads(p.read_text(encoding="utf-8")))
             except (FileNotFoundError, json.JSONDecodeError):
                 continue
-        return sorted(recs, key=lambda r: (r.get("model"), r.get("relation"), r.get("shot")))
+        return sorted(recs, key=lambda r: (r.get("model"), r.get("relation"), r.get("shot"), r.get("stage", "")))
 
     # -- writing -----------------------------------------------------------------------------
-    def open_partition(self, key: PartitionKey, input_hash: str, run_id: str) -> "PartitionWriter":
-        """Start writing ``key`` (use as a context manager; call ``commit`` inside it)."""
-        return PartitionWriter(self, key, input_hash, run_id)
+    def open_partition(self, key: PartitionKey, input_hash: str, run_id: str,
+                       stage: str = "capture") -> "PartitionWriter":
+        """Start writing ``key``'s ``stage`` (use as a context manager; call ``commit`` inside it)."""
+        return PartitionWriter(self, key, input_hash, run_id, stage)
 
     def write_model_table(self, table: str, model: str, data: pa.Table) -> None:
         """Replace per-model ``<table>/model=<model>/part-0.parquet`` atomically."""
@@ -255,8 +260,9 @@ class PartitionWriter:
     exception) aborts: staging is deleted and the old partition stays as it was.
     """
 
-    def __init__(self, store: Store, key: PartitionKey, input_hash: str, run_id: str) -> None:
-        self.store, self.key = store, key
+    def __init__(self, store: Store, key: PartitionKey, input_hash: str, run_id: str,
+                 stage: str = "capture") -> None:
+        self.store, self.key, self.stage = store, key, _check_table(stage)
         self.input_hash, self.run_id = str(input_hash), str(run_id)
         self.id = uuid.uuid4().hex
         self._writers: dict[str, pq.ParquetWriter] = {}
@@ -345,6 +351,7 @@ class PartitionWriter:
             "model": self.key.model,
             "relation": self.key.relation,
             "shot": self.key.shot,
+            "stage": self.stage,
             "input_hash": self.input_hash,
             "run_id": self.run_id,
             "tables": tables,
@@ -358,14 +365,14 @@ class PartitionWriter:
         self._close_writers()
         self._state = "committing"
         store, key = self.store, self.key
-        commit_path = store._commit_path(key)
+        commit_path = store._commit_path(key, self.stage)
         commit_path.parent.mkdir(parents=True, exist_ok=True)
         trash = store._trash / self.id
         lock_fd = os.open(commit_path.parent / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if fcntl is not None:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX)  # one committer per partition at a time
-            old = store._read_commit(key) or {}
+            old = store._read_commit(key, self.stage) or {}
             commit_path.unlink(missing_ok=True)  # from here on the partition is invisible
             for table in sorted(set(tables) | set(old.get("tables", []))):
                 dest = store.partition_dir(table, key)

@@ -64,13 +64,13 @@ def test_killed_run_resumes_without_duplicates_or_partial_files(model_dir, tmp_p
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     commits = store / "_commits"
     deadline = time.time() + 240
-    while time.time() < deadline and not list(commits.glob("*/*/*/commit.json")):
+    while time.time() < deadline and not list(commits.glob("*/*/*/capture.json")):
         assert proc.poll() is None, proc.stderr.read().decode()
         time.sleep(0.05)
     time.sleep(0.5)  # inside the second partition (N single-prompt forwards)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    committed = list(commits.glob("*/*/*/commit.json"))
+    committed = list(commits.glob("*/*/*/capture.json"))
     assert 1 <= len(committed) < 3, "the run must be killed mid-way for this test to mean anything"
     staged = [p for p in (store / "_staging").rglob("*.parquet")]
     assert staged, "the killed run should have left a partition half-written in staging"
@@ -85,7 +85,7 @@ def test_killed_run_resumes_without_duplicates_or_partial_files(model_dir, tmp_p
         assert _count(store, table) == (N * 3, N * 3)
     con = connect(store)
     assert con.sql("SELECT count(*) FROM heads").fetchall()[0][0] == N * 3 * 3 * 4
-    assert len(list(commits.glob("*/*/*/commit.json"))) == 3
+    assert len(list(commits.glob("*/*/*/capture.json"))) == 3
     for table in TABLES:  # exactly one file per partition and table, none left over
         files = list((store / table).rglob("*.parquet"))
         assert len(files) == 3, (table, files)
