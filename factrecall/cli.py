@@ -61,40 +61,98 @@ def run(
     unknown = [v for v in variant_list if v not in VARIANTS]
     if unknown:
         _fail(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    shot_list = _validate(models, relations, shots)
+    configure_prefect()
+    from factrecall.flows.sweep import sweep
+
+    manifest = _guarded(lambda: sweep(
+        models=_split(models), relations=_split(relations), shots=shot_list, store_root=str(store_root),
+        seed=seed, batch_size=batch_size, dtype=dtype, device=device, variants=tuple(variant_list),
+        max_prompts=max_prompts, show_progress=progress,
+    ))
+    _report(manifest, store_root, f"--named {EXAMPLE_QUERY}" if example else None)
+
+
+@app.command()
+def heads(
+    models: str = typer.Option("smollm2-135m", help="Comma-separated model references (as for `run`)."),
+    relations: str = typer.Option("paper.capital", help="Comma-separated relation names or .jsonl files."),
+    shots: str = typer.Option("0", help="Comma-separated k-shot settings."),
+    seed: int = typer.Option(0, help="Seed for demonstrations and corruptions."),
+    batch_size: int = typer.Option(16, min=1, help="Prompts per forward pass."),
+    dtype: str = typer.Option("float32", help="float32 (reference) | bfloat16 | float16."),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when present)."),
+    max_prompts: Optional[int] = typer.Option(None, min=1, help="Use only the first N prompts of each relation."),
+    n_boot: int = typer.Option(1000, min=10, help="Bootstrap resamples for intervals."),
+    coverage: float = typer.Option(0.8, min=0.01, max=1.0, help="Share of negative effect the head set covers."),
+    store: Path = typer.Option(None, help="Store root (default: $FACTRECALL_STORE or .factrecall/store)."),
+    progress: bool = typer.Option(True, help="Show a progress display."),
+) -> None:
+    """Step 1: argument-passing heads — head statistics, exact path patching, head sets and plots."""
+    store_root = (store or default_store()).resolve()
+    shot_list = _validate(models, relations, shots)
+    configure_prefect()
+    from factrecall.flows.sweep import analyze_heads
+
+    manifest = _guarded(lambda: analyze_heads(
+        models=_split(models), relations=_split(relations), shots=shot_list, store_root=str(store_root),
+        seed=seed, batch_size=batch_size, dtype=dtype, device=device, max_prompts=max_prompts, n_boot=n_boot,
+        coverage=coverage, show_progress=progress,
+    ))
+    for p in manifest["partitions"]:
+        if p.get("head_set") is not None:
+            console.print(f"{p['model']} {p['relation']} shot={p['shot']}: head set {', '.join(p['head_set']) or '(empty)'}"
+                          f" ({p['seconds']:.0f} s, patching {p['seconds_patching']:.0f} s)", highlight=False)
+        elif p.get("reason"):
+            console.print(f"{p['model']} {p['relation']} shot={p['shot']}: skipped — {p['reason']}", highlight=False)
+    first = manifest["partitions"][0] if manifest["partitions"] else None
+    _report(manifest, store_root, None)
+    if first:
+        console.print(f"\nfactrecall query --named argument_heads --param model={first['model']} "
+                      f"--param relation={first['relation']}")
+
+
+def _validate(models: str, relations: str, shots: str) -> list[int]:
+    """Check every input before Prefect starts or anything is written; returns the shots."""
     from factrecall.paths import model_cache_dir
-    from factrecall.tasks.adapters import UnsupportedModelError
     from factrecall.tasks.models import ModelLoadError, resolve
     from factrecall.tasks.relations import RelationError, get_relation
-    from factrecall.tasks.tokenization import TokenizationError
 
     shot_list = _shots(shots)
-    try:  # validate every input before Prefect starts or anything is written
+    try:
         for name in _split(relations):
             get_relation(name)
         for ref in _split(models):
             resolve(ref, model_cache_dir())
     except (ModelLoadError, RelationError) as exc:
         _fail(str(exc))
-    configure_prefect()
-    from factrecall.flows.sweep import sweep
-    from factrecall.storage.query import named_query, run_query
+    return shot_list
+
+
+def _guarded(call):
+    """Run a flow, turning our input errors into one-line messages."""
+    from factrecall.tasks.adapters import UnsupportedModelError
+    from factrecall.tasks.models import ModelLoadError
+    from factrecall.tasks.relations import RelationError
+    from factrecall.tasks.tokenization import TokenizationError
 
     try:
-        manifest = sweep(
-            models=_split(models), relations=_split(relations), shots=shot_list, store_root=str(store_root),
-            seed=seed, batch_size=batch_size, dtype=dtype, device=device, variants=tuple(variant_list),
-            max_prompts=max_prompts, show_progress=progress,
-        )
+        return call()
     except (ModelLoadError, UnsupportedModelError, RelationError, TokenizationError, ValueError) as exc:
         _fail(str(exc))
+
+
+def _report(manifest: dict, store_root: Path, example: str | None) -> None:
+    from factrecall.storage.query import named_query, run_query
+
     written = sum(p["status"] == "written" for p in manifest["partitions"])
     skipped = sum(p["status"] == "skipped" for p in manifest["partitions"])
     console.print(f"run {manifest['run_id']}: {written} partition(s) written, {skipped} unchanged (skipped)")
     console.print(f"store: {store_root}")
     for model, reason in manifest["refused"].items():
         err.print(f"[bold red]refused[/] {model}: {reason}", highlight=False)
-    if example and manifest["partitions"]:
-        console.print(f"\nexample query `factrecall query --named {EXAMPLE_QUERY}`:")
+    if example and written + skipped:
+        console.print(f"\nexample query `factrecall query {example}`:")
         print(run_query(store_root, named_query(EXAMPLE_QUERY)))
     if manifest["refused"]:
         raise typer.Exit(code=1)
@@ -108,6 +166,7 @@ def query(
     out: Optional[Path] = typer.Option(None, help="Output file (required for parquet)."),
     store: Path = typer.Option(None, help="Store root (default: $FACTRECALL_STORE or .factrecall/store)."),
     list_: bool = typer.Option(False, "--list", help="List views and named queries."),
+    param: list[str] = typer.Option([], "--param", help="Query parameter name=value (repeatable), e.g. --param model=smollm2-135m."),
 ) -> None:
     """Query the store with DuckDB SQL (read-only)."""
     from factrecall.storage.query import QueryError, list_named_queries, named_query, run_query, view_names
@@ -124,7 +183,13 @@ def query(
         _fail(f"no store at {store_root}; run `factrecall run` first or pass --store")
     try:
         text = named_query(named) if named else sql
-        result = run_query(store_root, text, fmt=fmt, out=out)
+        params = {}
+        for item in param:
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                _fail(f"--param needs name=value, got {item!r}")
+            params[name.strip()] = value
+        result = run_query(store_root, text, fmt=fmt, out=out, params=params or None)
     except (QueryError, ValueError) as exc:
         _fail(str(exc))
     if out is not None and fmt != "parquet":

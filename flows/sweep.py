@@ -1,4 +1,5 @@
-"""The Prefect flow `sweep(models, relations, shots)`: one task per partition, cached by content hash.
+"""Prefect flows: `sweep(models, relations, shots)` captures, `analyze_heads(...)` finds the
+argument-passing heads; one task per partition, captures cached by content hash.
 
 Prefect runs serverless (ephemeral), quietly and offline, with its home inside the state directory
 (`factrecall.paths.configure_prefect`, applied before Prefect is imported). Errors in our inputs are
@@ -22,12 +23,14 @@ from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from factrecall.storage.store import PartitionKey, Store  # noqa: E402
-from factrecall.tasks.models import load_model  # noqa: E402
+from factrecall.tasks.ledger import ledger_rtol  # noqa: E402
+from factrecall.tasks.models import DTYPES, load_model  # noqa: E402
 from factrecall.tasks.partition_capture import LedgerError, model_info_table  # noqa: E402
 from factrecall.tasks.relations import get_relation  # noqa: E402
 from factrecall.version import code_version, package_versions  # noqa: E402
 
-from .partition import CaptureConfig, PartitionResult, input_hash, run_partition  # noqa: E402
+from .heads import HeadConfig, run_head_analysis  # noqa: E402
+from .partition import CaptureConfig, input_hash, run_partition  # noqa: E402
 
 
 def _partition_cache_key(context, parameters) -> str | None:
@@ -52,6 +55,12 @@ def load_model_task(ref: str, dtype: str, device: str | None):
     return load_model(ref, dtype=dtype, device=device)
 
 
+@task(name="head-analysis", retries=0, cache_policy=NO_CACHE, task_run_name="heads {relation.name}/shot={shot}")
+def head_analysis_task(store: Store, lm, relation, shot: int, config: HeadConfig, run_id: str,
+                       progress=None) -> dict:
+    return run_head_analysis(store, lm, relation, shot, config, run_id, progress=progress)
+
+
 @flow(name="factrecall-sweep", retries=0, log_prints=False)
 def sweep(
     models: list[str],
@@ -67,10 +76,45 @@ def sweep(
     show_progress: bool = True,
 ) -> dict:
     """Capture every (model, relation, shot) partition into the store; returns the run manifest."""
+    config = CaptureConfig(seed=seed, variants=tuple(variants), max_prompts=max_prompts, batch_size=batch_size)
+    return _over_partitions(
+        "capture", capture_partition_task, config, models, relations, shots, store_root, dtype, device,
+        show_progress, {"seed": seed, "batch_size": batch_size, "variants": list(variants),
+                        "max_prompts": max_prompts},
+    )
+
+
+@flow(name="factrecall-heads", retries=0, log_prints=False)
+def analyze_heads(
+    models: list[str],
+    relations: list[str],
+    shots: list[int],
+    store_root: str,
+    seed: int = 0,
+    batch_size: int = 16,
+    dtype: str = "float32",
+    device: str | None = None,
+    max_prompts: int | None = None,
+    n_boot: int = 1000,
+    coverage: float = 0.8,
+    show_progress: bool = True,
+) -> dict:
+    """Step 1 (METHOD.md §4) for every (model, relation, shot): head statistics, exact path patching,
+    the task-specific head set and its plots; captures whatever it needs first."""
+    config = HeadConfig(seed=seed, max_prompts=max_prompts, batch_size=batch_size, n_boot=n_boot,
+                        coverage=coverage)
+    return _over_partitions(
+        "heads", head_analysis_task, config, models, relations, shots, store_root, dtype, device, show_progress,
+        {"seed": seed, "batch_size": batch_size, "max_prompts": max_prompts, "n_boot": n_boot, "coverage": coverage},
+    )
+
+
+def _over_partitions(kind, partition_task, config, models, relations, shots, store_root, dtype, device,
+                     show_progress, settings: dict) -> dict:
+    """Load each model once, run `partition_task` for every (relation, shot), write the run manifest."""
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     started = datetime.now(timezone.utc).isoformat()
     store = Store(Path(store_root))
-    config = CaptureConfig(seed=seed, variants=tuple(variants), max_prompts=max_prompts, batch_size=batch_size)
     rels = [get_relation(r) for r in relations]  # bad names fail before any model loads
     partitions: list[dict] = []
     refused: dict[str, str] = {}
@@ -85,8 +129,8 @@ def sweep(
             try:
                 for relation in rels:
                     for shot in shots:
-                        bar = progress.bar(f"{lm.model_id} {relation.name} shot={shot}")
-                        result = capture_partition_task(store, lm, relation, shot, config, run_id, progress=bar)
+                        bar = progress.bar(f"{kind} {lm.model_id} {relation.name} shot={shot}")
+                        result = partition_task(store, lm, relation, shot, config, run_id, progress=bar)
                         bar(done=True, status=result["status"])
                         partitions.append(result)
             except LedgerError as exc:
@@ -95,16 +139,17 @@ def sweep(
             store.write_model_table("model_info", lm.model_id, model_info_table(lm, ref))
     manifest = {
         "run_id": run_id,
+        "kind": kind,
         "started_at": started,
         "finished_at": datetime.now(timezone.utc).isoformat(),
         "code_version": code_version(),
         "packages": package_versions(),
         "python": platform.python_version(),
-        "seed": seed,
-        "config": {"models": models, "relations": relations, "shots": list(shots), "batch_size": batch_size,
-                   "dtype": dtype, "device": device, "variants": list(variants), "max_prompts": max_prompts,
-                   "bos": "tokenizer default", "answer_token": "first token of ' ' + object after the prompt",
-                   "padding": "right", "ledger_rtol": 1e-3},
+        "seed": settings.get("seed"),
+        "config": {"models": models, "relations": relations, "shots": list(shots), "dtype": dtype, "device": device,
+                   **settings, "bos": "tokenizer default",
+                   "answer_token": "first token of ' ' + object after the prompt", "padding": "right",
+                   "ledger_rtol": ledger_rtol(DTYPES[dtype])},
         "model_sha256": model_hashes,
         "relation_sha256": {r.name: r.content_hash() for r in rels},
         "partitions": partitions,

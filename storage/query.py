@@ -4,6 +4,10 @@
 partitions) plus derived views (``head_dla_answer``). A view whose files do not exist yet is
 replaced by a placeholder that raises "table X is empty: run ... first"; the connection's temp table
 ``missing_views(view, message)`` lists them. Nothing is written to the store.
+
+Queries may use DuckDB named parameters (``$model``, ``$relation``, ...): ``query_params(sql)`` lists
+them and ``run_query(..., params={"model": "gpt2"})`` binds them (values are strings; a query casts
+them where it needs another type, e.g. ``$shot::INTEGER``).
 """
 
 from __future__ import annotations
@@ -18,19 +22,72 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-__all__ = ["connect", "list_named_queries", "named_query", "run_query", "view_names", "QueryError"]
+from factrecall.storage.schema import HEAD_TABLES, MODEL_TABLES, TABLES
 
-#: What to run to fill each table (shown when a view has no files yet).
-PRODUCERS: dict[str, str] = {"runs": "factrecall run ...", "model_info": "factrecall run ..."}
-_DEFAULT_PRODUCER = "factrecall run ..."
+__all__ = [
+    "connect", "list_named_queries", "named_query", "query_params", "run_query", "view_names", "QueryError",
+]
+
+#: What to run to fill each table (shown when a view has no files yet): the capture ("factrecall run")
+#: writes the capture tables, per-model tables and run manifests; the head analysis ("factrecall heads")
+#: writes the tables of stage "heads".
+PRODUCERS: dict[str, str] = {
+    **{t: "factrecall run" for t in (*TABLES, *MODEL_TABLES, "runs")},
+    **{t: "factrecall heads" for t in HEAD_TABLES},
+}
+_DEFAULT_PRODUCER = "factrecall run"
 _GLOB_RE = re.compile(r"read_(?:parquet|json_auto|json)\(\s*'\{root\}/([^']*)'")
 _REF_RE = re.compile(r"\b(?:FROM|JOIN)\s+([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
 _COMMENT_RE = re.compile(r"--[^\n]*")
 
 
+# Tokens that may hold a "$": string literals, quoted identifiers, comments, $$-quoted strings; else a
+# named parameter.
+_PARAM_SCAN_RE = re.compile(
+    r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\$\$.*?\$\$|\$([A-Za-z_][A-Za-z0-9_]*)",
+    re.DOTALL,
+)
+
+
 def _refs(sql: str) -> set[str]:
     """Names used after FROM/JOIN in ``sql`` (comments ignored)."""
     return set(_REF_RE.findall(_COMMENT_RE.sub("", sql)))
+
+
+def query_params(sql: str) -> list[str]:
+    """Named parameters (``$name``) that ``sql`` uses, in order of first use (not those in strings,
+    quoted identifiers or comments)."""
+    out: list[str] = []
+    for m in _PARAM_SCAN_RE.finditer(sql):
+        name = m.group(1)
+        if name and name not in out:
+            out.append(name)
+    return out
+
+
+def _param_syntax(names) -> str:
+    return " ".join(f"--param {n}=value" for n in names)
+
+
+def _check_params(sql: str, params: dict[str, str] | None) -> dict[str, str] | None:
+    """Validate ``params`` against the ``$names`` in ``sql``; return what to bind (None if nothing)."""
+    needed = query_params(sql)
+    params = dict(params or {})
+    missing = [n for n in needed if n not in params]
+    if missing:
+        raise QueryError(
+            f"missing query parameter(s): {', '.join(missing)}\n"
+            f"hint: this query needs {', '.join('$' + n for n in needed)}; give them as "
+            f"{_param_syntax(needed)} (CLI) or params={{...}} (run_query)"
+        )
+    unknown = sorted(set(params) - set(needed))
+    if unknown:
+        uses = ", ".join("$" + n for n in needed) or "no parameters"
+        raise QueryError(f"unknown query parameter(s): {', '.join(unknown)}; this query uses {uses}")
+    bad = [n for n, v in params.items() if not isinstance(v, str)]
+    if bad:
+        raise QueryError(f"query parameter(s) {', '.join(bad)} must be strings (cast in SQL where needed)")
+    return params or None
 _EMPTY_COMMITS = (
     "CREATE OR REPLACE VIEW commits AS SELECT NULL::VARCHAR AS model, NULL::VARCHAR AS relation, "
     "NULL::INTEGER AS shot, NULL::VARCHAR AS input_hash, NULL::VARCHAR AS run_id, "
@@ -114,11 +171,16 @@ def connect(root: Path | str) -> duckdb.DuckDBPyConnection:
 
 
 def list_named_queries() -> dict[str, str]:
-    """Named queries: name -> one-line description (the file's first ``-- `` comment)."""
+    """Named queries: name -> one-line description (the file's first ``-- `` comment), followed by the
+    parameters it requires, e.g. ``"... [requires --param model=value --param relation=value]"``."""
     out = {}
     for name, text in _read_sql_files("queries").items():
         first = text.lstrip().splitlines()[0] if text.strip() else ""
-        out[name] = first[2:].strip() if first.startswith("--") else ""
+        desc = first[2:].strip() if first.startswith("--") else ""
+        needed = query_params(text)
+        if needed:
+            desc = f"{desc} [requires {_param_syntax(needed)}]".strip()
+        out[name] = desc
     return out
 
 
@@ -170,20 +232,24 @@ def _cell(v) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
-def run_query(root: Path | str, sql: str, fmt: str = "table", out: Path | None = None) -> str:
+def run_query(root: Path | str, sql: str, fmt: str = "table", out: Path | None = None,
+              params: dict[str, str] | None = None) -> str:
     """Run ``sql`` against the store; return the result as text (or the parquet file's path).
 
     fmt: "table" (text table), "csv", "json" (list of records) or "parquet" (needs ``out``).
-    With ``out`` the text formats are also written there. SQL errors raise ``QueryError``.
+    With ``out`` the text formats are also written there. ``params`` binds DuckDB named parameters
+    (``$name`` in ``sql``) to string values; every ``$name`` must be given and nothing else.
+    SQL errors and missing/unknown parameters raise ``QueryError``.
     """
     if fmt not in _FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(_FORMATS)}")
     if fmt == "parquet" and out is None:
         raise ValueError("format parquet needs an output path (out)")
+    bind = _check_params(sql, params)
     con = connect(root)
     try:
         try:
-            rel = con.sql(sql)
+            rel = con.sql(sql, params=bind) if bind else con.sql(sql)
             df = rel.pl() if rel is not None else pl.DataFrame()
         except duckdb.Error as e:
             missing = _missing(con)

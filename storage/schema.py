@@ -170,7 +170,7 @@ def _head_prompts(d: int) -> list[pa.Field]:
         _f("subject_rank", pa.int32()),  # rank of the subject token in the logit lens of the output (0 = top)
         _f("m_clean", pa.float32()),  # M = logit(y) - mean vocab logit, clean run
         _f("effect_subject_pct", pa.float32()),  # sender mean over subject-corrupted prompts
-        _f("effect_relation_pct", pa.float32()),  # sender mean over relation-word-corrupted prompts (null if none)
+        _f("effect_relation_pct", pa.float32()),  # sender = its output on the same prompt with the relation word corrupted (null if none)
     ]
 
 

@@ -34,10 +34,20 @@ from .models import LoadedModel
 
 @dataclass
 class SenderMeans:
-    """Mean over corrupted prompts of each sender's raw output at END."""
+    """Each sender's replacement output at END: the mean over corrupted prompts (`[L, H, d]`, `[L, d]`),
+    or one value per clean prompt of the batch (`[B, L, H, d]`, `[B, L, d]`, e.g. the same prompt with
+    its relation word corrupted)."""
 
-    head_raw: torch.Tensor  # [L, H, d]  raw per-head projection (before any sandwich norm)
-    mlp_out: torch.Tensor  # [L, d]     MLP contribution
+    head_raw: torch.Tensor  # raw per-head projection (before any sandwich norm)
+    mlp_out: torch.Tensor  # MLP contribution
+
+    def head(self, layer: int) -> torch.Tensor:
+        """`[1 or B, H, d]`"""
+        return self.head_raw[:, layer] if self.head_raw.dim() == 4 else self.head_raw[layer][None]
+
+    def mlp(self, layer: int) -> torch.Tensor:
+        """`[1 or B, d]`"""
+        return self.mlp_out[:, layer] if self.mlp_out.dim() == 3 else self.mlp_out[layer][None]
 
 
 @dataclass
@@ -119,12 +129,12 @@ def patch_end(runner: EndRunner, cap: EndCapture, answer: torch.Tensor, means: S
     for l in range(L):
         if len(x):
             x = x + cap.attn_out[prompt_of, l]
-        delta = means.head_raw[l][None] - cap.head_raw[:, l]  # [B, H, d]
+        delta = means.head(l) - cap.head_raw[:, l]  # [B, H, d]
         heads = cap.resid_pre[:, l, None] + runner.attn_with_delta(cap, l, delta)  # [B, H, d]
         x = torch.cat([x, heads.reshape(B * H, d)])
         prompt_of = torch.cat([prompt_of, torch.arange(B, device=x.device).repeat_interleave(H)])
         x = x + runner.mlp(l, x)
-        mlp_rows = cap.resid_pre[:, l] + cap.attn_out[:, l] + means.mlp_out[l][None]
+        mlp_rows = cap.resid_pre[:, l] + cap.attn_out[:, l] + means.mlp(l)
         x = torch.cat([x, mlp_rows])
         prompt_of = torch.cat([prompt_of, torch.arange(B, device=x.device)])
     m = runner.metric(x, answer[prompt_of])
@@ -146,16 +156,36 @@ def patch_one(runner: EndRunner, cap: EndCapture, answer: torch.Tensor, means: S
     """M `[B]` with a single sender patched (head `head` of `layer`, or its MLP when head is None)."""
     B, L, H, d = cap.head_raw.shape
     if head is None:
-        x = cap.resid_pre[:, layer] + cap.attn_out[:, layer] + means.mlp_out[layer][None]
+        x = cap.resid_pre[:, layer] + cap.attn_out[:, layer] + means.mlp(layer)
     else:
         delta = torch.zeros(B, H, d, device=cap.head_raw.device)
-        delta[:, head] = means.head_raw[layer, head][None] - cap.head_raw[:, layer, head]
+        delta[:, head] = means.head(layer)[:, head] - cap.head_raw[:, layer, head]
         x = cap.resid_pre[:, layer] + runner.attn_with_delta(cap, layer, delta.sum(1, keepdim=True))[:, 0]
         x = x + runner.mlp(layer, x)
     for l in range(layer + 1, L):
         x = x + cap.attn_out[:, l]
         x = x + runner.mlp(l, x)
     return runner.metric(x, answer)
+
+
+@torch.inference_mode()
+def patch_set(runner: EndRunner, cap: EndCapture, answer: torch.Tensor, means: SenderMeans,
+              heads: list[tuple[int, int]]) -> torch.Tensor:
+    """M `[B]` with every head in `heads` patched together (q, k, v still frozen everywhere)."""
+    B, L, H, d = cap.head_raw.shape
+    x = None
+    for l in range(L):
+        chosen = [h for (layer, h) in heads if layer == l]
+        if x is None and not chosen:
+            continue
+        if x is None:
+            x = cap.resid_pre[:, l]
+        delta = torch.zeros(B, 1, d, device=cap.head_raw.device)
+        for h in chosen:
+            delta[:, 0] += means.head(l)[:, h] - cap.head_raw[:, l, h]
+        x = x + (runner.attn_with_delta(cap, l, delta)[:, 0] if chosen else cap.attn_out[:, l])
+        x = x + runner.mlp(l, x)
+    return runner.metric(cap.final_resid if x is None else x, answer)
 
 
 @torch.inference_mode()

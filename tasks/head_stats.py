@@ -1,0 +1,124 @@
+"""Statistics of the argument-passing heads (METHOD.md §3–4): pure numpy/torch functions.
+
+Conventions: per-prompt arrays are `[prompt, layer, head]`; intervals are percentile bootstrap 95%
+intervals over prompts (resampled with replacement, seeded), returned as `(lo, hi)`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+
+def pearson(x: np.ndarray, y: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Pearson r along `axis` (NaN where either side is constant)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    xc = x - x.mean(axis, keepdims=True)
+    yc = y - y.mean(axis, keepdims=True)
+    num = (xc * yc).sum(axis)
+    den = np.sqrt((xc**2).sum(axis) * (yc**2).sum(axis))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """`[n_boot, n]` resampling indices (with replacement)."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def bootstrap_pearson_ci(x: np.ndarray, y: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                         level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Interval of r for each column of `x, y [n, ...]` (prompts on axis 0)."""
+    idx = bootstrap_indices(x.shape[0], n_boot, seed)
+    rs = np.stack([pearson(x[i], y[i]) for i in idx])  # [n_boot, ...]
+    alpha = (1 - level) / 2
+    return np.nanquantile(rs, alpha, axis=0), np.nanquantile(rs, 1 - alpha, axis=0)
+
+
+def bootstrap_ratio_effect(m_patched: np.ndarray, m_clean: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                           level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """effect% = 100 (mean M_patched - mean M_clean) / mean M_clean with its interval.
+
+    `m_patched [n, ...]`, `m_clean [n]`; returns (effect, lo, hi), each shaped like `m_patched[0]`.
+    """
+    def effect(idx):
+        base = m_clean[idx].mean()
+        return 100 * (m_patched[idx].mean(0) - base) / base
+
+    point = effect(np.arange(len(m_clean)))
+    draws = np.stack([effect(i) for i in bootstrap_indices(len(m_clean), n_boot, seed)])
+    alpha = (1 - level) / 2
+    return point, np.quantile(draws, alpha, axis=0), np.quantile(draws, 1 - alpha, axis=0)
+
+
+@torch.inference_mode()
+def logit_lens_rank(vectors: torch.Tensor, token_ids: torch.Tensor, w_u: torch.Tensor, gain: torch.Tensor,
+                    norm_kind: str, chunk: int = 2048) -> torch.Tensor:
+    """Rank `[N]` (0 = top) of `token_ids [N]` in the logit lens of `vectors [N, d]`.
+
+    The lens is the unembedding of the final norm's direction g * center(v) (its scale, and the
+    final-norm and unembedding biases, are left out: a single component has no scale of its own).
+    """
+    ranks = torch.empty(len(vectors), dtype=torch.long)
+    w = w_u.float()
+    for start in range(0, len(vectors), chunk):
+        v = vectors[start : start + chunk].float()
+        if norm_kind == "layernorm":
+            v = v - v.mean(-1, keepdim=True)
+        logits = (v * gain) @ w.T  # [n, vocab]
+        target = logits.gather(1, token_ids[start : start + chunk, None])
+        ranks[start : start + chunk] = (logits > target).sum(1).cpu()
+    return ranks
+
+
+@dataclass(frozen=True)
+class HeadSetRule:
+    """METHOD.md §4: the smallest set of heads, by patching effect, that covers `coverage` of the
+    total negative effect and whose attention END -> S is above the layer median."""
+
+    coverage: float = 0.8
+    attention_filter: str = "mean attention END->S above the median of its layer"
+    effect: str = "100 (mean M_patched - mean M_clean) / mean M_clean, sender = mean over subject-corrupted prompts"
+    candidates: str = "heads passing the attention filter with a negative effect; total = their summed effect"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass
+class HeadSet:
+    heads: list[tuple[int, int]]  # in order of decreasing |negative effect|
+    above_median: np.ndarray  # [L, H] bool
+    covered_share: float  # share of the candidates' total negative effect covered
+    covered_share_all: float  # share of every head's total negative effect covered
+
+
+def select_head_set(effect: np.ndarray, attention: np.ndarray, rule: HeadSetRule = HeadSetRule()) -> HeadSet:
+    """Apply the rule to per-head `effect [L, H]` (effect%) and mean `attention [L, H]` (END -> S)."""
+    above = attention > np.median(attention, axis=1, keepdims=True)
+    candidates = [(l, h) for l, h in zip(*np.nonzero(above & (effect < 0)))]
+    candidates.sort(key=lambda lh: (effect[lh], lh))  # most negative first, ties by position
+    total = -sum(effect[lh] for lh in candidates)
+    total_all = -effect[effect < 0].sum()
+    chosen, covered = [], 0.0
+    for lh in candidates:
+        if total > 0 and covered >= rule.coverage * total - 1e-12:
+            break
+        chosen.append((int(lh[0]), int(lh[1])))
+        covered += -effect[lh]
+    return HeadSet(
+        heads=chosen,
+        above_median=above,
+        covered_share=float(covered / total) if total > 0 else 0.0,
+        covered_share_all=float(covered / total_all) if total_all > 0 else 0.0,
+    )
+
+
+def jaccard(a: set, b: set) -> float:
+    """|a ∩ b| / |a ∪ b| (1.0 for two empty sets)."""
+    union = a | b
+    return len(a & b) / len(union) if union else 1.0

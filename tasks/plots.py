@@ -1,0 +1,153 @@
+"""PNG figures of the head analysis (METHOD.md §4): per-head heatmaps and attention-vs-DLA scatters.
+
+Figures are built on matplotlib's Agg canvas (no display, no pyplot state) and written atomically:
+saved to a temporary name in the target folder, then ``os.replace``d onto the path. Apart from that
+file write the functions are pure; each returns the path written.
+
+Heatmap orientation: layer on the y axis with layer 0 at the BOTTOM (depth grows upwards), head on the
+x axis; the figure's shape follows the grid (square cells), so a 30-layer x 9-head map is taller than
+wide.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib as mpl
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+
+__all__ = ["heatmap", "scatter"]
+
+_DPI = 110
+_MARK_COLOR = "black"
+
+
+def _save_atomic(fig: Figure, path: Path | str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        fig.savefig(tmp, format="png", dpi=_DPI)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _ticks(n: int, max_labels: int = 32) -> np.ndarray:
+    step = max(1, int(np.ceil(n / max_labels)))
+    return np.arange(0, n, step)
+
+
+def _heatmap_figure(values: np.ndarray, title: str, cmap: str = "RdBu_r", center_zero: bool = True,
+                    label: str = "", mark: set[tuple[int, int]] | None = None,
+                    mark_label: str = "marked") -> Figure:
+    """The heatmap's Figure (not saved); ``mark`` cells get a box (one ``Rectangle`` patch each)."""
+    vals = np.asarray(values, dtype=np.float64)
+    if vals.ndim != 2 or 0 in vals.shape:
+        raise ValueError(f"values must be a non-empty [layers, heads] array, got shape {vals.shape}")
+    n_layers, n_heads = vals.shape
+    mark = {(int(l), int(h)) for l, h in (mark or set())}
+    outside = sorted((l, h) for l, h in mark if not (0 <= l < n_layers and 0 <= h < n_heads))
+    if outside:
+        raise ValueError(f"marked cells {outside} are outside the {n_layers} x {n_heads} grid")
+
+    finite = vals[np.isfinite(vals)]
+    if center_zero:
+        vmax = float(np.max(np.abs(finite))) if finite.size else 1.0
+        vmax = vmax if vmax > 0 else 1.0
+        norm = Normalize(-vmax, vmax)
+    else:
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        norm = Normalize(lo, hi if hi > lo else lo + 1.0)
+
+    # Square cells; the grid sets the figure's shape (capped so big models stay readable).
+    cell = min(0.38, 11.0 / max(n_layers, n_heads))
+    width = n_heads * cell + 2.4  # y label + tick labels + colour bar
+    height = n_layers * cell + 1.5  # title + x label
+    fig = Figure(figsize=(max(width, 4.0), max(height, 3.0)), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    cm = mpl.colormaps[cmap].with_extremes(bad="#d0d0d0")  # NaN (head not evaluated) in grey
+    im = ax.imshow(np.ma.masked_invalid(vals), cmap=cm, norm=norm, origin="lower", aspect="auto",
+                   interpolation="nearest")
+    ax.set_xticks(_ticks(n_heads))
+    ax.set_yticks(_ticks(n_layers))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label=label)
+    for l, h in sorted(mark):
+        ax.add_patch(Rectangle((h - 0.5, l - 0.5), 1, 1, fill=False, edgecolor=_MARK_COLOR, linewidth=2.0))
+    if mark:
+        handle = Line2D([], [], marker="s", markersize=10, markerfacecolor="none", markeredgecolor=_MARK_COLOR,
+                        markeredgewidth=2.0, linestyle="none")
+        fig.legend([handle], [f"{mark_label} ({len(mark)})"], loc="outside lower center", frameon=False)
+    return fig
+
+
+def heatmap(values: np.ndarray, title: str, path: Path | str, cmap: str = "RdBu_r", center_zero: bool = True,
+            label: str = "", mark: set[tuple[int, int]] | None = None, mark_label: str = "marked") -> Path:
+    """Write a [layers, heads] heatmap PNG to ``path`` and return it.
+
+    Layer on the y axis (layer 0 at the bottom), head on the x axis, colour bar titled ``label``.
+    ``center_zero``: symmetric colour limits around 0 (white = 0 with a diverging ``cmap``); NaN cells
+    are grey. ``mark``: (layer, head) cells outlined with a black box (e.g. the head set), counted in a
+    legend as ``mark_label``.
+    """
+    return _save_atomic(_heatmap_figure(values, title, cmap, center_zero, label, mark, mark_label), path)
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    if len(x) < 2:
+        return None
+    dx, dy = x - x.mean(), y - y.mean()
+    den = np.sqrt((dx * dx).sum() * (dy * dy).sum())
+    return float((dx * dy).sum() / den) if den > 0 else None
+
+
+def _scatter_figure(x: Sequence[float], y: Sequence[float], groups: Sequence[str], title: str,
+                    xlabel: str, ylabel: str) -> Figure:
+    """The scatter's Figure (not saved): one colour per group (first-appearance order), r in the legend."""
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    groups = [str(g) for g in groups]
+    if not (len(x) == len(y) == len(groups)):
+        raise ValueError(f"x, y and groups must have the same length, got {len(x)}, {len(y)}, {len(groups)}")
+    names = list(dict.fromkeys(groups))
+    cmap = mpl.colormaps["tab10" if len(names) <= 10 else "tab20"]
+    fig = Figure(figsize=(6.4, 4.8), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    g = np.asarray(groups, dtype=object)
+    for i, name in enumerate(names):
+        sel = (g == name) & np.isfinite(x) & np.isfinite(y)
+        r = _pearson(x[sel], y[sel])
+        r_txt = "n/a" if r is None else f"{r:.2f}"
+        ax.scatter(x[sel], y[sel], s=14, alpha=0.75, color=cmap(i % cmap.N), edgecolors="none",
+                   label=f"{name} (r = {r_txt}, n = {int(sel.sum())})")
+    ax.axhline(0.0, color="0.6", linewidth=0.8, zorder=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if names:
+        ax.legend(fontsize="small", loc="best", frameon=True)
+    return fig
+
+
+def scatter(x: Sequence[float], y: Sequence[float], groups: Sequence[str], title: str, path: Path | str,
+            xlabel: str = "attention END -> S", ylabel: str = "DLA onto the subject") -> Path:
+    """Write a scatter PNG of ``y`` against ``x`` (one point per element) to ``path`` and return it.
+
+    ``groups[i]`` names the series of point i (e.g. "L9.H8"); each group has its own colour and a
+    legend entry with its Pearson r and n (non-finite points are left out).
+    """
+    return _save_atomic(_scatter_figure(x, y, groups, title, xlabel, ylabel), path)

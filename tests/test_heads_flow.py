@@ -1,0 +1,114 @@
+"""The head-analysis stage end to end (no Prefect): tables, skip reasons, reruns, and on smollm2-135m
+the paper's claim that the task-specific heads matter more than random heads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from factrecall.flows.heads import HeadConfig, corrupted_means, run_head_analysis
+from factrecall.storage.query import connect
+from factrecall.storage.store import PartitionKey, Store
+from factrecall.tasks.capture import capture_batch
+from factrecall.tasks.path_patching import EndRunner, patch_set
+from factrecall.tasks.prompts import build_prompts
+from factrecall.tasks.relations import get_relation, load_generic_jsonl, paper_capital
+from factrecall.tasks.tokenization import tokenize_prompts
+from tiny_models import loaded_tiny_model
+
+N = 12
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("heads")
+    lm = loaded_tiny_model("gemma3")
+    summary = run_head_analysis(Store(root), lm, get_relation("paper.capital"), 0,
+                                HeadConfig(max_prompts=N, n_boot=50, batch_size=5), "t")
+    return root, lm, summary
+
+
+def test_tables_cover_every_prompt_head_and_layer(analysed):
+    root, lm, summary = analysed
+    L, H = lm.dims.n_layers, lm.dims.n_heads
+    con = connect(root)
+    assert con.sql("SELECT count(*) FROM head_prompts").fetchall()[0][0] == N * L * H
+    assert con.sql("SELECT count(*) FROM mlp_patching").fetchall()[0][0] == N * L
+    assert con.sql("SELECT count(*) FROM head_summary").fetchall()[0][0] == L * H
+    # the summary's attention mean and the per-prompt rows agree; the per-prompt rows agree with capture
+    diff = con.sql("""
+        SELECT max(abs(s.mean_attn_to_s - p.m)) FROM head_summary s
+        JOIN (SELECT layer, head, avg(attn_to_s) AS m FROM head_prompts GROUP BY ALL) p USING (layer, head)
+    """).fetchall()[0][0]
+    assert diff < 1e-6
+    same = con.sql("""
+        SELECT max(abs(p.attn_to_s - h.attn_to_s)) FROM head_prompts p
+        JOIN heads h ON h.model = p.model AND h.relation = p.relation AND h.shot = p.shot
+         AND h.prompt_id = p.prompt_id AND h.layer = p.layer AND h.head = p.head AND h.variant = 'clean'
+    """).fetchall()[0][0]
+    assert same < 1e-7
+
+
+def test_head_set_row_matches_summary_flags(analysed):
+    root, _, summary = analysed
+    con = connect(root)
+    heads, rule, plots = con.sql("SELECT heads, rule, plots FROM head_sets").fetchall()[0]
+    flagged = con.sql("SELECT 'L' || layer || '.H' || head FROM head_summary WHERE in_head_set ORDER BY set_order").fetchall()
+    assert [f[0] for f in flagged] == list(heads) == summary["head_set"]
+    assert json.loads(rule)["coverage"] == 0.8
+    for p in plots:
+        assert (root / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_skips_and_new_settings_rewrite(analysed):
+    root, lm, _ = analysed
+    again = run_head_analysis(Store(root), lm, get_relation("paper.capital"), 0,
+                              HeadConfig(max_prompts=N, n_boot=50, batch_size=7), "t2")
+    assert again["status"] == "skipped"  # batch size changes speed, not results
+    con = connect(root)
+    assert con.sql("SELECT count(*) FROM head_sets").fetchall()[0][0] == 1
+
+
+def test_relation_with_one_subject_is_skipped_with_the_reason_stored(tmp_path):
+    path = tmp_path / "one.jsonl"
+    path.write_text('{"subject": "France", "object": "Paris", "template": "The capital of {} is"}\n'
+                    '{"subject": "France", "object": "Paris", "template": "{}\'s capital is"}\n')
+    lm = loaded_tiny_model("gpt2")
+    result = run_head_analysis(Store(tmp_path / "s"), lm, load_generic_jsonl(path), 0, HeadConfig(), "t")
+    assert result["status"] == "skipped" and "at least 2" in result["reason"]
+    reason = connect(tmp_path / "s").sql("SELECT skipped_reason FROM head_sets").fetchall()[0][0]
+    assert "1 distinct subject" in reason
+
+
+@pytest.mark.integration
+def test_smollm2_head_set_lowers_m_more_than_random_heads(smollm2, tmp_path):
+    n_prompts = 60
+    config = HeadConfig(max_prompts=n_prompts, n_boot=100)
+    summary = run_head_analysis(Store(tmp_path), smollm2, paper_capital(), 0, config, "t")
+    heads = [tuple(int(x) for x in name[1:].split(".H")) for name in summary["head_set"]]
+    assert heads, "the head set must not be empty"
+
+    def tok(variant):
+        return tokenize_prompts(smollm2.tokenizer, build_prompts(paper_capital(), 0, 0, (variant,), n_prompts),
+                                smollm2.max_length)
+
+    clean = tok("clean")
+    means = corrupted_means(smollm2, tok("subject_corrupt"), 16)
+    cap = capture_batch(smollm2.model, smollm2.adapter, smollm2.dims, [list(p.input_ids) for p in clean],
+                        smollm2.tokenizer.pad_token_id)
+    answer = torch.tensor([p.answer_token_id for p in clean])
+    runner = EndRunner(smollm2)
+    m_clean = (cap.logits.gather(1, answer[:, None])[:, 0] - cap.logits.mean(1)).mean().item()
+    drop = lambda hs: m_clean - patch_set(runner, cap, answer, means, hs).mean().item()  # noqa: E731
+    set_drop = drop(heads)
+    rng = np.random.default_rng(0)
+    all_heads = [(l, h) for l in range(smollm2.dims.n_layers) for h in range(smollm2.dims.n_heads)]
+    random_drops = [drop([all_heads[i] for i in rng.choice(len(all_heads), len(heads), replace=False)])
+                    for _ in range(20)]
+    print(f"head set {summary['head_set']}: M drop {set_drop:.3f}; random sets: max {max(random_drops):.3f}, "
+          f"mean {np.mean(random_drops):.3f} (n={n_prompts} prompts, 20 random sets)")
+    assert set_drop > max(random_drops)
