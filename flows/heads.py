@@ -31,6 +31,7 @@ from factrecall.tasks.head_stats import (
     bootstrap_ratio_effect,
     logit_lens_rank,
     pearson,
+    ratio_effect,
     select_head_set,
 )
 from factrecall.tasks.models import LoadedModel
@@ -195,7 +196,7 @@ def run_head_analysis(store: Store, lm: LoadedModel, relation: Relation, shot: i
     m_clean = subj.m_clean.double().numpy()
     effect, lo, hi = bootstrap_ratio_effect(subj.m_heads.double().numpy().reshape(n, L * H), m_clean,
                                             config.n_boot, config.seed)
-    effect_rel = (bootstrap_ratio_effect(patched[1].m_heads.double().numpy().reshape(n, L * H), m_clean, 1, 0)[0]
+    effect_rel = (ratio_effect(patched[1].m_heads.double().numpy().reshape(n, L * H), m_clean)
                   if corrupt_relation else None)
     r = pearson(attn.reshape(n, -1), dla_subject.reshape(n, -1))
     r_lo, r_hi = bootstrap_pearson_ci(attn.reshape(n, -1), dla_subject.reshape(n, -1), config.n_boot, config.seed)

@@ -39,18 +39,20 @@ def bootstrap_pearson_ci(x: np.ndarray, y: np.ndarray, n_boot: int = 1000, seed:
     return np.nanquantile(rs, alpha, axis=0), np.nanquantile(rs, 1 - alpha, axis=0)
 
 
+def ratio_effect(m_patched: np.ndarray, m_clean: np.ndarray) -> np.ndarray:
+    """effect% = 100 (mean M_patched - mean M_clean) / mean M_clean over prompts (axis 0)."""
+    base = m_clean.mean()
+    return 100 * (m_patched.mean(0) - base) / base
+
+
 def bootstrap_ratio_effect(m_patched: np.ndarray, m_clean: np.ndarray, n_boot: int = 1000, seed: int = 0,
                            level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """effect% = 100 (mean M_patched - mean M_clean) / mean M_clean with its interval.
 
     `m_patched [n, ...]`, `m_clean [n]`; returns (effect, lo, hi), each shaped like `m_patched[0]`.
     """
-    def effect(idx):
-        base = m_clean[idx].mean()
-        return 100 * (m_patched[idx].mean(0) - base) / base
-
-    point = effect(np.arange(len(m_clean)))
-    draws = np.stack([effect(i) for i in bootstrap_indices(len(m_clean), n_boot, seed)])
+    point = ratio_effect(m_patched, m_clean)
+    draws = np.stack([ratio_effect(m_patched[i], m_clean[i]) for i in bootstrap_indices(len(m_clean), n_boot, seed)])
     alpha = (1 - level) / 2
     return point, np.quantile(draws, alpha, axis=0), np.quantile(draws, 1 - alpha, axis=0)
 

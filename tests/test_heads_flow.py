@@ -64,7 +64,7 @@ def test_head_set_row_matches_summary_flags(analysed):
         assert (root / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_rerun_skips_and_new_settings_rewrite(analysed):
+def test_rerun_with_another_batch_size_is_skipped(analysed):
     root, lm, _ = analysed
     again = run_head_analysis(Store(root), lm, get_relation("paper.capital"), 0,
                               HeadConfig(max_prompts=N, n_boot=50, batch_size=7), "t2")
