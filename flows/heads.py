@@ -39,7 +39,7 @@ from factrecall.tasks.partition_capture import final_norm_of, unembedding
 from factrecall.tasks.path_patching import EndRunner, PatchResult, SenderMeans, patch_end
 from factrecall.tasks.prompts import build_prompts
 from factrecall.tasks.relations import Relation
-from factrecall.tasks.tokenization import TokenizedPrompt, tokenize_prompts
+from factrecall.tasks.tokenization import TokenizedPrompt, length_sorted_batches, tokenize_prompts
 from factrecall.version import code_version
 
 from .partition import CaptureConfig, input_hash, run_partition
@@ -67,19 +67,11 @@ def heads_input_hash(lm: LoadedModel, relation: Relation, shot: int, config: Hea
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _batches(items: list, size: int):
-    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
-    for start in range(0, len(order), size):
-        idx = order[start : start + size]
-        yield idx, [items[i] for i in idx]
-
-
 def corrupted_means(lm: LoadedModel, prompts: list[TokenizedPrompt], batch_size: int) -> SenderMeans:
     """Mean raw head outputs `[L, H, d]` and MLP outputs `[L, d]` at END over corrupted prompts (streamed)."""
     head_sum = mlp_sum = None
-    pad = lm.tokenizer.pad_token_id or 0
-    for _, batch in _batches(prompts, batch_size):
-        cap = capture_batch(lm.model, lm.adapter, lm.dims, [list(p.input_ids) for p in batch], pad)
+    for _, batch in length_sorted_batches(prompts, batch_size):
+        cap = capture_batch(lm.model, lm.adapter, lm.dims, [list(p.input_ids) for p in batch], lm.pad_id)
         h, m = cap.head_raw.double().sum(0), cap.mlp_out.double().sum(0)
         head_sum, mlp_sum = (h, m) if head_sum is None else (head_sum + h, mlp_sum + m)
     n = len(prompts)
@@ -95,18 +87,17 @@ def patch_all(lm: LoadedModel, clean: list[TokenizedPrompt], subject_means: Send
     relation word corrupted, which tells whether a head's contribution depends on the task.
     """
     runner = EndRunner(lm)
-    pad = lm.tokenizer.pad_token_id or 0
     n, L, H = len(clean), lm.dims.n_layers, lm.dims.n_heads
     by_source = {p.prompt.source_prompt_id: p for p in relation_corrupt}
     out = [PatchResult(torch.empty(n), torch.empty(n, L, H), torch.empty(n, L))
            for _ in range(2 if relation_corrupt else 1)]
-    for idx, batch in _batches(clean, batch_size):
-        cap = capture_batch(lm.model, lm.adapter, lm.dims, [list(p.input_ids) for p in batch], pad)
+    for idx, batch in length_sorted_batches(clean, batch_size):
+        cap = capture_batch(lm.model, lm.adapter, lm.dims, [list(p.input_ids) for p in batch], lm.pad_id)
         answer = torch.tensor([p.answer_token_id for p in batch], device=lm.device)
         senders = [subject_means]
         if relation_corrupt:
             twins = [by_source[p.prompt.prompt_id] for p in batch]
-            rcap = capture_batch(lm.model, lm.adapter, lm.dims, [list(p.input_ids) for p in twins], pad)
+            rcap = capture_batch(lm.model, lm.adapter, lm.dims, [list(p.input_ids) for p in twins], lm.pad_id)
             senders.append(SenderMeans(rcap.head_raw, rcap.mlp_out))
         for res, values in zip(out, senders):
             r = patch_end(runner, cap, answer, values)

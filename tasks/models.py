@@ -105,6 +105,11 @@ class LoadedModel:
     device: torch.device
 
     @property
+    def pad_id(self) -> int:
+        """Token id used for right padding (padding never reaches a real token: attention is causal)."""
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    @property
     def max_length(self) -> int | None:
         n = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
         return int(n) if n else None

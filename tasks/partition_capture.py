@@ -23,7 +23,7 @@ from .capture import EndCapture, capture_batch
 from .ledger import Ledger, compute_ledger, ledger_rtol, norm_scale, stack_components
 from .metrics import summarize_logits
 from .models import LoadedModel
-from .tokenization import TokenizedPrompt
+from .tokenization import TokenizedPrompt, length_sorted_batches
 
 TOKEN_ROLES = ("answer", "subject", "top1")
 
@@ -81,11 +81,8 @@ def capture_partition(
     d = lm.dims.d_model
     norm = final_norm_of(lm)
     w_u, b_u = unembedding(lm)
-    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].input_ids))  # less padding
-    for start in range(0, len(order), batch_size):
-        batch = [prompts[i] for i in order[start : start + batch_size]]
-        cap = capture_batch(lm.model, lm.adapter, lm.dims, [list(p.input_ids) for p in batch], pad_id)
+    for _, batch in length_sorted_batches(prompts, batch_size):
+        cap = capture_batch(lm.model, lm.adapter, lm.dims, [list(p.input_ids) for p in batch], lm.pad_id)
         yield _batch_tables(lm, batch, cap, norm, w_u, b_u, d, stats)
         if progress is not None:
             progress(len(batch))

@@ -203,8 +203,7 @@ def full_forward_patch(lm: LoadedModel, input_ids: list[list[int]], answer: torc
     `sender=None` freezes everything and patches nothing (must reproduce the clean logits).
     """
     adapter, model = lm.adapter, lm.model
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    ids, mask = right_pad(input_ids, pad, lm.device)
+    ids, mask = right_pad(input_ids, lm.pad_id, lm.device)
     end = mask.sum(1) - 1
     rows = torch.arange(len(input_ids), device=ids.device)
     layers = adapter.layer_modules(model)

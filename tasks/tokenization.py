@@ -109,3 +109,11 @@ def tokenize_prompts(tokenizer, prompts: Sequence[Prompt], max_length: int | Non
                                      enc["special_tokens_mask"][j], full["input_ids"][j],
                                      full["special_tokens_mask"][j], max_length))
     return out
+
+
+def length_sorted_batches(prompts: Sequence[TokenizedPrompt], size: int):
+    """Yield `(indices, batch)` of up to `size` prompts, shortest first, so batches need little padding."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].input_ids))
+    for start in range(0, len(order), size):
+        idx = order[start : start + size]
+        yield idx, [prompts[i] for i in idx]
