@@ -112,6 +112,48 @@ def heads(
                       f"--param relation={first['relation']}")
 
 
+@app.command("final-layer")
+def final_layer(
+    models: str = typer.Option("smollm2-135m", help="Comma-separated model references (as for `run`)."),
+    relations: str = typer.Option("paper.capital", help="Comma-separated relation names or .jsonl files."),
+    shots: str = typer.Option("0", help="Comma-separated k-shot settings."),
+    seed: int = typer.Option(0, help="Seed for demonstrations and the calibration/held-out split."),
+    batch_size: int = typer.Option(16, min=1, help="Prompts per forward pass."),
+    dtype: str = typer.Option("float32", help="float32 (reference) | bfloat16 | float16."),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when present)."),
+    max_prompts: Optional[int] = typer.Option(None, min=2, help="Use only the first N prompts of each relation."),
+    n_boot: int = typer.Option(1000, min=10, help="Bootstrap resamples for intervals."),
+    calibration_share: float = typer.Option(0.5, min=0.05, max=0.95, help="Share of prompts that choose the mitigation."),
+    control_prompts: int = typer.Option(8, min=1, help="Prompts per control relation."),
+    store: Path = typer.Option(None, help="Store root (default: $FACTRECALL_STORE or .factrecall/store)."),
+    progress: bool = typer.Option(True, help="Show a progress display."),
+) -> None:
+    """Step 4: does the last layer suppress the answer, which components do it, and what mitigating costs."""
+    store_root = (store or default_store()).resolve()
+    shot_list = _validate(models, relations, shots)
+    configure_prefect()
+    from factrecall.flows.sweep import analyze_final_layer
+
+    manifest = _guarded(lambda: analyze_final_layer(
+        models=_split(models), relations=_split(relations), shots=shot_list, store_root=str(store_root),
+        seed=seed, batch_size=batch_size, dtype=dtype, device=device, max_prompts=max_prompts, n_boot=n_boot,
+        calibration_share=calibration_share, control_prompts=control_prompts, show_progress=progress,
+    ))
+    for p in manifest["partitions"]:
+        if p["status"] == "written":
+            gains = ", ".join(f"{v} {g:+.3f}" for v, g in p["held_out_delta_p"].items())
+            console.print(f"{p['model']} {p['relation']} shot={p['shot']}: last layer {p['verdict']} "
+                          f"(Δp {p['delta_p']:+.3f} [{_fmt(p['delta_p_lo'])}, {_fmt(p['delta_p_hi'])}]); "
+                          f"held-out Δp: {gains} ({p['seconds']:.0f} s)", highlight=False)
+    _report(manifest, store_root, None)
+    if manifest["partitions"]:
+        console.print("\nfactrecall query --named final_layer_suppression; factrecall query --named mitigation_gain")
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:+.3f}"
+
+
 def _validate(models: str, relations: str, shots: str) -> list[int]:
     """Check every input before Prefect starts or anything is written; returns the shots."""
     from factrecall.paths import model_cache_dir

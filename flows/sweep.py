@@ -1,5 +1,6 @@
 """Prefect flows: `sweep(models, relations, shots)` captures, `analyze_heads(...)` finds the
-argument-passing heads; one task per partition, captures cached by content hash.
+argument-passing heads, `analyze_final_layer(...)` measures the last layer's suppression and its
+mitigation; one task per partition, captures cached by content hash.
 
 Prefect runs serverless (ephemeral), quietly and offline, with its home inside the state directory
 (`factrecall.paths.configure_prefect`, applied before Prefect is imported). Errors in our inputs are
@@ -29,6 +30,7 @@ from factrecall.tasks.partition_capture import LedgerError, model_info_table  # 
 from factrecall.tasks.relations import get_relation  # noqa: E402
 from factrecall.version import code_version, package_versions  # noqa: E402
 
+from .final_layer import FinalLayerConfig, model_lens_plot, run_final_layer_analysis  # noqa: E402
 from .heads import HeadConfig, run_head_analysis  # noqa: E402
 from .partition import CaptureConfig, input_hash, run_partition  # noqa: E402
 
@@ -59,6 +61,12 @@ def load_model_task(ref: str, dtype: str, device: str | None):
 def head_analysis_task(store: Store, lm, relation, shot: int, config: HeadConfig, run_id: str,
                        progress=None) -> dict:
     return run_head_analysis(store, lm, relation, shot, config, run_id, progress=progress)
+
+
+@task(name="final-layer", retries=0, cache_policy=NO_CACHE, task_run_name="final layer {relation.name}/shot={shot}")
+def final_layer_task(store: Store, lm, relation, shot: int, config: FinalLayerConfig, run_id: str,
+                     progress=None) -> dict:
+    return run_final_layer_analysis(store, lm, relation, shot, config, run_id, progress=progress)
 
 
 @flow(name="factrecall-sweep", retries=0, log_prints=False)
@@ -109,9 +117,42 @@ def analyze_heads(
     )
 
 
+@flow(name="factrecall-final-layer", retries=0, log_prints=False)
+def analyze_final_layer(
+    models: list[str],
+    relations: list[str],
+    shots: list[int],
+    store_root: str,
+    seed: int = 0,
+    batch_size: int = 16,
+    dtype: str = "float32",
+    device: str | None = None,
+    max_prompts: int | None = None,
+    n_boot: int = 1000,
+    calibration_share: float = 0.5,
+    control_prompts: int = 8,
+    show_progress: bool = True,
+) -> dict:
+    """Step 4 (METHOD.md §7) for every (model, relation, shot): logit lens across depth, the last layer's
+    suppressors, and the mitigation chosen on a calibration half and reported on the held-out half."""
+    config = FinalLayerConfig(seed=seed, max_prompts=max_prompts, batch_size=batch_size, n_boot=n_boot,
+                              calibration_share=calibration_share, control_prompts=control_prompts)
+    return _over_partitions(
+        "final_layer", final_layer_task, config, models, relations, shots, store_root, dtype, device,
+        show_progress, {"seed": seed, "batch_size": batch_size, "max_prompts": max_prompts, "n_boot": n_boot,
+                        "calibration_share": calibration_share, "control_prompts": control_prompts,
+                        "alphas": list(config.alphas), "control_relations": list(config.control_relations)},
+        model_done=model_lens_plot,
+    )
+
+
 def _over_partitions(kind, partition_task, config, models, relations, shots, store_root, dtype, device,
-                     show_progress, settings: dict) -> dict:
-    """Load each model once, run `partition_task` for every (relation, shot), write the run manifest."""
+                     show_progress, settings: dict, model_done=None) -> dict:
+    """Load each model once, run `partition_task` for every (relation, shot), write the run manifest.
+
+    `model_done(store, model_id)`, when given, runs after a model's partitions and returns a plot path
+    (or None); the paths are recorded in the manifest under "plots".
+    """
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     started = datetime.now(timezone.utc).isoformat()
     store = Store(Path(store_root))
@@ -120,6 +161,7 @@ def _over_partitions(kind, partition_task, config, models, relations, shots, sto
     refused: dict[str, str] = {}
     timings: dict[str, float] = {}
     model_hashes: dict[str, str | None] = {}
+    model_plots: dict[str, str] = {}
     with _progress(show_progress) as progress:
         for ref in models:
             t0 = time.perf_counter()
@@ -137,6 +179,8 @@ def _over_partitions(kind, partition_task, config, models, relations, shots, sto
                 refused[lm.model_id] = str(exc)
                 continue
             store.write_model_table("model_info", lm.model_id, model_info_table(lm, ref))
+            if model_done is not None and (plot := model_done(store, lm.model_id)):
+                model_plots[lm.model_id] = plot
     manifest = {
         "run_id": run_id,
         "kind": kind,
@@ -155,6 +199,7 @@ def _over_partitions(kind, partition_task, config, models, relations, shots, sto
         "partitions": partitions,
         "refused": refused,
         "timings": timings,
+        "plots": model_plots,
         "store": str(store.root),
     }
     store.write_run(manifest)

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-__all__ = ["vector_type", "schema", "TABLES", "HEAD_TABLES", "MODEL_TABLES", "PARTITION_COLUMNS"]
+__all__ = ["vector_type", "schema", "TABLES", "HEAD_TABLES", "FINAL_LAYER_TABLES", "MODEL_TABLES",
+           "PARTITION_COLUMNS"]
 
 #: Partitioned tables, written through ``Store.open_partition``.
 TABLES: tuple[str, ...] = ("prompts", "logits", "heads", "layers", "resid_end", "dla", "ledger", "unembed")
 #: Tables of the argument-passing-head analysis (stage "heads", METHOD.md §4), same partitioning.
 HEAD_TABLES: tuple[str, ...] = ("head_prompts", "mlp_patching", "head_summary", "head_sets")
+#: Tables of the final-layer analysis (stage "final_layer", METHOD.md §7), same partitioning.
+FINAL_LAYER_TABLES: tuple[str, ...] = ("lens", "final_components", "final_layer_summary", "mitigation",
+                                       "mitigation_curve", "mitigation_prompts")
 #: Per-model tables, written through ``Store.write_model_table``.
 MODEL_TABLES: tuple[str, ...] = ("model_info",)
 #: Columns that come from the Hive path of partitioned tables (must not be in their files).
@@ -227,6 +231,131 @@ def _head_sets(d: int) -> list[pa.Field]:
     ]
 
 
+def _ci(name: str) -> list[pa.Field]:
+    """A mean with its bootstrap 95% interval: ``name``, ``name_lo``, ``name_hi``."""
+    return [_f(name, pa.float64()), _f(f"{name}_lo", pa.float64()), _f(f"{name}_hi", pa.float64())]
+
+
+def _lens(d: int) -> list[pa.Field]:
+    """Logit lens at END per clean prompt and depth (METHOD.md §7). layer -1 = the embeddings (residual
+    entering block 0), layer l = the residual leaving block l; the last layer equals the model's logits.
+    The competitor is the highest-logit token other than the answer entering the last layer."""
+    return [
+        _f("prompt_id", pa.int32()),
+        _f("layer", pa.int16()),
+        _f("p_answer", pa.float32()),
+        _f("logit_answer", pa.float32()),
+        _f("logprob_answer", pa.float32()),
+        _f("rank_answer", pa.int32()),  # 0 = top-1
+        _f("p_competitor", pa.float32()),
+        _f("logit_competitor", pa.float32()),
+        _f("rank_competitor", pa.int32()),
+        _f("entropy", pa.float32()),  # nats, whole next-token distribution
+        _f("top1_token", pa.int32()),
+    ]
+
+
+def _final_components(d: int) -> list[pa.Field]:
+    """DLA of each last-layer component (heads "L{l}.H{h}", "L{l}.attn_bias", "L{l}.mlp") at END."""
+    return [
+        _f("prompt_id", pa.int32()),
+        _f("split", pa.string()),  # "calibration" | "held_out" (the mitigation's seeded split)
+        _f("component", pa.string()),
+        _f("layer", pa.int16()),
+        _f("head", pa.int16()),  # null for b_O and the MLP
+        _f("answer_token", pa.int32()),
+        _f("competitor_token", pa.int32()),
+        _f("dla_answer", pa.float32()),
+        _f("dla_competitor", pa.float32()),
+    ]
+
+
+def _final_layer_summary(d: int) -> list[pa.Field]:
+    """One row per partition: what the last layer does to the answer (deltas = after - before the last
+    layer, i.e. lens at the last layer minus lens at the one below; bootstrap 95% intervals over prompts)."""
+    return [
+        _f("n", pa.int32()),
+        _f("layer", pa.int16()),  # the last layer's index
+        _f("p_before", pa.float64()),
+        _f("p_after", pa.float64()),
+        *_ci("delta_p"),
+        *_ci("delta_logit"),
+        *_ci("share_dropped"),  # share of prompts whose p(answer) drops across the last layer
+        *_ci("delta_p_competitor"),
+        *_ci("delta_logit_competitor"),
+        _f("entropy_before", pa.float64()),
+        _f("entropy_after", pa.float64()),
+        *_ci("delta_entropy"),
+        _f("suppressors", pa.list_(pa.string())),  # components with negative mean DLA onto the answer
+        _f("suppression_dla", pa.float64()),  # sum of the suppressors' mean DLA onto the answer
+        _f("claim_holds", pa.bool_()),  # delta_p_hi < 0: the last layer lowers p(answer) (the paper's claim)
+        _f("verdict", pa.string()),  # "suppresses" | "raises" | "inconclusive"
+        _f("plots", pa.list_(pa.string())),
+        _f("seconds", pa.float64()),
+    ]
+
+
+def _mitigation(d: int) -> list[pa.Field]:
+    """One row per mitigation variant: components and alpha chosen on the calibration half, effects on
+    the held-out half (after - before, paired, bootstrap 95% intervals), and the cost on controls."""
+    return [
+        _f("variant", pa.string()),  # "heads" | "mlp_answer" | "mlp_top1"
+        _f("oracle", pa.bool_()),  # needs the answer label (an upper bound, not deployable)
+        _f("components", pa.list_(pa.string())),
+        _f("alpha", pa.float64()),
+        _f("split_seed", pa.int64()),
+        _f("calibration_share", pa.float64()),
+        _f("n_calibration", pa.int32()),
+        _f("n_held_out", pa.int32()),
+        _f("calibration_delta_logp", pa.float64()),
+        _f("p_before", pa.float64()),
+        _f("p_after", pa.float64()),
+        *_ci("delta_p"),
+        _f("acc_before", pa.float64()),
+        _f("acc_after", pa.float64()),
+        *_ci("delta_acc"),
+        _f("logp_before", pa.float64()),
+        _f("logp_after", pa.float64()),
+        *_ci("delta_logp"),
+        _f("control_relations", pa.list_(pa.string())),
+        _f("n_control", pa.int32()),
+        *_ci("control_delta_logp"),
+        *_ci("control_delta_acc"),
+        _f("n_text_tokens", pa.int32()),
+        *_ci("text_delta_logp"),  # mean over the control corpus' next tokens; null for oracle variants
+        _f("note", pa.string()),
+    ]
+
+
+def _mitigation_curve(d: int) -> list[pa.Field]:
+    """Every alpha of the grid per variant and split (the choice is made on "calibration")."""
+    return [
+        _f("variant", pa.string()),
+        _f("alpha", pa.float64()),
+        _f("split", pa.string()),
+        _f("n", pa.int32()),
+        _f("mean_p", pa.float64()),
+        _f("mean_logp", pa.float64()),
+        _f("accuracy", pa.float64()),
+    ]
+
+
+def _mitigation_prompts(d: int) -> list[pa.Field]:
+    """Per prompt and variant at the chosen alpha."""
+    return [
+        _f("prompt_id", pa.int32()),
+        _f("split", pa.string()),
+        _f("variant", pa.string()),
+        _f("alpha", pa.float64()),
+        _f("p_before", pa.float32()),
+        _f("p_after", pa.float32()),
+        _f("logp_before", pa.float32()),
+        _f("logp_after", pa.float32()),
+        _f("correct_before", pa.bool_()),
+        _f("correct_after", pa.bool_()),
+    ]
+
+
 _BUILDERS = {
     "prompts": _prompts,
     "logits": _logits,
@@ -241,6 +370,12 @@ _BUILDERS = {
     "mlp_patching": _mlp_patching,
     "head_summary": _head_summary,
     "head_sets": _head_sets,
+    "lens": _lens,
+    "final_components": _final_components,
+    "final_layer_summary": _final_layer_summary,
+    "mitigation": _mitigation,
+    "mitigation_curve": _mitigation_curve,
+    "mitigation_prompts": _mitigation_prompts,
 }
 
 

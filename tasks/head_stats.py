@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from .intervals import bootstrap_indices
+
 
 def pearson(x: np.ndarray, y: np.ndarray, axis: int = 0) -> np.ndarray:
     """Pearson r along `axis` (NaN where either side is constant)."""
@@ -23,11 +25,6 @@ def pearson(x: np.ndarray, y: np.ndarray, axis: int = 0) -> np.ndarray:
     den = np.sqrt((xc**2).sum(axis) * (yc**2).sum(axis))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / den, np.nan)
-
-
-def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """`[n_boot, n]` resampling indices (with replacement)."""
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
 def bootstrap_pearson_ci(x: np.ndarray, y: np.ndarray, n_boot: int = 1000, seed: int = 0,

@@ -97,23 +97,37 @@ class EndRunner:
 
     def attn_with_delta(self, cap: EndCapture, layer: int, delta: torch.Tensor) -> torch.Tensor:
         """Attention contribution of `layer` at END when the projection output changes by `delta [B, ..., d]`."""
-        shape = (cap.proj_out.shape[0],) + (1,) * (delta.dim() - 2) + (cap.proj_out.shape[-1],)
+        return self.attn_contribution(layer, cap.proj_out[:, layer], cap.attn_out[:, layer], delta)
+
+    def attn_contribution(self, layer: int, proj_out: torch.Tensor, attn_out: torch.Tensor,
+                          delta: torch.Tensor) -> torch.Tensor:
+        """Same from the layer's clean projection output and attention contribution at END (`[B, d]` each)."""
+        shape = (proj_out.shape[0],) + (1,) * (delta.dim() - 2) + (proj_out.shape[-1],)
         if self.post_norms is None:
-            return cap.attn_out[:, layer].reshape(shape) + delta
-        raw = cap.proj_out[:, layer].reshape(shape) + delta
+            return attn_out.reshape(shape) + delta
+        raw = proj_out.reshape(shape) + delta
         return _first_tensor(self.post_norms[layer](raw.to(self.lm.dtype))).float()
+
+    @torch.inference_mode()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Full logits `[N, V]` (soft-capped if the model caps) of final residuals `x [N, d]`: the final
+        norm recomputes its own scale for each row, exactly as the model's readout does."""
+        normed = _first_tensor(self.final_norm(x.to(self.lm.dtype))).float()
+        logits = normed @ self.w_u.float().T
+        if self.b_u is not None:
+            logits = logits + self.b_u.float()
+        cap = self.lm.dims.logit_softcap
+        return logits if cap is None else cap * torch.tanh(logits / cap)
 
     def metric(self, x: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
         """M at END for final residuals `x [N, d]` and answer ids `answer [N]`."""
+        if self.lm.dims.logit_softcap is not None:
+            logits = self.logits(x)
+            return logits.gather(1, answer[:, None])[:, 0] - logits.mean(1)
         normed = _first_tensor(self.final_norm(x.to(self.lm.dtype))).float()
-        softcap = self.lm.dims.logit_softcap
-        if softcap is None:
-            direction = self.w_u[answer].float() - self.mean_w
-            bias = (self.b_u[answer].float() - self.mean_b) if self.b_u is not None else 0.0
-            return (normed * direction).sum(-1) + bias
-        logits = normed @ self.w_u.float().T + (self.b_u.float() if self.b_u is not None else 0.0)
-        logits = softcap * torch.tanh(logits / softcap)
-        return logits.gather(1, answer[:, None])[:, 0] - logits.mean(1)
+        direction = self.w_u[answer].float() - self.mean_w
+        bias = (self.b_u[answer].float() - self.mean_b) if self.b_u is not None else 0.0
+        return (normed * direction).sum(-1) + bias
 
 
 @torch.inference_mode()

@@ -1,4 +1,5 @@
-"""PNG figures of the head analysis (METHOD.md §4): per-head heatmaps and attention-vs-DLA scatters.
+"""PNG figures: per-head heatmaps and attention-vs-DLA scatters (METHOD.md §4); depth bands and bars with
+intervals (METHOD.md §7).
 
 Figures are built on matplotlib's Agg canvas (no display, no pyplot state) and written atomically:
 saved to a temporary name in the target folder, then ``os.replace``d onto the path. Apart from that
@@ -24,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-__all__ = ["heatmap", "scatter"]
+__all__ = ["heatmap", "scatter", "bands", "bars"]
 
 _DPI = 110
 _MARK_COLOR = "black"
@@ -151,3 +152,59 @@ def scatter(x: Sequence[float], y: Sequence[float], groups: Sequence[str], title
     legend entry with its Pearson r and n (non-finite points are left out).
     """
     return _save_atomic(_scatter_figure(x, y, groups, title, xlabel, ylabel), path)
+
+
+def _bands_figure(x: Sequence[float], series: dict[str, tuple], title: str, xlabel: str, ylabel: str) -> Figure:
+    x = np.asarray(x, dtype=np.float64)
+    fig = Figure(figsize=(6.4, 4.4), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    cmap = mpl.colormaps["tab10"]
+    for i, (name, (mid, lo, hi)) in enumerate(series.items()):
+        mid, lo, hi = (np.asarray(v, dtype=np.float64) for v in (mid, lo, hi))
+        if not (mid.shape == lo.shape == hi.shape == x.shape):
+            raise ValueError(f"series {name!r}: median, lo and hi must have x's shape {x.shape}")
+        ax.plot(x, mid, color=cmap(i % cmap.N), marker="o", markersize=3, label=name)
+        ax.fill_between(x, lo, hi, color=cmap(i % cmap.N), alpha=0.2, linewidth=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize="small", loc="best")
+    return fig
+
+
+def bands(x: Sequence[float], series: dict[str, tuple], title: str, path: Path | str, xlabel: str = "layer",
+          ylabel: str = "") -> Path:
+    """Write a line-and-band PNG: for each series name, (middle line, band low, band high) over ``x``."""
+    return _save_atomic(_bands_figure(x, series, title, xlabel, ylabel), path)
+
+
+def _bars_figure(categories: Sequence[str], groups: dict[str, tuple], title: str, ylabel: str) -> Figure:
+    cats = [str(c) for c in categories]
+    fig = Figure(figsize=(max(5.0, 0.55 * len(cats) * max(1, len(groups)) + 2), 4.4), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    cmap = mpl.colormaps["tab10"]
+    width = 0.8 / max(1, len(groups))
+    pos = np.arange(len(cats), dtype=np.float64)
+    for i, (name, (val, lo, hi)) in enumerate(groups.items()):
+        val, lo, hi = (np.asarray(v, dtype=np.float64) for v in (val, lo, hi))
+        if not (val.shape == lo.shape == hi.shape == (len(cats),)):
+            raise ValueError(f"group {name!r}: values, lo and hi need one entry per category ({len(cats)})")
+        err = np.stack([np.clip(val - lo, 0, None), np.clip(hi - val, 0, None)])
+        err = np.where(np.isfinite(err), err, 0.0)
+        ax.bar(pos + (i - (len(groups) - 1) / 2) * width, val, width, yerr=err, capsize=3,
+               color=cmap(i % cmap.N), label=name)
+    ax.axhline(0.0, color="0.4", linewidth=0.8)
+    ax.set_xticks(pos, cats, rotation=45 if len(cats) > 6 else 0, ha="right" if len(cats) > 6 else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if groups:
+        ax.legend(fontsize="small", loc="best")
+    return fig
+
+
+def bars(categories: Sequence[str], groups: dict[str, tuple], title: str, path: Path | str,
+         ylabel: str = "") -> Path:
+    """Write a grouped bar PNG: for each group name, (values, lo, hi) per category; error bars = [lo, hi]."""
+    return _save_atomic(_bars_figure(categories, groups, title, ylabel), path)

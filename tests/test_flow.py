@@ -89,3 +89,24 @@ def test_killed_run_resumes_without_duplicates_or_partial_files(model_dir, tmp_p
     for table in TABLES:  # exactly one file per partition and table, none left over
         files = list((store / table).rglob("*.parquet"))
         assert len(files) == 3, (table, files)
+
+
+def test_final_layer_command_runs_the_flow_and_plots_each_model(model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from factrecall.cli import app
+
+    store = tmp_path / "store"
+    args = ["final-layer", "--models", model_dir, "--relations", "paper.capital,lre.country_capital_city",
+            "--shots", "0,1", "--max-prompts", "8", "--n-boot", "50", "--control-prompts", "2", "--store", str(store),
+            "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "4 partition(s) written" in result.output and result.output.count("last layer ") == 4
+    con = connect(store)
+    assert con.sql("SELECT count(*) FROM final_layer_summary").fetchall()[0][0] == 4
+    plots = json.loads(con.sql("SELECT plots FROM runs").fetchall()[0][0])
+    assert list(plots) == ["tiny-llama"]
+    assert (store / plots["tiny-llama"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "4 unchanged (skipped)" in again.output

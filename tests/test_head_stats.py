@@ -9,7 +9,6 @@ import torch
 
 from factrecall.tasks.head_stats import (
     HeadSetRule,
-    bootstrap_indices,
     bootstrap_pearson_ci,
     bootstrap_ratio_effect,
     jaccard,
@@ -17,6 +16,7 @@ from factrecall.tasks.head_stats import (
     pearson,
     select_head_set,
 )
+from factrecall.tasks.intervals import bootstrap_indices
 
 RNG = np.random.default_rng(3)
 X = RNG.normal(size=(40, 6))

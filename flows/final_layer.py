@@ -1,0 +1,524 @@
+"""Step 4 of the mechanism for one (model, relation, shot): the last layer's anti-overconfidence and
+mitigating it (METHOD.md §7).
+
+Plain functions (no Prefect): the Prefect flow in `sweep.py` wraps them, tests call them directly.
+One forward pass per batch of clean prompts gives the logit lens across depth, the last layer's
+component DLA and the inputs of the last layer at END; every mitigation (alpha grid x variant) is then
+a re-run of the last layer at END alone (`tasks.final_layer`). Controls: prompts of other relations
+(same shot, same re-run) and the plain-text corpus (whole forward passes with hooks).
+Results are the store's "final_layer" stage: `lens`, `final_components`, `final_layer_summary`,
+`mitigation`, `mitigation_curve`, `mitigation_prompts`, plus PNG plots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from factrecall.storage.schema import schema
+from factrecall.storage.store import PartitionKey, Store
+from factrecall.tasks import plots
+from factrecall.tasks.capture import capture_batch
+from factrecall.tasks.control_text import corpus_hash, load_passages, passage_ids, text_logprobs
+from factrecall.tasks.final_layer import (
+    LastLayerInputs,
+    calibration_split,
+    final_layer_dla,
+    final_layer_labels,
+    mitigated_end_resid,
+    token_directions,
+)
+from factrecall.tasks.intervals import bootstrap_mean_ci
+from factrecall.tasks.logit_lens import TokenStats, depth_residuals, runner_up, token_stats
+from factrecall.tasks.models import LoadedModel
+from factrecall.tasks.partition_capture import final_norm_of, unembedding
+from factrecall.tasks.path_patching import EndRunner
+from factrecall.tasks.prompts import build_prompts
+from factrecall.tasks.relations import Relation, get_relation
+from factrecall.tasks.tokenization import TokenizedPrompt, length_sorted_batches, tokenize_prompts
+from factrecall.version import code_version
+
+from .partition import CaptureConfig, input_hash, run_partition
+
+STAGE = "final_layer"
+ALPHAS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
+#: Other relations whose prompts measure what a mitigation costs elsewhere (one per domain and two more).
+CONTROL_RELATIONS: tuple[str, ...] = ("paper.capital", "lre.country_language", "lre.object_superclass",
+                                      "lre.adj_antonym", "lre.word_sentiment", "lre.name_gender")
+#: Mitigation variants: name -> needs the answer label (oracle).
+VARIANTS: dict[str, bool] = {"heads": False, "mlp_answer": True, "mlp_top1": False}
+# The fast END re-run of the last layer must reproduce the model's log p(answer) (float32 arithmetic).
+RERUN_ATOL = 1e-3
+
+
+@dataclass(frozen=True)
+class FinalLayerConfig:
+    seed: int = 0
+    max_prompts: int | None = None
+    batch_size: int = 16
+    n_boot: int = 1000
+    alphas: tuple[float, ...] = ALPHAS
+    calibration_share: float = 0.5
+    control_relations: tuple[str, ...] = CONTROL_RELATIONS
+    control_prompts: int = 8  # per control relation
+
+    def __post_init__(self) -> None:
+        if not self.alphas or any(not 0.0 <= a <= 1.0 for a in self.alphas) or 1.0 not in self.alphas:
+            raise ValueError(f"alphas must lie in [0, 1] and include 1.0 (no change); got {self.alphas}")
+        if not 0.0 < self.calibration_share < 1.0:
+            raise ValueError(f"calibration_share must be in (0, 1), got {self.calibration_share}")
+
+    def capture(self) -> CaptureConfig:
+        return CaptureConfig(seed=self.seed, variants=("clean",), max_prompts=self.max_prompts,
+                             batch_size=self.batch_size)
+
+
+def final_layer_input_hash(lm: LoadedModel, relation: Relation, shot: int, config: FinalLayerConfig) -> str:
+    controls = {name: get_relation(name).content_hash() for name in config.control_relations}
+    payload = {"capture": input_hash(lm, relation, shot, config.capture()), "config": asdict(config),
+               "controls": controls, "corpus": corpus_hash(), "code": code_version(), "stage": STAGE}
+    payload["config"].pop("batch_size")
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+class RerunMismatchError(RuntimeError):
+    """The END re-run of the last layer does not reproduce the model: its mitigation numbers would be wrong."""
+
+
+@dataclass
+class _Pass:
+    """Per-prompt results of the clean pass, in prompt order."""
+
+    lens_answer: TokenStats  # [n, L+1]
+    lens_competitor: TokenStats  # [n, L+1]
+    dla_answer: torch.Tensor  # [n, H+2]
+    dla_competitor: torch.Tensor  # [n, H+2]
+    competitor: torch.Tensor  # [n]
+    inputs: LastLayerInputs
+    answer: torch.Tensor  # [n]
+    top1: torch.Tensor  # [n]
+    model_logprob: torch.Tensor  # [n] log p(answer) from the HF model's own logits
+
+
+def clean_pass(lm: LoadedModel, runner: EndRunner, prompts: list[TokenizedPrompt], batch_size: int,
+               progress=None) -> _Pass:
+    """One forward pass per batch: lens across depth, last-layer DLA and the last layer's END inputs."""
+    norm = final_norm_of(lm)
+    w_u, _ = unembedding(lm)
+    n, depth = len(prompts), lm.dims.n_layers + 1
+    parts: dict[str, list] = {}
+    order = []
+    for idx, batch in length_sorted_batches(prompts, batch_size):
+        cap = capture_batch(lm.model, lm.adapter, lm.dims, [list(p.input_ids) for p in batch], lm.pad_id)
+        answer = torch.tensor([p.answer_token_id for p in batch], device=lm.device)
+        competitor = runner_up(runner.logits(cap.resid_pre[:, -1]), answer)
+        resid = depth_residuals(cap)
+        lens_a, lens_c = [], []
+        for k in range(depth):
+            logits = runner.logits(resid[:, k])
+            lens_a.append(token_stats(logits, answer))
+            lens_c.append(token_stats(logits, competitor))
+        for name, value in (
+            ("lens_answer", _stack_stats(lens_a)), ("lens_competitor", _stack_stats(lens_c)),
+            ("dla_answer", final_layer_dla(cap, norm, w_u, answer)),
+            ("dla_competitor", final_layer_dla(cap, norm, w_u, competitor)),
+            ("competitor", competitor), ("inputs", LastLayerInputs.from_capture(cap)), ("answer", answer),
+            ("top1", cap.logits.argmax(-1)), ("model_logprob", token_stats(cap.logits, answer).logprob),
+        ):
+            parts.setdefault(name, []).append(value)
+        order.append(torch.as_tensor(idx))
+        if progress is not None:
+            progress(advance=len(batch))
+    inverse = torch.argsort(torch.cat(order))  # batches come length-sorted: back to prompt order
+    assert len(inverse) == n
+
+    def joined(name):
+        items = parts[name]
+        if isinstance(items[0], TokenStats):
+            return TokenStats(*(torch.cat([getattr(s, f) for s in items])[inverse.to(getattr(items[0], f).device)]
+                                for f in _STAT_FIELDS))
+        if isinstance(items[0], LastLayerInputs):
+            return LastLayerInputs.cat(items).take(inverse.to(lm.device))
+        return torch.cat(items)[inverse.to(items[0].device)]
+
+    return _Pass(**{name: joined(name) for name in parts})
+
+
+_STAT_FIELDS = ("logit", "logprob", "rank", "entropy", "top1")
+
+
+def _stack_stats(per_layer: list[TokenStats]) -> TokenStats:
+    return TokenStats(*(torch.stack([getattr(s, f) for s in per_layer], 1) for f in _STAT_FIELDS))
+
+
+@dataclass
+class _Grid:
+    """Answer statistics per prompt and row: row 0 = no change, then (variant, alpha) rows."""
+
+    rows: list[tuple[str, float]]
+    logp: np.ndarray  # [n, K]
+    p: np.ndarray
+    correct: np.ndarray
+
+    def column(self, variant: str, alpha: float) -> int:
+        return 1 + self.rows.index((variant, alpha)) if alpha != 1.0 else 0
+
+
+@torch.inference_mode()
+def mitigation_grid(lm: LoadedModel, runner: EndRunner, inputs: LastLayerInputs, answer: torch.Tensor,
+                    top1: torch.Tensor, suppressor_heads: list[int], rows: list[tuple[str, float]],
+                    batch_size: int) -> _Grid:
+    """Re-run the last layer at END for every prompt and every (variant, alpha) row (row 0: no change)."""
+    norm = final_norm_of(lm)
+    w_u, _ = unembedding(lm)
+    H, K = lm.dims.n_heads, len(rows) + 1
+    head_scale = torch.ones(K, H, device=lm.device)
+    mlp_alpha = torch.ones(K, device=lm.device)
+    uses_top1 = torch.zeros(K, dtype=torch.bool, device=lm.device)
+    for k, (variant, alpha) in enumerate(rows, start=1):
+        if variant == "heads":
+            head_scale[k, suppressor_heads] = alpha
+        else:
+            mlp_alpha[k] = alpha
+            uses_top1[k] = variant == "mlp_top1"
+    out = {name: [] for name in ("logp", "p", "correct")}
+    for start in range(0, len(inputs), batch_size):
+        sl = slice(start, start + batch_size)
+        part, a = inputs.take(sl), answer[sl]
+        B = len(part)
+        dirs = torch.where(uses_top1[None, :, None], token_directions(w_u, top1[sl], norm)[:, None],
+                           token_directions(w_u, a, norm)[:, None])  # [B, K, d]
+        x = mitigated_end_resid(runner, part, head_scale.expand(B, K, H), mlp_alpha.expand(B, K), dirs)
+        stats = token_stats(runner.logits(x.reshape(B * K, -1)), a.repeat_interleave(K))
+        out["logp"].append(stats.logprob.reshape(B, K).double().cpu().numpy())
+        out["p"].append(stats.prob.reshape(B, K).double().cpu().numpy())
+        out["correct"].append(stats.correct.reshape(B, K).cpu().numpy())
+    return _Grid(rows, *(np.concatenate(out[name]) for name in ("logp", "p", "correct")))
+
+
+def choose_alpha(grid: _Grid, variant: str, calibration: np.ndarray, alphas: tuple[float, ...]) -> tuple[float, float]:
+    """(alpha, calibration gain in mean log p) maximising the calibration mean log p(answer); ties -> larger alpha."""
+    base = grid.logp[calibration, 0].mean()
+    best, gain = 1.0, 0.0
+    for alpha in sorted(alphas, reverse=True):
+        g = grid.logp[calibration, grid.column(variant, alpha)].mean() - base
+        if g > gain + 1e-12:
+            best, gain = alpha, g
+    return best, float(gain)
+
+
+def _control_prompts(lm: LoadedModel, relation: Relation, shot: int, config: FinalLayerConfig):
+    names, prompts = [], []
+    for name in config.control_relations:
+        if name == relation.name:
+            continue
+        other = get_relation(name)
+        if len({f.subject.casefold() for f in other.facts}) < shot + 1:
+            continue
+        built = build_prompts(other, shot, config.seed, max_prompts=config.control_prompts)
+        names.append(name)
+        prompts.extend(tokenize_prompts(lm.tokenizer, built, lm.max_length))
+    return names, prompts
+
+
+def run_final_layer_analysis(store: Store, lm: LoadedModel, relation: Relation, shot: int,
+                             config: FinalLayerConfig, run_id: str, progress=None, force: bool = False) -> dict:
+    """Compute and commit the "final_layer" stage of one partition; returns a summary dict."""
+    key = PartitionKey(lm.model_id, relation.name, shot)
+    digest = final_layer_input_hash(lm, relation, shot, config)
+    if not force and store.is_committed(key, digest, stage=STAGE):
+        return {"model": key.model, "relation": key.relation, "shot": shot, "status": "skipped"}
+    run_partition(store, lm, relation, shot, config.capture(), run_id)  # the prompts table it joins to
+    started = time.perf_counter()
+    L, H, d = lm.dims.n_layers, lm.dims.n_heads, lm.dims.d_model
+    clean = tokenize_prompts(lm.tokenizer, build_prompts(relation, shot, config.seed, max_prompts=config.max_prompts),
+                             lm.max_length)
+    control_names, control = _control_prompts(lm, relation, shot, config)
+    n = len(clean)
+    if progress is not None:
+        progress(total=n + len(control) + 1)
+    runner = EndRunner(lm)
+    clean_res = clean_pass(lm, runner, clean, config.batch_size, progress)
+    calibration = calibration_split(n, config.seed, config.calibration_share)
+    held = ~calibration
+
+    labels = final_layer_labels(L, H)
+    mean_dla_cal = clean_res.dla_answer[torch.as_tensor(calibration, device=lm.device)].mean(0)
+    suppressor_heads = [h for h in range(H) if mean_dla_cal[h] < 0]
+    mlp_suppresses = bool(mean_dla_cal[H + 1] < 0)
+    rows = [(v, a) for v in VARIANTS for a in config.alphas if a != 1.0]
+    grid = mitigation_grid(lm, runner, clean_res.inputs, clean_res.answer, clean_res.top1, suppressor_heads,
+                           rows, config.batch_size)
+    rerun_error = float(np.abs(grid.logp[:, 0] - clean_res.model_logprob.double().cpu().numpy()).max())
+    if rerun_error > RERUN_ATOL:
+        raise RerunMismatchError(f"{key.path()}: the END re-run of the last layer differs from the model's "
+                                 f"log p(answer) by {rerun_error:.2e} (> {RERUN_ATOL}); mitigation not computed")
+
+    components = {"heads": [labels[h].name for h in suppressor_heads],
+                  "mlp_answer": [labels[H + 1].name] if mlp_suppresses else [],
+                  "mlp_top1": [labels[H + 1].name] if mlp_suppresses else []}
+    chosen = {}
+    for variant in VARIANTS:
+        chosen[variant] = choose_alpha(grid, variant, calibration, config.alphas) if components[variant] else (1.0, 0.0)
+
+    control_res = _controls(lm, runner, control, suppressor_heads, chosen, config.batch_size)
+    if progress is not None:
+        progress(advance=len(control))
+    text = _text_control(lm, suppressor_heads, chosen)
+    if progress is not None:
+        progress(advance=1)
+
+    summary = _summary_row(clean_res, L, H, labels, config)
+    plot_paths = _plots(store, key, clean_res, labels, grid, chosen, calibration, config)
+    summary["plots"] = plot_paths
+    summary["seconds"] = time.perf_counter() - started
+    tables = {
+        "lens": _lens_table(d, clean, clean_res, L),
+        "final_components": _components_table(d, clean, clean_res, labels, calibration),
+        "final_layer_summary": pa.Table.from_pylist([summary], schema=schema("final_layer_summary", d)),
+        "mitigation": _mitigation_table(d, grid, chosen, components, calibration, control_res, control_names, text,
+                                        config),
+        "mitigation_curve": _curve_table(d, grid, calibration, config.alphas),
+        "mitigation_prompts": _mitigation_prompts_table(d, clean, grid, chosen, calibration),
+    }
+    with store.open_partition(key, digest, run_id, stage=STAGE) as writer:
+        for name, table in tables.items():
+            writer.write(name, table)
+        writer.commit({"n_prompts": n, "verdict": summary["verdict"], "delta_p": summary["delta_p"],
+                       "suppressors": summary["suppressors"], "rerun_max_error": rerun_error,
+                       "seconds": round(time.perf_counter() - started, 3), "code_version": code_version()})
+    held_gain = {v: float((grid.p[held, grid.column(v, a)] - grid.p[held, 0]).mean()) for v, (a, _) in chosen.items()}
+    return {"model": key.model, "relation": key.relation, "shot": shot, "status": "written", "n_prompts": n,
+            "verdict": summary["verdict"], "delta_p": summary["delta_p"], "delta_p_lo": summary["delta_p_lo"],
+            "delta_p_hi": summary["delta_p_hi"], "held_out_delta_p": held_gain,
+            "seconds": time.perf_counter() - started}
+
+
+def _controls(lm, runner, control: list[TokenizedPrompt], suppressor_heads, chosen, batch_size) -> dict | None:
+    """Per-prompt (before, after) log p and correctness on other relations' prompts at the chosen alphas."""
+    if not control:
+        return None
+    res = clean_pass(lm, runner, control, batch_size)
+    rows = [(v, a) for v, (a, _) in chosen.items() if a != 1.0]
+    grid = mitigation_grid(lm, runner, res.inputs, res.answer, res.top1, suppressor_heads, rows, batch_size)
+    return {"grid": grid, "n": len(control)}
+
+
+def _text_control(lm, suppressor_heads, chosen) -> dict:
+    """Next-token log p over the plain-text corpus, before and after each deployable variant."""
+    rows = passage_ids(lm, load_passages())
+    base, top1 = text_logprobs(lm, rows)
+    out = {"base": base.double().numpy()}
+    alpha_h = chosen["heads"][0]
+    if alpha_h != 1.0:
+        scale = torch.ones(lm.dims.n_heads)
+        scale[suppressor_heads] = alpha_h
+        out["heads"] = text_logprobs(lm, rows, head_scale=scale)[0].double().numpy()
+    alpha_m = chosen["mlp_top1"][0]
+    if alpha_m != 1.0:
+        out["mlp_top1"] = text_logprobs(lm, rows, mlp_alpha=alpha_m, mlp_tokens=top1)[0].double().numpy()
+    return out
+
+
+def _ci(prefix: str, values: np.ndarray, n_boot: int, seed: int) -> dict:
+    mean, lo, hi = bootstrap_mean_ci(values, n_boot, seed)
+    return {prefix: float(mean), f"{prefix}_lo": _num(lo), f"{prefix}_hi": _num(hi)}
+
+
+def _num(x) -> float | None:
+    x = float(x)
+    return None if np.isnan(x) else x
+
+
+def _summary_row(res: _Pass, L: int, H: int, labels, config: FinalLayerConfig) -> dict:
+    before, after = L - 1, L  # depth index: 0 = embeddings, k = leaving block k-1
+    a, c = res.lens_answer, res.lens_competitor
+    arr = lambda t: t.double().cpu().numpy()  # noqa: E731
+    p_b, p_a = arr(a.prob[:, before]), arr(a.prob[:, after])
+    row = {"n": len(p_b), "layer": L - 1, "p_before": float(p_b.mean()), "p_after": float(p_a.mean())}
+    boot = dict(n_boot=config.n_boot, seed=config.seed)
+    row |= _ci("delta_p", p_a - p_b, **boot)
+    row |= _ci("delta_logit", arr(a.logit[:, after] - a.logit[:, before]), **boot)
+    row |= _ci("share_dropped", (p_a < p_b).astype(np.float64), **boot)
+    row |= _ci("delta_p_competitor", arr(c.prob[:, after] - c.prob[:, before]), **boot)
+    row |= _ci("delta_logit_competitor", arr(c.logit[:, after] - c.logit[:, before]), **boot)
+    e_b, e_a = arr(a.entropy[:, before]), arr(a.entropy[:, after])
+    row |= {"entropy_before": float(e_b.mean()), "entropy_after": float(e_a.mean())}
+    row |= _ci("delta_entropy", e_a - e_b, **boot)
+    mean_dla = arr(res.dla_answer.mean(0))
+    suppressors = [labels[i].name for i in np.argsort(mean_dla) if mean_dla[i] < 0]
+    row["suppressors"] = suppressors
+    row["suppression_dla"] = float(mean_dla[mean_dla < 0].sum())
+    hi, lo = row["delta_p_hi"], row["delta_p_lo"]
+    row["claim_holds"] = bool(hi is not None and hi < 0)
+    row["verdict"] = ("suppresses" if row["claim_holds"] else
+                      "raises" if lo is not None and lo > 0 else "inconclusive")
+    return row
+
+
+def _split_names(calibration: np.ndarray) -> np.ndarray:
+    return np.where(calibration, "calibration", "held_out")
+
+
+def _lens_table(d, clean, res: _Pass, L) -> pa.Table:
+    n, depth = len(clean), L + 1
+    a, c = res.lens_answer, res.lens_competitor
+    flat = lambda t: t.reshape(-1).cpu().numpy()  # noqa: E731  [n, depth] -> rows (prompt, layer)
+    cols = {
+        "prompt_id": np.repeat([p.prompt.prompt_id for p in clean], depth).astype(np.int32),
+        "layer": np.tile(np.arange(-1, L), n).astype(np.int16),
+        "p_answer": flat(a.prob), "logit_answer": flat(a.logit), "logprob_answer": flat(a.logprob),
+        "rank_answer": flat(a.rank), "p_competitor": flat(c.prob), "logit_competitor": flat(c.logit),
+        "rank_competitor": flat(c.rank), "entropy": flat(a.entropy), "top1_token": flat(a.top1),
+    }
+    sch = schema("lens", d)
+    return pa.Table.from_arrays([pa.array(cols[f.name]).cast(f.type) for f in sch], schema=sch)
+
+
+def _components_table(d, clean, res: _Pass, labels, calibration) -> pa.Table:
+    n, k = len(clean), len(labels)
+    cols = {
+        "prompt_id": np.repeat([p.prompt.prompt_id for p in clean], k).astype(np.int32),
+        "split": np.repeat(_split_names(calibration), k),
+        "component": np.tile([lab.name for lab in labels], n),
+        "layer": np.tile([lab.layer for lab in labels], n).astype(np.int16),
+        "head": pa.array(np.tile(np.array([lab.head for lab in labels], dtype=object), n).tolist(), pa.int16()),
+        "answer_token": np.repeat(res.answer.cpu().numpy(), k).astype(np.int32),
+        "competitor_token": np.repeat(res.competitor.cpu().numpy(), k).astype(np.int32),
+        "dla_answer": res.dla_answer.reshape(-1).cpu().numpy(),
+        "dla_competitor": res.dla_competitor.reshape(-1).cpu().numpy(),
+    }
+    sch = schema("final_components", d)
+    return pa.Table.from_arrays([pa.array(cols[f.name]).cast(f.type) if not isinstance(cols[f.name], pa.Array)
+                                 else cols[f.name] for f in sch], schema=sch)
+
+
+def _mitigation_table(d, grid: _Grid, chosen, components, calibration, control_res, control_names, text,
+                      config: FinalLayerConfig) -> pa.Table:
+    held = ~calibration
+    boot = dict(n_boot=config.n_boot, seed=config.seed)
+    out = []
+    for variant, oracle in VARIANTS.items():
+        alpha, cal_gain = chosen[variant]
+        col = grid.column(variant, alpha)
+        row = {"variant": variant, "oracle": oracle, "components": components[variant], "alpha": alpha,
+               "split_seed": config.seed, "calibration_share": config.calibration_share,
+               "n_calibration": int(calibration.sum()), "n_held_out": int(held.sum()),
+               "calibration_delta_logp": cal_gain,
+               "p_before": float(grid.p[held, 0].mean()), "p_after": float(grid.p[held, col].mean()),
+               "acc_before": float(grid.correct[held, 0].mean()), "acc_after": float(grid.correct[held, col].mean()),
+               "logp_before": float(grid.logp[held, 0].mean()), "logp_after": float(grid.logp[held, col].mean())}
+        row |= _ci("delta_p", grid.p[held, col] - grid.p[held, 0], **boot)
+        row |= _ci("delta_acc", grid.correct[held, col].astype(float) - grid.correct[held, 0], **boot)
+        row |= _ci("delta_logp", grid.logp[held, col] - grid.logp[held, 0], **boot)
+        notes = []
+        if not components[variant]:
+            notes.append("no suppressing component on the calibration half: nothing to scale")
+        row["control_relations"] = control_names
+        if control_res is not None:
+            cg = control_res["grid"]
+            ccol = cg.column(variant, alpha)
+            row["n_control"] = control_res["n"]
+            row |= _ci("control_delta_logp", cg.logp[:, ccol] - cg.logp[:, 0], **boot)
+            row |= _ci("control_delta_acc", cg.correct[:, ccol].astype(float) - cg.correct[:, 0], **boot)
+        row["n_text_tokens"] = len(text["base"])
+        if oracle:
+            notes.append("oracle (uses the answer label): no plain-text control")
+        else:
+            after = text.get(variant, text["base"])
+            row |= _ci("text_delta_logp", after - text["base"], **boot)
+        row["note"] = "; ".join(notes) or None
+        out.append(row)
+    return pa.Table.from_pylist(out, schema=schema("mitigation", d))
+
+
+def _curve_table(d, grid: _Grid, calibration, alphas) -> pa.Table:
+    out = []
+    for variant in VARIANTS:
+        for alpha in alphas:
+            col = grid.column(variant, alpha)
+            for split, mask in (("calibration", calibration), ("held_out", ~calibration)):
+                out.append({"variant": variant, "alpha": alpha, "split": split, "n": int(mask.sum()),
+                            "mean_p": float(grid.p[mask, col].mean()), "mean_logp": float(grid.logp[mask, col].mean()),
+                            "accuracy": float(grid.correct[mask, col].mean())})
+    return pa.Table.from_pylist(out, schema=schema("mitigation_curve", d))
+
+
+def _mitigation_prompts_table(d, clean, grid: _Grid, chosen, calibration) -> pa.Table:
+    out = []
+    splits = _split_names(calibration)
+    for variant, (alpha, _) in chosen.items():
+        col = grid.column(variant, alpha)
+        for i, p in enumerate(clean):
+            out.append({"prompt_id": p.prompt.prompt_id, "split": str(splits[i]), "variant": variant, "alpha": alpha,
+                        "p_before": float(grid.p[i, 0]), "p_after": float(grid.p[i, col]),
+                        "logp_before": float(grid.logp[i, 0]), "logp_after": float(grid.logp[i, col]), "correct_before": bool(grid.correct[i, 0]),
+                        "correct_after": bool(grid.correct[i, col])})
+    return pa.Table.from_pylist(out, schema=schema("mitigation_prompts", d))
+
+
+def _plots(store: Store, key: PartitionKey, res: _Pass, labels, grid: _Grid, chosen, calibration,
+           config: FinalLayerConfig) -> list[str]:
+    """p(answer) by depth (median and interquartile band), last-layer DLA bars, mitigation before/after."""
+    folder = store.root / "plots" / STAGE / key.path()
+    folder.mkdir(parents=True, exist_ok=True)
+    title = f"{key.model} · {key.relation} · shot {key.shot}"
+    depth = res.lens_answer.prob.shape[1]
+
+    def band(t):
+        q = np.quantile(t.double().cpu().numpy(), [0.5, 0.25, 0.75], axis=0)
+        return q[0], q[1], q[2]
+
+    paths = [plots.bands(np.arange(-1, depth - 1), {"p(answer)": band(res.lens_answer.prob),
+                                                    "p(competitor)": band(res.lens_competitor.prob)},
+                         f"logit lens at END: median and interquartile band\n{title}", folder / "lens_by_layer.png",
+                         xlabel="layer (-1 = embeddings)", ylabel="probability")]
+    boot = dict(n_boot=config.n_boot, seed=config.seed)
+    dla_a = bootstrap_mean_ci(res.dla_answer.double().cpu().numpy(), **boot)
+    dla_c = bootstrap_mean_ci(res.dla_competitor.double().cpu().numpy(), **boot)
+    paths.append(plots.bars([lab.name for lab in labels], {"onto the answer": dla_a, "onto the competitor": dla_c},
+                            f"last-layer components: mean DLA (95% interval)\n{title}",
+                            folder / "final_layer_dla.png", ylabel="DLA (logit units)"))
+    held = ~calibration
+    before, after = [], []
+    for variant, (alpha, _) in chosen.items():
+        col = grid.column(variant, alpha)
+        before.append(bootstrap_mean_ci(grid.p[held, 0], **boot))
+        after.append(bootstrap_mean_ci(grid.p[held, col], **boot))
+    names = [f"{v}\nα={chosen[v][0]:g}" + (" (oracle)" if VARIANTS[v] else "") for v in chosen]
+    stack = lambda rows: tuple(np.array([r[i] for r in rows], dtype=float) for i in range(3))  # noqa: E731
+    paths.append(plots.bars(names, {"before": stack(before), "after": stack(after)},
+                            f"mitigation on held-out prompts: mean p(answer) (95% interval)\n{title}",
+                            folder / "mitigation.png", ylabel="mean p(answer)"))
+    return [str(Path(p).relative_to(store.root)) for p in paths]
+
+
+def model_lens_plot(store: Store, model: str) -> str | None:
+    """p(answer) by layer for one model over every committed final-layer partition in the store:
+    median and interquartile band per shot (all relations pooled). Returns the PNG path (store-relative)."""
+    from factrecall.storage.query import connect
+
+    con = connect(store.root)
+    rows = con.execute("""
+        SELECT shot, layer, median(p_answer), quantile_cont(p_answer, 0.25), quantile_cont(p_answer, 0.75),
+               count(DISTINCT relation), count(*)
+        FROM lens WHERE model = ? GROUP BY shot, layer ORDER BY shot, layer""", [model]).fetchall()
+    if not rows:
+        return None
+    series, layers = {}, None
+    for shot in sorted({r[0] for r in rows}):
+        part = [r for r in rows if r[0] == shot]
+        layers = [r[1] for r in part]
+        series[f"shot {shot} ({part[0][5]} relations, {part[0][6]} prompts)"] = tuple(
+            np.array([r[i] for r in part], dtype=float) for i in (2, 3, 4))
+    path = store.root / "plots" / STAGE / f"model={model}" / "lens_by_layer.png"
+    plots.bands(np.array(layers), series, f"{model}: p(answer) by layer, median and interquartile band",
+                path, xlabel="layer (-1 = embeddings)", ylabel="p(answer)")
+    return str(path.relative_to(store.root))

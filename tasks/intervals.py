@@ -1,0 +1,29 @@
+"""Percentile-bootstrap intervals over prompts (METHOD.md §3: every aggregate carries n and a 95% interval).
+
+Conventions: prompts are on axis 0; resampling is with replacement and seeded, so an interval is a
+pure function of (data, n_boot, seed); intervals are returned as `(lo, hi)` shaped like one row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """`[n_boot, n]` resampling indices (with replacement)."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, lo, hi) of `values [n, ...]` over axis 0; NaN interval when n < 2."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.shape[0] == 0:
+        raise ValueError("bootstrap_mean_ci needs at least one value")
+    mean = x.mean(0)
+    if x.shape[0] < 2:
+        nan = np.full_like(mean, np.nan)
+        return mean, nan, nan.copy()
+    draws = x[bootstrap_indices(x.shape[0], n_boot, seed)].mean(1)  # [n_boot, ...]
+    alpha = (1 - level) / 2
+    return mean, np.quantile(draws, alpha, axis=0), np.quantile(draws, 1 - alpha, axis=0)
