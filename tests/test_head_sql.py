@@ -304,6 +304,38 @@ def test_head_set_overlap(synth):
     assert j[(("capital", 1), ("language", 1))] == 0.0
 
 
+def test_head_set_overlap_summary_groups_the_pairs(synth):
+    root, truth = synth
+    df = _df(root, "head_set_overlap_summary")
+    groups = {}
+    for a, b in itertools.combinations(sorted(truth), 2):
+        sa, sb = set(truth[a]["set"]), set(truth[b]["set"])
+        kind = ("same relation, other shot" if a[0] == b[0] else
+                "other relation, same shot" if a[1] == b[1] else "other relation, other shot")
+        groups.setdefault(kind, []).append(len(sa & sb) / len(sa | sb))
+    assert sorted(df["comparison"]) == sorted(groups)
+    for row in df.iter_rows(named=True):
+        js = groups[row["comparison"]]
+        assert row["n_pairs"] == len(js)
+        np.testing.assert_allclose([row["mean_jaccard"], row["min_jaccard"], row["max_jaccard"]],
+                                   [np.mean(js), min(js), max(js)], rtol=1e-12)
+
+
+def test_head_set_specificity(synth):
+    root, truth = synth
+    df = _df(root, "head_set_specificity").filter(pl.col("model") == MODEL)
+    assert df.height == len(truth)
+    for row in df.iter_rows(named=True):
+        t = truth[(row["relation"], row["shot"])]
+        assert row["n_heads"] == len(t["set"])
+        np.testing.assert_allclose(row["set_effect_pct"], sum(t["effect"][lh] for lh in t["set"]), rtol=1e-12)
+        if t["eff_rel"][t["set"][0]] is None:
+            assert row["set_effect_relation_pct"] is None and row["specificity"] is None
+        else:
+            rel = sum(t["eff_rel"][lh] for lh in t["set"])
+            np.testing.assert_allclose(row["specificity"], row["set_effect_pct"] - rel, rtol=1e-9)
+
+
 @pytest.mark.parametrize("relation", ["capital", "language"])
 def test_head_scatter(synth, relation):
     root, truth = synth
