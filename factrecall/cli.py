@@ -112,6 +112,43 @@ def heads(
                       f"--param relation={first['relation']}")
 
 
+@app.command()
+def mlp(
+    models: str = typer.Option("smollm2-135m", help="Comma-separated model references (as for `run`)."),
+    relations: str = typer.Option("paper.capital", help="Comma-separated relation names or .jsonl files."),
+    shots: str = typer.Option("0", help="Comma-separated k-shot settings."),
+    seed: int = typer.Option(0, help="Seed for demonstrations and corruptions."),
+    batch_size: int = typer.Option(16, min=1, help="Prompts per forward pass."),
+    dtype: str = typer.Option("float32", help="float32 (reference) | bfloat16 | float16."),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when present)."),
+    max_prompts: Optional[int] = typer.Option(None, min=2, help="Use only the first N prompts of each relation."),
+    n_boot: int = typer.Option(1000, min=10, help="Bootstrap resamples for intervals."),
+    store: Path = typer.Option(None, help="Store root (default: $FACTRECALL_STORE or .factrecall/store)."),
+    progress: bool = typer.Option(True, help="Show a progress display."),
+) -> None:
+    """Steps 2-3: the MLP as an activation over the heads (regressions) and the task-aware component."""
+    store_root = (store or default_store()).resolve()
+    shot_list = _validate(models, relations, shots)
+    configure_prefect()
+    from factrecall.flows.sweep import analyze_mechanism
+
+    manifest = _guarded(lambda: analyze_mechanism(
+        models=_split(models), relations=_split(relations), shots=shot_list, store_root=str(store_root),
+        seed=seed, batch_size=batch_size, dtype=dtype, device=device, max_prompts=max_prompts, n_boot=n_boot,
+        show_progress=progress,
+    ))
+    for p in manifest["partitions"]:
+        if p["status"] == "written":
+            console.print(f"{p['model']} {p['relation']} shot={p['shot']}: strongest push at layer {p['best_layer']} "
+                          f"({_fmt(p['push'])}), removing it Δp {_fmt(p['removal_delta_p'])}, argument swap "
+                          f"{_fmt(p['swap_success'])} ({p['seconds']:.0f} s)", highlight=False)
+        elif p.get("reason"):
+            console.print(f"{p['model']} {p['relation']} shot={p['shot']}: skipped — {p['reason']}", highlight=False)
+    _report(manifest, store_root, None)
+    if manifest["partitions"]:
+        console.print("\nfactrecall query --named mlp_head_effects; factrecall query --named answer_layer")
+
+
 @app.command("final-layer")
 def final_layer(
     models: str = typer.Option("smollm2-135m", help="Comma-separated model references (as for `run`)."),

@@ -56,6 +56,7 @@ CONTROL_RELATIONS: tuple[str, ...] = ("paper.capital", "lre.country_language", "
 VARIANTS: dict[str, bool] = {"heads": False, "mlp_answer": True, "mlp_top1": False}
 # The fast END re-run of the last layer must reproduce the model's log p(answer) (float32 arithmetic).
 RERUN_ATOL = 1e-3
+GRID_ROWS = 256  # (prompt, alpha) rows whose full-vocabulary logits are held at once
 
 
 @dataclass(frozen=True)
@@ -189,8 +190,9 @@ def mitigation_grid(lm: LoadedModel, runner: EndRunner, inputs: LastLayerInputs,
             mlp_alpha[k] = alpha
             uses_top1[k] = variant == "mlp_top1"
     out = {name: [] for name in ("logp", "p", "correct")}
-    for start in range(0, len(inputs), batch_size):
-        sl = slice(start, start + batch_size)
+    step = max(1, min(batch_size, GRID_ROWS // K))  # bounds the [rows, vocab] logits held at once
+    for start in range(0, len(inputs), step):
+        sl = slice(start, start + step)
         part, a = inputs.take(sl), answer[sl]
         B = len(part)
         dirs = torch.where(uses_top1[None, :, None], token_directions(w_u, top1[sl], norm)[:, None],

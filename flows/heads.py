@@ -18,7 +18,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
 from factrecall.storage.schema import schema
@@ -107,13 +106,9 @@ def patch_all(lm: LoadedModel, clean: list[TokenizedPrompt], subject_means: Send
     return out
 
 
-def _read(store: Store, table: str, key: PartitionKey, columns: list[str]) -> pa.Table:
-    return pq.read_table(store.partition_dir(table, key) / "part-0.parquet", columns=columns)
-
-
 def stored_head_stats(store: Store, key: PartitionKey, n: int, L: int, H: int):
     """attn END->S, DLA onto subject and answer `[n, L, H]` and head outputs `[n, L, H, d]` from the store."""
-    heads = _read(store, "heads", key, ["prompt_id", "variant", "layer", "head", "attn_to_s", "output"])
+    heads = store.read("heads", key, ["prompt_id", "variant", "layer", "head", "attn_to_s", "output"])
     heads = heads.filter(pc.equal(heads["variant"], "clean"))
     pid = heads["prompt_id"].to_numpy()
     lay, hd = heads["layer"].to_numpy(), heads["head"].to_numpy()
@@ -122,7 +117,7 @@ def stored_head_stats(store: Store, key: PartitionKey, n: int, L: int, H: int):
     out_flat = heads["output"].combine_chunks().flatten().to_numpy().reshape(len(heads), -1)
     outputs = np.zeros((n, L, H, out_flat.shape[1]), dtype=np.float32)
     outputs[pid, lay, hd] = out_flat
-    dla = pl.from_arrow(_read(store, "dla", key, ["prompt_id", "variant", "token_role", "layer", "head", "value"]))
+    dla = pl.from_arrow(store.read("dla", key, ["prompt_id", "variant", "token_role", "layer", "head", "value"]))
     dla = dla.filter((pl.col("variant") == "clean") & pl.col("head").is_not_null())
     values = {}
     for role in ("subject", "answer"):

@@ -1,5 +1,6 @@
 """Prefect flows: `sweep(models, relations, shots)` captures, `analyze_heads(...)` finds the
-argument-passing heads, `analyze_final_layer(...)` measures the last layer's suppression and its
+argument-passing heads, `analyze_mechanism(...)` regresses the MLPs on the heads and finds the
+task-aware component, `analyze_final_layer(...)` measures the last layer's suppression and its
 mitigation; one task per partition, captures cached by content hash.
 
 Prefect runs serverless (ephemeral), quietly and offline, with its home inside the state directory
@@ -32,6 +33,7 @@ from factrecall.version import code_version, package_versions  # noqa: E402
 
 from .final_layer import FinalLayerConfig, model_lens_plot, run_final_layer_analysis  # noqa: E402
 from .heads import HeadConfig, run_head_analysis  # noqa: E402
+from .mechanism import MechanismConfig, model_swap_plot, run_mechanism_analysis  # noqa: E402
 from .partition import CaptureConfig, input_hash, run_partition  # noqa: E402
 
 
@@ -67,6 +69,12 @@ def head_analysis_task(store: Store, lm, relation, shot: int, config: HeadConfig
 def final_layer_task(store: Store, lm, relation, shot: int, config: FinalLayerConfig, run_id: str,
                      progress=None) -> dict:
     return run_final_layer_analysis(store, lm, relation, shot, config, run_id, progress=progress)
+
+
+@task(name="mlp", retries=0, cache_policy=NO_CACHE, task_run_name="mlp {relation.name}/shot={shot}")
+def mechanism_task(store: Store, lm, relation, shot: int, config: MechanismConfig, run_id: str,
+                   progress=None) -> dict:
+    return run_mechanism_analysis(store, lm, relation, shot, config, run_id, progress=progress)
 
 
 @flow(name="factrecall-sweep", retries=0, log_prints=False)
@@ -143,6 +151,31 @@ def analyze_final_layer(
                         "calibration_share": calibration_share, "control_prompts": control_prompts,
                         "alphas": list(config.alphas), "control_relations": list(config.control_relations)},
         model_done=model_lens_plot,
+    )
+
+
+@flow(name="factrecall-mlp", retries=0, log_prints=False)
+def analyze_mechanism(
+    models: list[str],
+    relations: list[str],
+    shots: list[int],
+    store_root: str,
+    seed: int = 0,
+    batch_size: int = 16,
+    dtype: str = "float32",
+    device: str | None = None,
+    max_prompts: int | None = None,
+    n_boot: int = 1000,
+    show_progress: bool = True,
+) -> dict:
+    """Steps 2-3 (METHOD.md §5-6) for every (model, relation, shot): the MLP regressed on the heads of
+    each layer from the first head-set layer on, the task-aware component, removing it, and the
+    argument swap; runs the head analysis first where the store has no head set."""
+    config = MechanismConfig(seed=seed, max_prompts=max_prompts, batch_size=batch_size, n_boot=n_boot)
+    return _over_partitions(
+        "mlp", mechanism_task, config, models, relations, shots, store_root, dtype, device, show_progress,
+        {"seed": seed, "batch_size": batch_size, "max_prompts": max_prompts, "n_boot": n_boot},
+        model_done=model_swap_plot,
     )
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from factrecall.storage.schema import FINAL_LAYER_TABLES, HEAD_TABLES, MODEL_TABLES, TABLES
+from factrecall.storage.schema import FINAL_LAYER_TABLES, HEAD_TABLES, MECHANISM_TABLES, MODEL_TABLES, TABLES
 
 __all__ = [
     "connect", "list_named_queries", "named_query", "query_params", "run_query", "view_names", "QueryError",
@@ -31,11 +31,12 @@ __all__ = [
 #: What to run to fill each table (shown when a view has no files yet): the capture ("factrecall run")
 #: writes the capture tables, per-model tables and run manifests; the head analysis ("factrecall heads")
 #: writes the tables of stage "heads", the final-layer analysis ("factrecall final-layer") those of
-#: stage "final_layer".
+#: stage "final_layer", the MLP analysis ("factrecall mlp") those of stage "mlp".
 PRODUCERS: dict[str, str] = {
     **{t: "factrecall run" for t in (*TABLES, *MODEL_TABLES, "runs")},
     **{t: "factrecall heads" for t in HEAD_TABLES},
     **{t: "factrecall final-layer" for t in FINAL_LAYER_TABLES},
+    **{t: "factrecall mlp" for t in MECHANISM_TABLES},
 }
 _DEFAULT_PRODUCER = "factrecall run"
 _GLOB_RE = re.compile(r"read_(?:parquet|json_auto|json)\(\s*'\{root\}/([^']*)'")

@@ -190,6 +190,22 @@ class Store:
         """Directory of ``table``'s data for ``key``."""
         return self.root / _check_table(table) / key.path()
 
+    def read(self, table: str, key: PartitionKey, columns: list[str] | None = None, filters=None) -> pa.Table:
+        """``table``'s committed data for ``key`` (pyarrow ``filters`` in DNF, e.g. [("layer", ">=", 3)])."""
+        stage = next((r for r in (self._read_commit(key, s) for s in self._stages(key)) if r
+                      and table in r.get("tables", [])), None)
+        if stage is None:
+            raise FileNotFoundError(f"no committed {table!r} for {key.path()}; run the stage that writes it first")
+        return pq.read_table(self.partition_dir(table, key) / _PART, columns=columns, filters=filters)
+
+    def commit_record(self, key: PartitionKey, stage: str = "capture") -> dict | None:
+        """The commit record of ``key``'s ``stage`` (input hash, run id, tables, summary), or None."""
+        return self._read_commit(key, stage)
+
+    def _stages(self, key: PartitionKey) -> list[str]:
+        folder = self.root / "_commits" / key.path()
+        return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
     def is_committed(self, key: PartitionKey, input_hash: str, stage: str = "capture") -> bool:
         """True when ``key``'s ``stage`` was committed with ``input_hash`` and all its tables' files exist.
 

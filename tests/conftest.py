@@ -25,3 +25,16 @@ def smollm2(tmp_path_factory):
     from factrecall.tasks.models import load_model
 
     return load_model("smollm2-135m", dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm2_heads(smollm2, tmp_path_factory):
+    """A store holding the head analysis of smollm2-135m on the capital task at shot 0 (60 prompts),
+    shared by the integration tests of steps 1-3 so it runs once per session: (root, summary)."""
+    from factrecall.flows.heads import HeadConfig, run_head_analysis
+    from factrecall.storage.store import Store
+    from factrecall.tasks.relations import paper_capital
+
+    root = tmp_path_factory.mktemp("smollm2-heads")
+    summary = run_head_analysis(Store(root), smollm2, paper_capital(), 0, HeadConfig(max_prompts=60, n_boot=100), "t")
+    return root, summary

@@ -85,10 +85,9 @@ def test_relation_with_one_subject_is_skipped_with_the_reason_stored(tmp_path):
 
 
 @pytest.mark.integration
-def test_smollm2_head_set_lowers_m_more_than_random_heads(smollm2, tmp_path):
+def test_smollm2_head_set_lowers_m_more_than_random_heads(smollm2, smollm2_heads):
     n_prompts = 60
-    config = HeadConfig(max_prompts=n_prompts, n_boot=100)
-    summary = run_head_analysis(Store(tmp_path), smollm2, paper_capital(), 0, config, "t")
+    _, summary = smollm2_heads
     heads = [tuple(int(x) for x in name[1:].split(".H")) for name in summary["head_set"]]
     assert heads, "the head set must not be empty"
 

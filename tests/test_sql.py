@@ -348,6 +348,6 @@ def test_missing_tables_are_reported(synth, tmp_path):
 
 
 def test_views_cover_tables():
-    from factrecall.storage.schema import FINAL_LAYER_TABLES, HEAD_TABLES
+    from factrecall.storage.schema import FINAL_LAYER_TABLES, HEAD_TABLES, MECHANISM_TABLES
 
-    assert set(TABLES) | set(HEAD_TABLES) | set(FINAL_LAYER_TABLES) | {"model_info", "runs", "commits", "head_dla_answer", "head_set_pairs"} == set(view_names())
+    assert set(TABLES) | set(HEAD_TABLES) | set(FINAL_LAYER_TABLES) | set(MECHANISM_TABLES) | {"model_info", "runs", "commits", "head_dla_answer", "head_set_pairs"} == set(view_names())

@@ -1,0 +1,484 @@
+"""Steps 2 and 3 of the mechanism for one (model, relation, shot): the MLP as an activation over the
+argument-passing heads, and the task-aware component that applies the relation (METHOD.md §5-6).
+
+Plain functions (no Prefect): the Prefect flow in `sweep.py` wraps them, tests call them directly.
+The regressions read the head and MLP outputs at END from the store (the vectors whose sum the ledger
+verified; their residual identity is re-checked here) and the head set from the "heads" stage. The
+model is needed for logit lenses over the whole vocabulary and the two causal checks (whole forward
+passes with edits at END, `tasks.end_edits`). Results are the store's "mlp" stage: `regression_betas`,
+`regression_prompts`, `regression_heads`, `regression_layers`, `argument_swap`, `function_application`,
+plus PNG plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from factrecall.storage.schema import schema
+from factrecall.storage.store import PartitionKey, Store
+from factrecall.tasks import plots
+from factrecall.tasks.capture import capture_batch
+from factrecall.tasks.end_edits import end_logits_with_edits
+from factrecall.tasks.head_stats import logit_lens_rank
+from factrecall.tasks.intervals import bootstrap_mean_ci
+from factrecall.tasks.ledger import direct_logit_attribution, norm_scale
+from factrecall.tasks.logit_lens import token_stats
+from factrecall.tasks.mlp_regression import beta_label, fit_per_prompt, fit_pooled, task_component
+from factrecall.tasks.models import LoadedModel
+from factrecall.tasks.partition_capture import final_norm_of, unembedding
+from factrecall.tasks.path_patching import EndRunner
+from factrecall.tasks.prompts import build_prompts
+from factrecall.tasks.relations import Relation
+from factrecall.tasks.tokenization import TokenizedPrompt, length_sorted_batches, tokenize_prompts
+from factrecall.version import code_version
+
+from .heads import STAGE as HEADS_STAGE
+from .heads import HeadConfig, run_head_analysis
+from .partition import CaptureConfig, input_hash, run_partition
+
+STAGE = "mlp"
+RESIDUAL_RTOL = 1e-3  # stored vectors must satisfy resid_post = resid_pre + sum o + b_O + m (float32)
+_HEAD_RE = re.compile(r"L(\d+)\.H(\d+)")
+
+
+@dataclass(frozen=True)
+class MechanismConfig:
+    seed: int = 0
+    max_prompts: int | None = None
+    batch_size: int = 16
+    n_boot: int = 1000
+    coverage: float = 0.8  # head-set rule, used only when the "heads" stage must run first
+
+    def capture(self) -> CaptureConfig:
+        return CaptureConfig(seed=self.seed, variants=("clean",), max_prompts=self.max_prompts,
+                             batch_size=self.batch_size)
+
+    def heads(self) -> HeadConfig:
+        return HeadConfig(seed=self.seed, max_prompts=self.max_prompts, batch_size=self.batch_size,
+                          n_boot=self.n_boot, coverage=self.coverage)
+
+
+class StoreMismatchError(RuntimeError):
+    """The stored END vectors do not add up to the stored residuals: the regression would be wrong."""
+
+
+def parse_head(name: str, n_layers: int, n_heads: int) -> tuple[int, int]:
+    """"L{l}.H{h}" -> (l, h), checked against the model's size."""
+    m = _HEAD_RE.fullmatch(name)
+    if not m:
+        raise ValueError(f"bad head name {name!r}; expected 'L<layer>.H<head>' such as 'L9.H8'")
+    l, h = int(m.group(1)), int(m.group(2))
+    if not (0 <= l < n_layers and 0 <= h < n_heads):
+        raise ValueError(f"head {name} is outside the model ({n_layers} layers x {n_heads} heads)")
+    return l, h
+
+
+def stored_head_set(store: Store, lm: LoadedModel, relation: Relation, shot: int, config: MechanismConfig,
+                    run_id: str) -> tuple[list[tuple[int, int]], dict]:
+    """The committed head set of the partition (the "heads" stage is run first when there is none)."""
+    key = PartitionKey(lm.model_id, relation.name, shot)
+    if store.commit_record(key, HEADS_STAGE) is None:
+        run_head_analysis(store, lm, relation, shot, config.heads(), run_id)
+    rec = store.commit_record(key, HEADS_STAGE)
+    row = store.read("head_sets", key, ["heads", "skipped_reason", "n_prompts"]).to_pylist()[0]
+    heads = [parse_head(h, lm.dims.n_layers, lm.dims.n_heads) for h in row["heads"]]
+    return heads, {"heads_run_id": rec["run_id"], "heads_input_hash": rec["input_hash"],
+                   "heads_n_prompts": row["n_prompts"], "heads_skipped_reason": row["skipped_reason"]}
+
+
+def mechanism_input_hash(lm, relation, shot, config: MechanismConfig, head_set, provenance) -> str:
+    payload = {"capture": input_hash(lm, relation, shot, config.capture()), "config": asdict(config),
+               "head_set": head_set, "heads_input_hash": provenance["heads_input_hash"], "code": code_version(),
+               "stage": STAGE}
+    payload["config"].pop("batch_size")
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class EndVectors:
+    """Stored END vectors of the clean prompts for layers `first..L-1` (float32, index 0 = `first`)."""
+
+    heads: np.ndarray  # [n, L', H, d]
+    mlp: np.ndarray  # [n, L', d]
+    resid_mid: np.ndarray  # [n, L', d] residual entering the MLP
+    resid_post: np.ndarray  # [n, L', d]
+    final_resid: np.ndarray  # [n, d]
+
+
+def stored_end_vectors(store: Store, key: PartitionKey, n: int, first: int, L: int, H: int, d: int) -> EndVectors:
+    """Read and check the END vectors; the residual identity must hold for every prompt and layer."""
+    keep = [("variant", "=", "clean"), ("layer", ">=", first)]
+    t = store.read("heads", key, ["prompt_id", "layer", "head", "output"], filters=keep)
+    heads = np.full((n, L - first, H, d), np.nan, dtype=np.float32)
+    heads[t["prompt_id"].to_numpy(), t["layer"].to_numpy() - first, t["head"].to_numpy()] = (
+        t["output"].combine_chunks().flatten().to_numpy().reshape(len(t), d))
+    t = store.read("layers", key, ["prompt_id", "layer", "attn_bias", "mlp_out", "resid_pre", "resid_post"], filters=keep)
+    idx = (t["prompt_id"].to_numpy(), t["layer"].to_numpy() - first)
+    vec = {}
+    for col in ("attn_bias", "mlp_out", "resid_pre", "resid_post"):
+        arr = np.full((n, L - first, d), np.nan, dtype=np.float32)
+        arr[idx] = t[col].combine_chunks().flatten().to_numpy().reshape(len(t), d)
+        vec[col] = arr
+    t = store.read("resid_end", key, ["prompt_id", "variant", "final_resid"], filters=[("variant", "=", "clean")])
+    final = np.full((n, d), np.nan, dtype=np.float32)
+    final[t["prompt_id"].to_numpy()] = t["final_resid"].combine_chunks().flatten().to_numpy().reshape(len(t), d)
+    if np.isnan(heads).any() or np.isnan(vec["mlp_out"]).any() or np.isnan(final).any():
+        raise StoreMismatchError(f"capture tables of {key.path()} do not cover every prompt and layer; rerun `factrecall run`")
+    attn = heads.astype(np.float64).sum(2) + vec["attn_bias"]
+    rebuilt = vec["resid_pre"] + attn + vec["mlp_out"]
+    err = np.abs(rebuilt - vec["resid_post"]).max()
+    scale = max(1.0, float(np.abs(vec["resid_post"]).max()))
+    if err > RESIDUAL_RTOL * scale:
+        raise StoreMismatchError(f"{key.path()}: stored head and MLP outputs do not add up to the residual "
+                                 f"(max error {err:.2e}); the capture is inconsistent, rerun `factrecall run`")
+    return EndVectors(heads, vec["mlp_out"], (vec["resid_post"] - vec["mlp_out"]), vec["resid_post"], final)
+
+
+def _object_of(relation: Relation, subject: str) -> str:
+    key = subject.casefold()
+    return next(f.object for f in relation.facts if f.subject.casefold() == key)
+
+
+def argument_swap(lm: LoadedModel, relation: Relation, clean: list[TokenizedPrompt],
+                  twins: list[TokenizedPrompt], head_set: list[tuple[int, int]], batch_size: int) -> dict:
+    """Patch the head set's outputs at END from the twin prompt about X' (same template and
+    demonstrations, another subject); record the top-1 before and after, and X''s answer token.
+
+    `twins[i]` is clean[i]'s twin; with twins == clean nothing changes.
+    """
+    swap_prompts = [dataclasses.replace(t.prompt, object=_object_of(relation, t.prompt.query_subject)) for t in twins]
+    swap_tokens = [p.answer_token_id for p in tokenize_prompts(lm.tokenizer, swap_prompts, lm.max_length)]
+    n = len(clean)
+    out = {k: np.zeros(n, dtype=np.int64) for k in ("top1_before", "top1_after")}
+    for idx, batch in length_sorted_batches(clean, batch_size):
+        ids = [list(p.input_ids) for p in batch]
+        cap = capture_batch(lm.model, lm.adapter, lm.dims, ids, lm.pad_id)
+        twin = capture_batch(lm.model, lm.adapter, lm.dims, [list(twins[i].input_ids) for i in idx], lm.pad_id)
+        edits = {}
+        for l, h in head_set:
+            delta = twin.head_raw[:, l, h] - cap.head_raw[:, l, h]
+            edits[("out_proj", l)] = edits.get(("out_proj", l), 0) + delta
+        after = end_logits_with_edits(lm, ids, edits)
+        out["top1_before"][idx] = cap.logits.argmax(-1).cpu().numpy()
+        out["top1_after"][idx] = after.argmax(-1).cpu().numpy()
+    out["swap_token"] = np.array(swap_tokens)
+    out["swap_subject"] = [t.prompt.query_subject for t in twins]
+    out["swap_object"] = [p.object for p in swap_prompts]
+    return out
+
+
+def run_mechanism_analysis(store: Store, lm: LoadedModel, relation: Relation, shot: int, config: MechanismConfig,
+                           run_id: str, progress=None, force: bool = False) -> dict:
+    """Compute and commit the "mlp" stage of one partition; returns a summary dict."""
+    key = PartitionKey(lm.model_id, relation.name, shot)
+    run_partition(store, lm, relation, shot, config.capture(), run_id)  # the vectors it reads
+    head_set, provenance = stored_head_set(store, lm, relation, shot, config, run_id)
+    digest = mechanism_input_hash(lm, relation, shot, config, head_set, provenance)
+    if not force and store.is_committed(key, digest, stage=STAGE):
+        return {"model": key.model, "relation": key.relation, "shot": shot, "status": "skipped"}
+    started = time.perf_counter()
+    L, H, d = lm.dims.n_layers, lm.dims.n_heads, lm.dims.d_model
+    if not head_set:
+        reason = provenance["heads_skipped_reason"] or "the head set is empty: no layer to analyse"
+        with store.open_partition(key, digest, run_id, stage=STAGE) as writer:
+            writer.write("function_application", _function_row(d, head_set=[], skipped_reason=reason))
+            writer.commit({"skipped_reason": reason, **provenance})
+        return {"model": key.model, "relation": key.relation, "shot": shot, "status": "skipped", "reason": reason}
+
+    clean = tokenize_prompts(lm.tokenizer, build_prompts(relation, shot, config.seed, max_prompts=config.max_prompts),
+                             lm.max_length)
+    twins = tokenize_prompts(lm.tokenizer, build_prompts(relation, shot, config.seed, ("subject_corrupt",),
+                                                         config.max_prompts), lm.max_length)
+    n = len(clean)
+    if progress is not None:
+        progress(total=3 * n)
+    first = min(l for l, _ in head_set)
+    layers = list(range(first, L))
+    vec = stored_end_vectors(store, key, n, first, L, H, d)
+    answer = np.array([p.answer_token_id for p in clean])
+    subject = np.array([p.subject_token_id for p in clean])
+    per_layer = _regress_layers(lm, vec, layers, answer, subject)
+    if progress is not None:
+        progress(advance=n)
+    push = per_layer["push"]  # [n, L']
+    with np.errstate(invalid="ignore"):
+        mean_push = np.array([np.nanmean(push[:, k]) if np.isfinite(push[:, k]).any() else np.nan
+                              for k in range(len(layers))])
+    best_k = int(np.nanargmax(mean_push)) if np.isfinite(mean_push).any() else None
+
+    # causal check 1: remove c at END in the best layer
+    removal = _remove_component(lm, clean, per_layer["c"][:, best_k] if best_k is not None else None,
+                                layers[best_k] if best_k is not None else None, config.batch_size)
+    if progress is not None:
+        progress(advance=n)
+    # causal check 2: argument swap with the twin about another subject
+    swap = argument_swap(lm, relation, clean, twins, head_set, config.batch_size)
+    if progress is not None:
+        progress(advance=n)
+
+    tables = _tables(d, clean, layers, head_set, per_layer, mean_push, best_k, removal, swap, config)
+    plot_paths = _plots(store, key, layers, head_set, per_layer, tables, config)
+    fa = tables["function_application"].to_pylist()[0]
+    fa["plots"] = plot_paths
+    fa["seconds"] = time.perf_counter() - started
+    tables["function_application"] = pa.Table.from_pylist([fa], schema=schema("function_application", d))
+    with store.open_partition(key, digest, run_id, stage=STAGE) as writer:
+        for name, table in tables.items():
+            writer.write(name, table)
+        writer.commit({"n_prompts": n, "head_set": [f"L{l}.H{h}" for l, h in head_set], "best_layer": fa["best_layer"],
+                       "seconds": round(time.perf_counter() - started, 3), "code_version": code_version(), **provenance})
+    return {"model": key.model, "relation": key.relation, "shot": shot, "status": "written", "n_prompts": n,
+            "best_layer": fa["best_layer"], "push": fa["push"], "swap_success": fa["swap_success"],
+            "removal_delta_p": fa["removal_delta_p"], "seconds": time.perf_counter() - started}
+
+
+def _regress_layers(lm: LoadedModel, vec: EndVectors, layers: list[int], answer: np.ndarray,
+                    subject: np.ndarray) -> dict:
+    """Design A and B per layer, labels, "stands out" and the task-aware component's statistics."""
+    runner = EndRunner(lm)
+    norm = final_norm_of(lm)
+    w_u, _ = unembedding(lm)
+    dev = lm.device
+    n, Lp, H, d = vec.heads.shape
+    sigma = norm_scale(torch.from_numpy(vec.final_resid).to(dev), norm.kind, norm.eps)
+    objects = np.unique(answer)  # the relation's objects, as answer tokens in context
+    ans_t, subj_t = torch.from_numpy(answer).to(dev), torch.from_numpy(subject).to(dev)
+    keys = ("beta", "intercept", "r2", "rank", "singular", "pooled_beta", "pooled_r2", "pooled_rank",
+            "pooled_singular", "c", "rank_before", "rank_after", "dla_subject_heads", "dla_subject_scaled",
+            "c_rank", "c_dla_answer", "push", "c_cosine", "answer_rank_after")
+    out = {k: [] for k in keys}
+    for k, layer in enumerate(layers):
+        o, m = vec.heads[:, k], vec.mlp[:, k]
+        a, b = fit_per_prompt(o, m), fit_pooled(o, m)
+        c = task_component(o, m, a.beta)  # [n, d] float64
+        for name, value in (("beta", a.beta), ("intercept", a.intercept), ("r2", a.r2), ("rank", a.rank),
+                            ("singular", a.singular), ("pooled_beta", b.beta), ("pooled_r2", b.r2),
+                            ("pooled_rank", b.rank), ("pooled_singular", b.singular), ("c", c)):
+            out[name].append(value)
+        for name, resid in (("rank_before", vec.resid_mid[:, k]), ("rank_after", vec.resid_post[:, k])):
+            logits = runner.logits(torch.from_numpy(resid).to(dev))
+            out[name].append(token_stats(logits, subj_t).rank.cpu().numpy())
+        out["answer_rank_after"].append(token_stats(logits, ans_t).rank.cpu().numpy())  # residual leaving the layer
+        o_t = torch.from_numpy(o.astype(np.float64)).to(dev)
+        beta_t = torch.from_numpy(np.nan_to_num(a.beta)).to(dev)
+        both = torch.stack([o_t.sum(1), ((1 + beta_t)[:, :, None] * o_t).sum(1)], 1).float()  # [n, 2, d]
+        dla = direct_logit_attribution(both, w_u[subj_t], norm.gain, sigma, norm.kind).cpu().numpy()
+        scaled = np.where(a.singular, np.nan, dla[:, 1])
+        out["dla_subject_heads"].append(dla[:, 0])
+        out["dla_subject_scaled"].append(scaled)
+        c_t = torch.from_numpy(np.nan_to_num(c)).float().to(dev)
+        ranks = logit_lens_rank(c_t, ans_t, w_u, norm.gain, norm.kind).numpy().astype(np.float64)
+        obj = torch.from_numpy(objects).to(dev)
+        dla_obj = direct_logit_attribution(c_t[:, None].expand(-1, len(objects), -1).contiguous().reshape(n * len(objects), 1, d),
+                                           w_u[obj].repeat(n, 1), norm.gain, sigma.repeat_interleave(len(objects)),
+                                           norm.kind).reshape(n, len(objects)).double().cpu().numpy()
+        own = objects[None, :] == answer[:, None]
+        dla_y = (dla_obj * own).sum(1)
+        others = (~own).sum(1)
+        push = np.where(others > 0, dla_y - (dla_obj * ~own).sum(1) / np.maximum(others, 1), np.nan)
+        cos = torch.nn.functional.cosine_similarity(c_t, w_u[ans_t].float(), dim=-1).double().cpu().numpy()
+        bad = a.singular
+        for name, value in (("c_rank", ranks), ("c_dla_answer", dla_y), ("push", push), ("c_cosine", cos)):
+            out[name].append(np.where(bad, np.nan, value))
+    # per-prompt values -> [n, L', ...]; pooled (design B) values -> [L', ...]
+    return {k: np.stack(v, 0 if k.startswith("pooled") else 1) for k, v in out.items()}
+
+
+def _remove_component(lm, clean, c: np.ndarray | None, layer: int | None, batch_size: int) -> dict | None:
+    """p(answer) at END with the task-aware component c removed from layer `layer`'s MLP output."""
+    if c is None:
+        return None
+    n = len(clean)
+    res = {"p_before": np.full(n, np.nan), "p_after": np.full(n, np.nan)}
+    ok = np.isfinite(c).all(1)
+    for idx, batch in length_sorted_batches(clean, batch_size):
+        ids = [list(p.input_ids) for p in batch]
+        answer = torch.tensor([p.answer_token_id for p in batch], device=lm.device)
+        vec = torch.from_numpy(np.nan_to_num(c[idx])).float()
+        before = token_stats(end_logits_with_edits(lm, ids, {}), answer).prob.cpu().numpy()
+        after = token_stats(end_logits_with_edits(lm, ids, {("mlp_out", layer): -vec}), answer).prob.cpu().numpy()
+        res["p_before"][idx], res["p_after"][idx] = before, np.where(ok[idx], after, np.nan)
+    res["ok"] = ok
+    return res
+
+
+def _ci(prefix: str, values: np.ndarray, config: MechanismConfig) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return {prefix: None, f"{prefix}_lo": None, f"{prefix}_hi": None}
+    mean, lo, hi = bootstrap_mean_ci(v, config.n_boot, config.seed)
+    num = lambda x: None if np.isnan(x) else float(x)  # noqa: E731
+    return {prefix: float(mean), f"{prefix}_lo": num(lo), f"{prefix}_hi": num(hi)}
+
+
+def _function_row(d: int, **values) -> pa.Table:
+    sch = schema("function_application", d)
+    defaults = {"plots": [], "layers": []}
+    row = {name: values.get(name, defaults.get(name)) for name in sch.names}
+    return pa.Table.from_pylist([row], schema=sch)
+
+
+def _tables(d, clean, layers, head_set, r: dict, mean_push, best_k, removal, swap, config) -> dict:
+    n, Lp, H = r["beta"].shape
+    pid = np.array([p.prompt.prompt_id for p in clean], dtype=np.int32)
+    in_set = {(l, h) for l, h in head_set}
+    # per prompt x layer x head
+    lay = np.repeat(np.array(layers), H)
+    hd = np.tile(np.arange(H), Lp)
+    betas = r["beta"].reshape(n, Lp * H)
+    t_betas = pa.table({
+        "prompt_id": np.repeat(pid, Lp * H), "layer": np.tile(lay, n).astype(np.int16),
+        "head": np.tile(hd, n).astype(np.int16), "beta": betas.reshape(-1),
+        "label": beta_label(betas.reshape(-1)),
+        "in_head_set": np.tile([(int(l), int(h)) in in_set for l, h in zip(lay, hd)], n),
+    }, schema=schema("regression_betas", d))
+    flat = lambda a: np.asarray(a, dtype=np.float64).reshape(-1)  # noqa: E731  [n, L'] -> rows (prompt, layer)
+    t_prompts = pa.table({
+        "prompt_id": np.repeat(pid, Lp), "layer": np.tile(layers, n).astype(np.int16),
+        "intercept": flat(r["intercept"]), "r2": flat(r["r2"]), "rank": flat(r["rank"]).astype(np.int32),
+        "singular": r["singular"].reshape(-1), "subject_rank_before": flat(r["rank_before"]).astype(np.int32),
+        "subject_rank_after": flat(r["rank_after"]).astype(np.int32),
+        "dla_subject_heads": flat(r["dla_subject_heads"]), "dla_subject_scaled": flat(r["dla_subject_scaled"]),
+        "c_answer_rank": flat(r["c_rank"]), "c_dla_answer": flat(r["c_dla_answer"]), "c_push": flat(r["push"]),
+        "c_cosine_answer": flat(r["c_cosine"]), "answer_rank_after": flat(r["answer_rank_after"]).astype(np.int32),
+    }, schema=schema("regression_prompts", d))
+    head_rows = []
+    for k, layer in enumerate(layers):
+        for h in range(H):
+            b = r["beta"][:, k, h]
+            b = b[np.isfinite(b)]
+            row = {"layer": layer, "head": h, "n": len(b), "in_head_set": (layer, h) in in_set,
+                   "pooled_beta": None if r["pooled_singular"][k] else float(r["pooled_beta"][k, h])}
+            if len(b):
+                row |= _ci("mean_beta", b, config)
+                q25, med, q75 = np.quantile(b, [0.25, 0.5, 0.75])
+                row |= {"median_beta": float(med), "beta_q25": float(q25), "beta_q75": float(q75),
+                        "share_erased": float((beta_label(b) == "erased").mean()),
+                        "share_attenuated": float((beta_label(b) == "attenuated").mean()),
+                        "share_amplified": float((beta_label(b) == "amplified").mean()),
+                        "label": str(beta_label(np.array([med]))[0])}
+            head_rows.append(row)
+    t_heads = pa.Table.from_pylist(head_rows, schema=schema("regression_heads", d))
+    layer_rows = []
+    for k, layer in enumerate(layers):
+        r2 = r["r2"][:, k]
+        ok = np.isfinite(r2)
+        row = {"layer": layer, "n": int(ok.sum()), "n_singular": int(r["singular"][:, k].sum()),
+               "holds_head_set_head": any(l == layer for l, _ in head_set), "best_layer": k == best_k,
+               "pooled_r2": None if r["pooled_singular"][k] else float(r["pooled_r2"][k]),
+               "pooled_singular": bool(r["pooled_singular"][k])}
+        if ok.any():
+            q25, med, q75 = np.quantile(r2[ok], [0.25, 0.5, 0.75])
+            row |= {"median_r2": float(med), "r2_q25": float(q25), "r2_q75": float(q75)}
+            row |= _ci("push", r["push"][:, k], config)
+            ranks = r["c_rank"][:, k][ok]
+            row |= {"answer_top1_share_in_c": float((ranks == 0).mean()),
+                    "answer_top1_share_resid": float((r["answer_rank_after"][:, k] == 0).mean()), "median_answer_rank_in_c": float(np.median(ranks)),
+                    "mean_cosine_answer": float(np.nanmean(r["c_cosine"][:, k])),
+                    "median_subject_rank_before": float(np.median(r["rank_before"][:, k])),
+                    "median_subject_rank_after": float(np.median(r["rank_after"][:, k])),
+                    "mean_dla_subject_heads": float(np.mean(r["dla_subject_heads"][:, k])),
+                    "mean_dla_subject_scaled": float(np.nanmean(r["dla_subject_scaled"][:, k]))}
+        layer_rows.append(row)
+    t_layers = pa.Table.from_pylist(layer_rows, schema=schema("regression_layers", d))
+    eligible = swap["swap_token"] != np.array([p.answer_token_id for p in clean])
+    answer = np.array([p.answer_token_id for p in clean])
+    success = swap["top1_after"] == swap["swap_token"]
+    stayed = swap["top1_after"] == answer
+    t_swap = pa.table({
+        "prompt_id": pid, "swap_subject": swap["swap_subject"], "swap_object": swap["swap_object"],
+        "swap_token": swap["swap_token"].astype(np.int32), "answer_token": answer.astype(np.int32),
+        "top1_before": swap["top1_before"].astype(np.int32), "top1_after": swap["top1_after"].astype(np.int32),
+        "eligible": eligible, "success": success, "stayed": stayed,
+    }, schema=schema("argument_swap", d))
+    best = layers[best_k] if best_k is not None else None
+    appears = next((layers[k] for k, row in enumerate(layer_rows) if (row.get("answer_top1_share_in_c") or 0) >= 0.5),
+                   None)
+    resid_top1 = next((layers[k] for k, row in enumerate(layer_rows) if (row.get("answer_top1_share_resid") or 0) >= 0.5),
+                      None)
+    fa = {"head_set": [f"L{l}.H{h}" for l, h in head_set], "layers": layers, "n_prompts": n, "best_layer": best,
+          "answer_appears_layer": appears, "residual_top1_layer": resid_top1}
+    if best_k is not None:
+        fa |= _ci("push", r["push"][:, best_k], config)
+        fa["push_n"] = int(np.isfinite(r["push"][:, best_k]).sum())
+    if removal is not None:
+        ok = removal["ok"]
+        fa |= {"removal_n": int(ok.sum()), "removal_p_before": float(np.mean(removal["p_before"][ok])),
+               "removal_p_after": float(np.mean(removal["p_after"][ok]))}
+        fa |= _ci("removal_delta_p", removal["p_after"][ok] - removal["p_before"][ok], config)
+    fa |= {"swap_n": int(eligible.sum())}
+    fa |= _ci("swap_success", success[eligible].astype(float), config)
+    fa |= _ci("swap_stayed", stayed[eligible].astype(float), config)
+    head_layers = sorted({l for l, _ in head_set})
+    hl = [k for k, l in enumerate(layers) if l in head_layers]
+    med = [layer_rows[k].get("median_r2") for k in hl]
+    fa["share_head_layers_r2_ge_half"] = float(np.mean([m is not None and m >= 0.5 for m in med])) if hl else None
+    set_labels = [row.get("label") for row in head_rows if row["in_head_set"]]
+    fa["share_set_heads_amplified"] = (float(np.mean([lab == "amplified" for lab in set_labels]))
+                                       if set_labels else None)
+    return {"regression_betas": t_betas, "regression_prompts": t_prompts, "regression_heads": t_heads,
+            "regression_layers": t_layers, "argument_swap": t_swap, "function_application": _function_row(d, **fa)}
+
+
+def _plots(store: Store, key: PartitionKey, layers, head_set, r, tables, config) -> list[str]:
+    """beta per head of the head layers (bars with intervals), R^2 by layer, push by layer."""
+    folder = store.root / "plots" / STAGE / key.path()
+    folder.mkdir(parents=True, exist_ok=True)
+    title = f"{key.model} · {key.relation} · shot {key.shot}"
+    heads = tables["regression_heads"].to_pylist()
+    head_layers = sorted({l for l, _ in head_set})
+    rows = [h for h in heads if h["layer"] in head_layers]
+    nz = lambda v: np.nan if v is None else v  # noqa: E731
+    cats = [f"L{h['layer']}.H{h['head']}" + ("*" if h["in_head_set"] else "") for h in rows]
+    paths = [plots.bars(cats, {"mean β (design A)": tuple(np.array([nz(h[k]) for h in rows], dtype=float)
+                                                         for k in ("mean_beta", "mean_beta_lo", "mean_beta_hi")),
+                               "β (design B)": tuple(np.array([nz(h["pooled_beta"]) for h in rows], dtype=float)
+                                                     for _ in range(3))},
+                        f"MLP over the head layer's heads: β per head (95% interval; * = head set)\n{title}",
+                        folder / "beta_by_head.png", ylabel="β (−1 erases, > 0 amplifies)")]
+    lrows = tables["regression_layers"].to_pylist()
+    x = np.array(layers)
+    arr = lambda k: np.array([nz(row.get(k)) for row in lrows], dtype=float)  # noqa: E731
+    pooled = arr("pooled_r2")
+    paths.append(plots.bands(x, {"design A: median R² (interquartile band)": (arr("median_r2"), arr("r2_q25"), arr("r2_q75")),
+                                 "design B: pooled R²": (pooled, pooled, pooled)},
+                             f"R² of the MLP output on the layer's heads\n{title}", folder / "r2_by_layer.png",
+                             ylabel="R²"))
+    paths.append(plots.bands(x, {"push of c toward the answer (95% interval)": (arr("push"), arr("push_lo"), arr("push_hi"))},
+                             f"answer-specific push of the task-aware component c\n{title}",
+                             folder / "push_by_layer.png", ylabel="DLA(c, answer) − mean DLA(c, other objects)"))
+    return [str(Path(p).relative_to(store.root)) for p in paths]
+
+
+def model_swap_plot(store: Store, model: str) -> str | None:
+    """Argument-swap success rate by relation (and shot) for one model over the store's "mlp" stage."""
+    from factrecall.storage.query import connect
+
+    con = connect(store.root)
+    rows = con.execute("""
+        SELECT relation, shot, swap_success, swap_success_lo, swap_success_hi
+        FROM function_application WHERE model = ? AND swap_success IS NOT NULL ORDER BY relation, shot""",
+                       [model]).fetchall()
+    if not rows:
+        return None
+    relations = sorted({r[0] for r in rows})
+    groups = {}
+    for shot in sorted({r[1] for r in rows}):
+        by = {r[0]: r for r in rows if r[1] == shot}
+        groups[f"shot {shot}"] = tuple(np.array([by[rel][i] if rel in by and by[rel][i] is not None else np.nan
+                                                 for rel in relations], dtype=float) for i in (2, 3, 4))
+    path = store.root / "plots" / STAGE / f"model={model}" / "argument_swap_by_relation.png"
+    plots.bars(relations, groups, f"{model}: argument swap success rate (95% interval)", path,
+               ylabel="share of prompts predicting X′'s object")
+    return str(path.relative_to(store.root))

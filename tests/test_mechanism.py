@@ -1,0 +1,235 @@
+"""Steps 2-3 on tiny random models: edits at END against hook references, the argument swap with
+X' = X, the stage's tables end to end (no Prefect), and on smollm2-135m the task-aware push."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from factrecall.flows.mechanism import (
+    MechanismConfig,
+    StoreMismatchError,
+    argument_swap,
+    parse_head,
+    run_mechanism_analysis,
+    stored_end_vectors,
+)
+from factrecall.storage.query import connect, named_query, run_query
+from factrecall.storage.store import PartitionKey, Store
+from factrecall.tasks.capture import _first_tensor, capture_batch, right_pad
+from factrecall.tasks.end_edits import end_logits_with_edits
+from factrecall.tasks.mlp_regression import fit_per_prompt, task_component
+from factrecall.tasks.prompts import build_prompts
+from factrecall.tasks.relations import get_relation
+from factrecall.tasks.tokenization import tokenize_prompts
+from tiny_models import FAMILIES, loaded_tiny_model
+
+N = 12
+
+
+def _rows(seed=5):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, 1000, (n,), generator=gen).tolist() for n in (6, 9, 4)]
+
+
+def _hooked_end_logits(lm, rows, layer, module_path, edit):
+    """Reference: a hook that rewrites the module's output (or input) at END with `edit(view, rows, end)`."""
+    ids, mask = right_pad(rows, 0, lm.device)
+    end = mask.sum(1) - 1
+    idx = torch.arange(len(rows))
+    module = lm.adapter.layer_part(lm.adapter.layer_modules(lm.model)[layer], module_path)
+
+    def pre(m, args):
+        z = args[0].clone()
+        edit(z, idx, end)
+        return (z,) + tuple(args[1:])
+
+    handle = module.register_forward_pre_hook(pre)
+    try:
+        with torch.inference_mode():
+            out = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    finally:
+        handle.remove()
+    return out[idx, end].float()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_no_edit_is_the_model_and_a_head_swap_equals_replacing_its_z(family):
+    lm = loaded_tiny_model(family)
+    rows, twin_rows = _rows(5), _rows(6)
+    cap = capture_batch(lm.model, lm.adapter, lm.dims, rows, 0)
+    twin = capture_batch(lm.model, lm.adapter, lm.dims, twin_rows, 0)
+    torch.testing.assert_close(end_logits_with_edits(lm, rows, {}), cap.logits, atol=1e-5, rtol=1e-5)
+    layer, head, dh = lm.dims.n_layers - 1, 1, lm.dims.d_head
+    swapped = end_logits_with_edits(lm, rows, {("out_proj", layer): twin.head_raw[:, layer, head] - cap.head_raw[:, layer, head]})
+    # reference: replace head's z at END with the twin's z (z recovered from the twin's own forward)
+    store = {}
+    out_proj = lm.adapter.layer_part(lm.adapter.layer_modules(lm.model)[layer], lm.adapter.out_proj)
+    h = out_proj.register_forward_pre_hook(lambda m, a: store.__setitem__("z", a[0].detach().clone()))
+    ids, mask = right_pad(twin_rows, 0, lm.device)
+    with torch.inference_mode():
+        lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
+    h.remove()
+    twin_end = mask.sum(1) - 1
+    z_twin = store["z"][torch.arange(3), twin_end, head * dh:(head + 1) * dh]
+
+    def put(z, idx, end):
+        z[idx, end, head * dh:(head + 1) * dh] = z_twin
+
+    reference = _hooked_end_logits(lm, rows, layer, lm.adapter.out_proj, put)
+    torch.testing.assert_close(swapped, reference, atol=2e-5, rtol=2e-5)
+    assert (reference - cap.logits).abs().max() > 1e-4  # the swap really changes something
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_removing_the_whole_mlp_output_at_end_equals_zeroing_it(family):
+    lm = loaded_tiny_model(family)
+    rows = _rows(8)
+    cap = capture_batch(lm.model, lm.adapter, lm.dims, rows, 0)
+    layer = 0
+    removed = end_logits_with_edits(lm, rows, {("mlp_out", layer): -cap.mlp_out[:, layer]})
+    ids, mask = right_pad(rows, 0, lm.device)
+    end = mask.sum(1) - 1
+    idx = torch.arange(3)
+    module = lm.adapter.layer_part(lm.adapter.layer_modules(lm.model)[layer], lm.adapter.mlp_out)
+
+    def zero(m, args, output):
+        out = _first_tensor(output)
+        view = (out.reshape(3, ids.shape[1], -1) if lm.adapter.mlp_out_flat else out).clone()
+        view[idx, end] = 0
+        return view.reshape(out.shape)
+
+    h = module.register_forward_hook(zero)
+    with torch.inference_mode():
+        reference = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits[idx, end].float()
+    h.remove()
+    torch.testing.assert_close(removed, reference, atol=2e-5, rtol=2e-5)
+    with pytest.raises(ValueError, match="outside the model"):
+        end_logits_with_edits(lm, rows, {("mlp_out", 99): cap.mlp_out[:, 0]})
+
+
+def test_argument_swap_with_the_same_subject_changes_nothing():
+    lm = loaded_tiny_model("llama")
+    relation = get_relation("paper.capital")
+    clean = tokenize_prompts(lm.tokenizer, build_prompts(relation, 1, 0, max_prompts=6), lm.max_length)
+    same = [type(p)(**{**p.__dict__, "prompt": type(p.prompt)(**{**p.prompt.__dict__,
+                                                                  "query_subject": p.prompt.subject})}) for p in clean]
+    heads = [(0, 0), (1, 2), (2, 1)]
+    out = argument_swap(lm, relation, clean, same, heads, batch_size=4)
+    assert (out["top1_after"] == out["top1_before"]).all()
+    assert (out["swap_token"] == np.array([p.answer_token_id for p in clean])).all()
+
+
+def test_head_names_are_checked_against_the_model():
+    assert parse_head("L3.H2", 4, 4) == (3, 2)
+    with pytest.raises(ValueError, match="outside the model"):
+        parse_head("L4.H0", 4, 4)
+    with pytest.raises(ValueError, match="bad head name"):
+        parse_head("layer3", 4, 4)
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlp")
+    lm = loaded_tiny_model("gemma3")
+    store = Store(root)
+    summary = run_mechanism_analysis(store, lm, get_relation("paper.capital"), 0,
+                                     MechanismConfig(max_prompts=N, n_boot=50, batch_size=5), "t")
+    return root, lm, summary
+
+
+def _one(con, sql):
+    return con.sql(sql).fetchall()[0]
+
+
+def test_the_stage_ran_the_head_analysis_and_regressed_from_the_first_head_layer(analysed):
+    root, lm, summary = analysed
+    assert summary["status"] == "written"
+    con = connect(root)
+    heads = _one(con, "SELECT heads FROM head_sets")[0]
+    assert heads, "the tiny model's head set is empty: the test would not exercise the stage"
+    first = min(int(h.split(".")[0][1:]) for h in heads)
+    L, H = lm.dims.n_layers, lm.dims.n_heads
+    layers = _one(con, "SELECT layers, head_set FROM function_application")
+    assert list(layers[0]) == list(range(first, L)) and list(layers[1]) == list(heads)
+    assert _one(con, "SELECT count(*) FROM regression_betas")[0] == N * (L - first) * H
+    flagged = sorted(r[0] for r in con.sql("SELECT DISTINCT 'L' || layer || '.H' || head FROM regression_betas "
+                                           "WHERE in_head_set").fetchall())
+    assert flagged == sorted(heads)
+
+
+def test_c_plus_sum_beta_o_reproduces_the_mlp_output_from_the_stored_vectors(analysed):
+    root, lm, _ = analysed
+    L, H, d = lm.dims.n_layers, lm.dims.n_heads, lm.dims.d_model
+    vec = stored_end_vectors(Store(root), PartitionKey(lm.model_id, "paper.capital", 0), N, 0, L, H, d)
+    for k in range(L):
+        fit = fit_per_prompt(vec.heads[:, k], vec.mlp[:, k])
+        c = task_component(vec.heads[:, k], vec.mlp[:, k], fit.beta)
+        rebuilt = c + np.einsum("nh,nhd->nd", fit.beta, vec.heads[:, k].astype(np.float64))
+        np.testing.assert_allclose(rebuilt, vec.mlp[:, k], rtol=0, atol=1e-9)
+
+
+def test_inconsistent_stored_vectors_are_refused(analysed, monkeypatch):
+    root, lm, _ = analysed
+    store = Store(root)
+    real = store.read
+
+    def tampered(table, key, columns=None, filters=None):
+        t = real(table, key, columns, filters)
+        if table == "layers":
+            col = t["mlp_out"].combine_chunks()
+            values = col.flatten().to_numpy().copy()
+            values[0] += 1.0
+            t = t.set_column(t.schema.get_field_index("mlp_out"), "mlp_out",
+                             pa.FixedSizeListArray.from_arrays(pa.array(values, pa.float32()), lm.dims.d_model))
+        return t
+
+    monkeypatch.setattr(store, "read", tampered)
+    with pytest.raises(StoreMismatchError, match="do not add up"):
+        stored_end_vectors(store, PartitionKey(lm.model_id, "paper.capital", 0), N, 0, lm.dims.n_layers,
+                           lm.dims.n_heads, lm.dims.d_model)
+
+
+def test_summaries_agree_with_the_per_prompt_rows(analysed):
+    root, _, _ = analysed
+    con = connect(root)
+    worst = _one(con, """
+        SELECT max(abs(h.mean_beta - b.m)) FROM regression_heads h
+        JOIN (SELECT layer, head, avg(beta) AS m FROM regression_betas WHERE NOT isnan(beta) GROUP BY ALL) b
+        USING (layer, head)""")[0]
+    assert worst < 1e-9
+    best, push = _one(con, "SELECT best_layer, push FROM function_application")
+    layers = con.sql("SELECT layer, push, best_layer FROM regression_layers ORDER BY layer").fetchall()
+    top = max((r for r in layers if r[1] is not None), key=lambda r: r[1])
+    assert top[0] == best and top[2] and sum(r[2] for r in layers) == 1
+    assert push == pytest.approx(top[1])
+    n, success = _one(con, "SELECT swap_n, swap_success FROM function_application")
+    direct = _one(con, "SELECT count(*), avg(success::INTEGER) FROM argument_swap WHERE eligible")
+    assert n == direct[0] and success == pytest.approx(direct[1])
+
+
+def test_queries_answer_the_issue_questions_and_rerun_is_skipped(analysed):
+    root, lm, _ = analysed
+    for name in ("mlp_head_effects", "answer_layer", "mechanism_claims"):
+        out = run_query(root, named_query(name), fmt="csv")
+        assert out.count("\n") >= 2, name
+    again = run_mechanism_analysis(Store(root), lm, get_relation("paper.capital"), 0,
+                                   MechanismConfig(max_prompts=N, n_boot=50, batch_size=7), "t2")
+    assert again["status"] == "skipped"
+    plots = _one(connect(root), "SELECT plots FROM function_application")[0]
+    assert len(plots) == 3 and all((root / p).read_bytes()[:4] == b"\x89PNG" for p in plots)
+
+
+@pytest.mark.integration
+def test_smollm2_task_component_pushes_the_answer_over_other_capitals(smollm2, smollm2_heads):
+    root, heads = smollm2_heads
+    summary = run_mechanism_analysis(Store(root), smollm2, get_relation("paper.capital"), 0,
+                                     MechanismConfig(max_prompts=60, n_boot=500), "t")
+    con = connect(root)
+    assert list(_one(con, "SELECT head_set FROM function_application")[0]) == heads["head_set"]
+    best, push, lo, hi, n = _one(con, "SELECT best_layer, push, push_lo, push_hi, push_n FROM function_application")
+    print(f"\nsmollm2 paper.capital shot 0: best layer {best}, push {push:.3f} [{lo:.3f}, {hi:.3f}] over n = {n}")
+    assert n >= 50 and summary["best_layer"] == best
+    assert lo > 0  # the component favours the right capital over the other 14, beyond sampling noise
