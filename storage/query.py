@@ -93,8 +93,8 @@ def _check_params(sql: str, params: dict[str, str] | None) -> dict[str, str] | N
     return params or None
 _EMPTY_COMMITS = (
     "CREATE OR REPLACE VIEW commits AS SELECT NULL::VARCHAR AS model, NULL::VARCHAR AS relation, "
-    "NULL::INTEGER AS shot, NULL::VARCHAR AS input_hash, NULL::VARCHAR AS run_id, "
-    "NULL::VARCHAR[] AS tables, NULL::TIMESTAMPTZ AS committed_at WHERE false"
+    "NULL::INTEGER AS shot, NULL::VARCHAR AS stage, NULL::VARCHAR AS input_hash, NULL::VARCHAR AS run_id, "
+    "NULL::VARCHAR[] AS tables, NULL::TIMESTAMPTZ AS committed_at, NULL::DOUBLE AS seconds WHERE false"
 )
 _FORMATS = ("table", "csv", "json", "parquet")
 
