@@ -12,6 +12,7 @@ from factrecall.flows.mechanism import (
     MechanismConfig,
     StoreMismatchError,
     argument_swap,
+    model_swap_plot,
     parse_head,
     run_mechanism_analysis,
     stored_end_vectors,
@@ -220,6 +221,9 @@ def test_queries_answer_the_issue_questions_and_rerun_is_skipped(analysed):
     assert again["status"] == "skipped"
     plots = _one(connect(root), "SELECT plots FROM function_application")[0]
     assert len(plots) == 3 and all((root / p).read_bytes()[:4] == b"\x89PNG" for p in plots)
+    per_model = model_swap_plot(Store(root), lm.model_id)
+    assert per_model.endswith("argument_swap_by_relation.png") and (root / per_model).read_bytes()[:4] == b"\x89PNG"
+    assert model_swap_plot(Store(root), "no-such-model") is None
 
 
 @pytest.mark.integration
