@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -73,118 +73,94 @@ def run(
     _report(manifest, store_root, f"--named {EXAMPLE_QUERY}" if example else None)
 
 
-@app.command()
-def heads(
-    models: str = typer.Option("smollm2-135m", help="Comma-separated model references (as for `run`)."),
-    relations: str = typer.Option("paper.capital", help="Comma-separated relation names or .jsonl files."),
-    shots: str = typer.Option("0", help="Comma-separated k-shot settings."),
-    seed: int = typer.Option(0, help="Seed for demonstrations and corruptions."),
-    batch_size: int = typer.Option(16, min=1, help="Prompts per forward pass."),
-    dtype: str = typer.Option("float32", help="float32 (reference) | bfloat16 | float16."),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when present)."),
-    max_prompts: Optional[int] = typer.Option(None, min=1, help="Use only the first N prompts of each relation."),
-    n_boot: int = typer.Option(1000, min=10, help="Bootstrap resamples for intervals."),
-    coverage: float = typer.Option(0.8, min=0.01, max=1.0, help="Share of negative effect the head set covers."),
-    store: Path = typer.Option(None, help="Store root (default: $FACTRECALL_STORE or .factrecall/store)."),
-    progress: bool = typer.Option(True, help="Show a progress display."),
-) -> None:
-    """Step 1: argument-passing heads — head statistics, exact path patching, head sets and plots."""
+# Options shared by the analysis commands (heads, mlp, final-layer): declared once.
+Models = Annotated[str, typer.Option(help="Comma-separated model references (as for `run`).")]
+Relations = Annotated[str, typer.Option(help="Comma-separated relation names or .jsonl files.")]
+Shots = Annotated[str, typer.Option(help="Comma-separated k-shot settings.")]
+Seed = Annotated[int, typer.Option(help="Seed for demonstrations, corruptions and splits.")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")]
+Dtype = Annotated[str, typer.Option(help="float32 (reference) | bfloat16 | float16.")]
+Device = Annotated[Optional[str], typer.Option(help="cpu | cuda (default: cuda when present).")]
+MaxPrompts = Annotated[Optional[int], typer.Option(min=2, help="Use only the first N prompts of each relation.")]
+NBoot = Annotated[int, typer.Option(min=10, help="Bootstrap resamples for intervals.")]
+StoreRoot = Annotated[Optional[Path], typer.Option("--store", help="Store root (default: $FACTRECALL_STORE or .factrecall/store).")]
+Progress = Annotated[bool, typer.Option(help="Show a progress display.")]
+
+
+def _run_stage(flow_name: str, models: str, relations: str, shots: str, store: Path | None, line, hint: str,
+               **settings) -> None:
+    """Validate, run the named flow of `factrecall.flows.sweep`, print one `line(partition)` per written
+    partition (or its skip reason), the run summary and a query `hint`."""
     store_root = (store or default_store()).resolve()
     shot_list = _validate(models, relations, shots)
     configure_prefect()
-    from factrecall.flows.sweep import analyze_heads
+    from factrecall.flows import sweep
 
-    manifest = _guarded(lambda: analyze_heads(
-        models=_split(models), relations=_split(relations), shots=shot_list, store_root=str(store_root),
-        seed=seed, batch_size=batch_size, dtype=dtype, device=device, max_prompts=max_prompts, n_boot=n_boot,
-        coverage=coverage, show_progress=progress,
-    ))
+    flow = getattr(sweep, flow_name)
+    manifest = _guarded(lambda: flow(models=_split(models), relations=_split(relations), shots=shot_list,
+                                     store_root=str(store_root), **settings))
     for p in manifest["partitions"]:
-        if p.get("head_set") is not None:
-            console.print(f"{p['model']} {p['relation']} shot={p['shot']}: head set {', '.join(p['head_set']) or '(empty)'}"
-                          f" ({p['seconds']:.0f} s, patching {p['seconds_patching']:.0f} s)", highlight=False)
-        elif p.get("reason"):
-            console.print(f"{p['model']} {p['relation']} shot={p['shot']}: skipped — {p['reason']}", highlight=False)
-    first = manifest["partitions"][0] if manifest["partitions"] else None
-    _report(manifest, store_root, None)
-    if first:
-        console.print(f"\nfactrecall query --named argument_heads --param model={first['model']} "
-                      f"--param relation={first['relation']}")
-
-
-@app.command()
-def mlp(
-    models: str = typer.Option("smollm2-135m", help="Comma-separated model references (as for `run`)."),
-    relations: str = typer.Option("paper.capital", help="Comma-separated relation names or .jsonl files."),
-    shots: str = typer.Option("0", help="Comma-separated k-shot settings."),
-    seed: int = typer.Option(0, help="Seed for demonstrations and corruptions."),
-    batch_size: int = typer.Option(16, min=1, help="Prompts per forward pass."),
-    dtype: str = typer.Option("float32", help="float32 (reference) | bfloat16 | float16."),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when present)."),
-    max_prompts: Optional[int] = typer.Option(None, min=2, help="Use only the first N prompts of each relation."),
-    n_boot: int = typer.Option(1000, min=10, help="Bootstrap resamples for intervals."),
-    store: Path = typer.Option(None, help="Store root (default: $FACTRECALL_STORE or .factrecall/store)."),
-    progress: bool = typer.Option(True, help="Show a progress display."),
-) -> None:
-    """Steps 2-3: the MLP as an activation over the heads (regressions) and the task-aware component."""
-    store_root = (store or default_store()).resolve()
-    shot_list = _validate(models, relations, shots)
-    configure_prefect()
-    from factrecall.flows.sweep import analyze_mechanism
-
-    manifest = _guarded(lambda: analyze_mechanism(
-        models=_split(models), relations=_split(relations), shots=shot_list, store_root=str(store_root),
-        seed=seed, batch_size=batch_size, dtype=dtype, device=device, max_prompts=max_prompts, n_boot=n_boot,
-        show_progress=progress,
-    ))
-    for p in manifest["partitions"]:
+        where = f"{p['model']} {p['relation']} shot={p['shot']}:"
         if p["status"] == "written":
-            console.print(f"{p['model']} {p['relation']} shot={p['shot']}: strongest push at layer {p['best_layer']} "
-                          f"({_fmt(p['push'])}), removing it Δp {_fmt(p['removal_delta_p'])}, argument swap "
-                          f"{_fmt(p['swap_success'])} ({p['seconds']:.0f} s)", highlight=False)
+            console.print(f"{where} {line(p)} ({p['seconds']:.0f} s)", highlight=False)
         elif p.get("reason"):
-            console.print(f"{p['model']} {p['relation']} shot={p['shot']}: skipped — {p['reason']}", highlight=False)
+            console.print(f"{where} skipped — {p['reason']}", highlight=False)
     _report(manifest, store_root, None)
     if manifest["partitions"]:
-        console.print("\nfactrecall query --named mlp_head_effects; factrecall query --named answer_layer")
+        console.print(f"\n{hint}", highlight=False)
+
+
+@app.command()
+def heads(models: Models = "smollm2-135m", relations: Relations = "paper.capital", shots: Shots = "0",
+          seed: Seed = 0, batch_size: BatchSize = 16, dtype: Dtype = "float32", device: Device = None,
+          max_prompts: MaxPrompts = None, n_boot: NBoot = 1000,
+          coverage: Annotated[float, typer.Option(min=0.01, max=1.0, help="Share of negative effect the head set covers.")] = 0.8,
+          store: StoreRoot = None, progress: Progress = True) -> None:
+    """Step 1: argument-passing heads — head statistics, exact path patching, head sets and plots."""
+    first = _split(models)[0] if _split(models) else ""
+    _run_stage(
+        "analyze_heads", models, relations, shots, store,
+        lambda p: f"head set {', '.join(p['head_set']) or '(empty)'} (patching {p['seconds_patching']:.0f} s)",
+        f"factrecall query --named argument_heads --param model={first} "
+        f"--param relation={_split(relations)[0] if _split(relations) else ''}",
+        seed=seed, batch_size=batch_size, dtype=dtype, device=device, max_prompts=max_prompts, n_boot=n_boot,
+        coverage=coverage, show_progress=progress)
+
+
+@app.command()
+def mlp(models: Models = "smollm2-135m", relations: Relations = "paper.capital", shots: Shots = "0",
+        seed: Seed = 0, batch_size: BatchSize = 16, dtype: Dtype = "float32", device: Device = None,
+        max_prompts: MaxPrompts = None, n_boot: NBoot = 1000, store: StoreRoot = None,
+        progress: Progress = True) -> None:
+    """Steps 2-3: the MLP as an activation over the heads (regressions) and the task-aware component."""
+    _run_stage(
+        "analyze_mechanism", models, relations, shots, store,
+        lambda p: (f"strongest push at layer {p['best_layer']} ({_fmt(p['push'])}), removing it Δp "
+                   f"{_fmt(p['removal_delta_p'])}, argument swap {_fmt(p['swap_success'])}"),
+        "factrecall query --named mlp_head_effects; factrecall query --named answer_layer",
+        seed=seed, batch_size=batch_size, dtype=dtype, device=device, max_prompts=max_prompts, n_boot=n_boot,
+        show_progress=progress)
 
 
 @app.command("final-layer")
-def final_layer(
-    models: str = typer.Option("smollm2-135m", help="Comma-separated model references (as for `run`)."),
-    relations: str = typer.Option("paper.capital", help="Comma-separated relation names or .jsonl files."),
-    shots: str = typer.Option("0", help="Comma-separated k-shot settings."),
-    seed: int = typer.Option(0, help="Seed for demonstrations and the calibration/held-out split."),
-    batch_size: int = typer.Option(16, min=1, help="Prompts per forward pass."),
-    dtype: str = typer.Option("float32", help="float32 (reference) | bfloat16 | float16."),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when present)."),
-    max_prompts: Optional[int] = typer.Option(None, min=2, help="Use only the first N prompts of each relation."),
-    n_boot: int = typer.Option(1000, min=10, help="Bootstrap resamples for intervals."),
-    calibration_share: float = typer.Option(0.5, min=0.05, max=0.95, help="Share of prompts that choose the mitigation."),
-    control_prompts: int = typer.Option(8, min=1, help="Prompts per control relation."),
-    store: Path = typer.Option(None, help="Store root (default: $FACTRECALL_STORE or .factrecall/store)."),
-    progress: bool = typer.Option(True, help="Show a progress display."),
-) -> None:
+def final_layer(models: Models = "smollm2-135m", relations: Relations = "paper.capital", shots: Shots = "0",
+                seed: Seed = 0, batch_size: BatchSize = 16, dtype: Dtype = "float32", device: Device = None,
+                max_prompts: MaxPrompts = None, n_boot: NBoot = 1000,
+                calibration_share: Annotated[float, typer.Option(min=0.05, max=0.95, help="Share of prompts that choose the mitigation.")] = 0.5,
+                control_prompts: Annotated[int, typer.Option(min=1, help="Prompts per control relation.")] = 8,
+                store: StoreRoot = None, progress: Progress = True) -> None:
     """Step 4: does the last layer suppress the answer, which components do it, and what mitigating costs."""
-    store_root = (store or default_store()).resolve()
-    shot_list = _validate(models, relations, shots)
-    configure_prefect()
-    from factrecall.flows.sweep import analyze_final_layer
 
-    manifest = _guarded(lambda: analyze_final_layer(
-        models=_split(models), relations=_split(relations), shots=shot_list, store_root=str(store_root),
+    def line(p):
+        gains = ", ".join(f"{v} {g:+.3f}" for v, g in p["held_out_delta_p"].items())
+        return (f"last layer {p['verdict']} (Δp {p['delta_p']:+.3f} [{_fmt(p['delta_p_lo'])}, "
+                f"{_fmt(p['delta_p_hi'])}]); held-out Δp: {gains}")
+
+    _run_stage(
+        "analyze_final_layer", models, relations, shots, store, line,
+        "factrecall query --named final_layer_suppression; factrecall query --named mitigation_gain",
         seed=seed, batch_size=batch_size, dtype=dtype, device=device, max_prompts=max_prompts, n_boot=n_boot,
-        calibration_share=calibration_share, control_prompts=control_prompts, show_progress=progress,
-    ))
-    for p in manifest["partitions"]:
-        if p["status"] == "written":
-            gains = ", ".join(f"{v} {g:+.3f}" for v, g in p["held_out_delta_p"].items())
-            console.print(f"{p['model']} {p['relation']} shot={p['shot']}: last layer {p['verdict']} "
-                          f"(Δp {p['delta_p']:+.3f} [{_fmt(p['delta_p_lo'])}, {_fmt(p['delta_p_hi'])}]); "
-                          f"held-out Δp: {gains} ({p['seconds']:.0f} s)", highlight=False)
-    _report(manifest, store_root, None)
-    if manifest["partitions"]:
-        console.print("\nfactrecall query --named final_layer_suppression; factrecall query --named mitigation_gain")
+        calibration_share=calibration_share, control_prompts=control_prompts, show_progress=progress)
 
 
 def _fmt(x) -> str:
