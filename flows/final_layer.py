@@ -12,10 +12,8 @@ Results are the store's "final_layer" stage: `lens`, `final_components`, `final_
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +43,7 @@ from factrecall.tasks.relations import Relation, get_relation
 from factrecall.tasks.tokenization import TokenizedPrompt, length_sorted_batches, tokenize_prompts
 from factrecall.version import code_version
 
-from .partition import CaptureConfig, input_hash, run_partition
+from .partition import StageConfig, run_partition, stage_input_hash
 
 STAGE = "final_layer"
 ALPHAS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
@@ -60,7 +58,7 @@ GRID_ROWS = 256  # (prompt, alpha) rows whose full-vocabulary logits are held at
 
 
 @dataclass(frozen=True)
-class FinalLayerConfig:
+class FinalLayerConfig(StageConfig):
     seed: int = 0
     max_prompts: int | None = None
     batch_size: int = 16
@@ -76,17 +74,10 @@ class FinalLayerConfig:
         if not 0.0 < self.calibration_share < 1.0:
             raise ValueError(f"calibration_share must be in (0, 1), got {self.calibration_share}")
 
-    def capture(self) -> CaptureConfig:
-        return CaptureConfig(seed=self.seed, variants=("clean",), max_prompts=self.max_prompts,
-                             batch_size=self.batch_size)
-
 
 def final_layer_input_hash(lm: LoadedModel, relation: Relation, shot: int, config: FinalLayerConfig) -> str:
     controls = {name: get_relation(name).content_hash() for name in config.control_relations}
-    payload = {"capture": input_hash(lm, relation, shot, config.capture()), "config": asdict(config),
-               "controls": controls, "corpus": corpus_hash(), "code": code_version(), "stage": STAGE}
-    payload["config"].pop("batch_size")
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return stage_input_hash(lm, relation, shot, config, STAGE, controls=controls, corpus=corpus_hash())
 
 
 class RerunMismatchError(RuntimeError):

@@ -8,10 +8,8 @@ Per-prompt head statistics read the capture tables from the store; path patching
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,29 +39,22 @@ from factrecall.tasks.relations import Relation
 from factrecall.tasks.tokenization import TokenizedPrompt, length_sorted_batches, tokenize_prompts
 from factrecall.version import code_version
 
-from .partition import CaptureConfig, input_hash, run_partition
+from .partition import StageConfig, run_partition, stage_input_hash
 
 STAGE = "heads"
 
 
 @dataclass(frozen=True)
-class HeadConfig:
+class HeadConfig(StageConfig):
     seed: int = 0
     max_prompts: int | None = None
     batch_size: int = 16
     n_boot: int = 1000
     coverage: float = 0.8
 
-    def capture(self) -> CaptureConfig:
-        return CaptureConfig(seed=self.seed, variants=("clean",), max_prompts=self.max_prompts,
-                             batch_size=self.batch_size)
-
 
 def heads_input_hash(lm: LoadedModel, relation: Relation, shot: int, config: HeadConfig) -> str:
-    payload = {"capture": input_hash(lm, relation, shot, config.capture()), "config": asdict(config),
-               "code": code_version(), "stage": STAGE}
-    payload["config"].pop("batch_size")
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return stage_input_hash(lm, relation, shot, config, STAGE)
 
 
 def corrupted_means(lm: LoadedModel, prompts: list[TokenizedPrompt], batch_size: int) -> SenderMeans:

@@ -13,11 +13,9 @@ plus PNG plots.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +42,7 @@ from factrecall.version import code_version
 
 from .heads import STAGE as HEADS_STAGE
 from .heads import HeadConfig, run_head_analysis
-from .partition import CaptureConfig, input_hash, run_partition
+from .partition import StageConfig, run_partition, stage_input_hash
 
 STAGE = "mlp"
 RESIDUAL_RTOL = 1e-3  # stored vectors must satisfy resid_post = resid_pre + sum o + b_O + m (float32)
@@ -52,16 +50,12 @@ _HEAD_RE = re.compile(r"L(\d+)\.H(\d+)")
 
 
 @dataclass(frozen=True)
-class MechanismConfig:
+class MechanismConfig(StageConfig):
     seed: int = 0
     max_prompts: int | None = None
     batch_size: int = 16
     n_boot: int = 1000
     coverage: float = 0.8  # head-set rule, used only when the "heads" stage must run first
-
-    def capture(self) -> CaptureConfig:
-        return CaptureConfig(seed=self.seed, variants=("clean",), max_prompts=self.max_prompts,
-                             batch_size=self.batch_size)
 
     def heads(self) -> HeadConfig:
         return HeadConfig(seed=self.seed, max_prompts=self.max_prompts, batch_size=self.batch_size,
@@ -97,11 +91,8 @@ def stored_head_set(store: Store, lm: LoadedModel, relation: Relation, shot: int
 
 
 def mechanism_input_hash(lm, relation, shot, config: MechanismConfig, head_set, provenance) -> str:
-    payload = {"capture": input_hash(lm, relation, shot, config.capture()), "config": asdict(config),
-               "head_set": head_set, "heads_input_hash": provenance["heads_input_hash"], "code": code_version(),
-               "stage": STAGE}
-    payload["config"].pop("batch_size")
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return stage_input_hash(lm, relation, shot, config, STAGE, head_set=head_set,
+                            heads_input_hash=provenance["heads_input_hash"])
 
 
 @dataclass

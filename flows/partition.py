@@ -34,6 +34,15 @@ class CaptureConfig:
         return out
 
 
+class StageConfig:
+    """Mixin for the configs of the analysis stages (they have seed, max_prompts and batch_size)."""
+
+    def capture(self) -> CaptureConfig:
+        """The clean-prompt capture the stage reads."""
+        return CaptureConfig(seed=self.seed, variants=("clean",), max_prompts=self.max_prompts,
+                             batch_size=self.batch_size)
+
+
 @dataclass
 class PartitionResult:
     model: str
@@ -57,6 +66,15 @@ def input_hash(lm: LoadedModel, relation: Relation, shot: int, config: CaptureCo
         "config": config.hashed(),
         "code": code_version(),
     }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def stage_input_hash(lm: LoadedModel, relation: Relation, shot: int, config, stage: str, **inputs) -> str:
+    """Content hash of an analysis stage: the capture it reads, its config (batch size aside: it changes
+    speed, not results), the code version, and any further `inputs` (e.g. the head set it builds on)."""
+    payload = {"capture": input_hash(lm, relation, shot, config.capture()), "config": asdict(config),
+               "code": code_version(), "stage": stage, **inputs}
+    payload["config"].pop("batch_size", None)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -3,7 +3,6 @@ last-layer change with its interval."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from factrecall.flows.final_layer import VARIANTS, FinalLayerConfig, run_final_layer_analysis

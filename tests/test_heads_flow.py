@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 
 from factrecall.flows.heads import HeadConfig, corrupted_means, run_head_analysis
 from factrecall.storage.query import connect
-from factrecall.storage.store import PartitionKey, Store
+from factrecall.storage.store import Store
 from factrecall.tasks.capture import capture_batch
 from factrecall.tasks.path_patching import EndRunner, patch_set
 from factrecall.tasks.prompts import build_prompts
