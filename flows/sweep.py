@@ -5,8 +5,9 @@ mitigation; one task per partition, captures cached by content hash.
 
 Prefect runs serverless (ephemeral), quietly and offline, with its home inside the state directory
 (`factrecall.paths.configure_prefect`, applied before Prefect is imported). Errors in our inputs are
-deterministic, so tasks never retry. A model whose ledger fails is refused: its remaining partitions
-are not attempted, and the flow reports it.
+deterministic, so tasks never retry. A model whose numbers do not add up (its ledger, the END re-run
+of its last layer, or its stored vectors) is refused: its remaining partitions are not attempted, and
+the flow reports it.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from factrecall.tasks.partition_capture import LedgerError, model_info_table  # 
 from factrecall.tasks.relations import get_relation  # noqa: E402
 from factrecall.version import code_version, package_versions  # noqa: E402
 
-from .final_layer import FinalLayerConfig, model_lens_plot, run_final_layer_analysis  # noqa: E402
+from .final_layer import FinalLayerConfig, RerunMismatchError, model_lens_plot, run_final_layer_analysis  # noqa: E402
 from .heads import HeadConfig, run_head_analysis  # noqa: E402
-from .mechanism import MechanismConfig, model_swap_plot, run_mechanism_analysis  # noqa: E402
+from .mechanism import MechanismConfig, StoreMismatchError, model_swap_plot, run_mechanism_analysis  # noqa: E402
 from .partition import CaptureConfig, input_hash, run_partition  # noqa: E402
 
 
@@ -208,7 +209,7 @@ def _over_partitions(kind, partition_task, config, models, relations, shots, sto
                         result = partition_task(store, lm, relation, shot, config, run_id, progress=bar)
                         bar(done=True, status=result["status"])
                         partitions.append(result)
-            except LedgerError as exc:
+            except (LedgerError, RerunMismatchError, StoreMismatchError) as exc:  # the model's numbers do not add up
                 refused[lm.model_id] = str(exc)
                 continue
             store.write_model_table("model_info", lm.model_id, model_info_table(lm, ref))
