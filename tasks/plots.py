@@ -181,7 +181,7 @@ def bands(x: Sequence[float], series: dict[str, tuple], title: str, path: Path |
 
 def _bars_figure(categories: Sequence[str], groups: dict[str, tuple], title: str, ylabel: str) -> Figure:
     cats = [str(c) for c in categories]
-    fig = Figure(figsize=(max(5.0, 0.55 * len(cats) * max(1, len(groups)) + 2), 4.4), dpi=_DPI, layout="constrained")
+    fig = Figure(figsize=(max(7.0, 0.55 * len(cats) * max(1, len(groups)) + 2), 4.4), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     cmap = mpl.colormaps["tab10"]
@@ -193,8 +193,9 @@ def _bars_figure(categories: Sequence[str], groups: dict[str, tuple], title: str
             raise ValueError(f"group {name!r}: values, lo and hi need one entry per category ({len(cats)})")
         err = np.stack([np.clip(val - lo, 0, None), np.clip(hi - val, 0, None)])
         err = np.where(np.isfinite(err), err, 0.0)
-        ax.bar(pos + (i - (len(groups) - 1) / 2) * width, val, width, yerr=err, capsize=3,
-               color=cmap(i % cmap.N), label=name)
+        has_interval = bool((err > 0).any())  # a group without intervals (lo = hi) gets no error bars
+        ax.bar(pos + (i - (len(groups) - 1) / 2) * width, val, width, yerr=err if has_interval else None,
+               capsize=3 if has_interval else 0, color=cmap(i % cmap.N), label=name)
     ax.axhline(0.0, color="0.4", linewidth=0.8)
     ax.set_xticks(pos, cats, rotation=45 if len(cats) > 6 else 0, ha="right" if len(cats) > 6 else "center")
     ax.set_ylabel(ylabel)

@@ -103,3 +103,36 @@ def test_atomic_replace_keeps_old_file_on_failure(tmp_path, monkeypatch):
         plots.heatmap(np.zeros((2, 2)), "second", path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["h.png"]
+
+
+def test_bars_heights_error_bars_and_shape_checks(tmp_path):
+    cats = ["L29.H0", "L29.H1", "L29.mlp"]
+    groups = {"answer": (np.array([-1.0, 0.5, 2.0]), np.array([-1.5, 0.2, 1.0]), np.array([-0.5, 0.9, 3.0])),
+              "no interval": (np.array([0.3, 0.3, 0.3]),) * 3}
+    path = plots.bars(cats, groups, "t", tmp_path / "bars.png", ylabel="DLA")
+    assert _is_png(path)
+    ax = plots._bars_figure(cats, groups, "t", "DLA").axes[0]
+    heights = [p.get_height() for p in ax.patches if isinstance(p, Rectangle)]
+    assert heights == [-1.0, 0.5, 2.0, 0.3, 0.3, 0.3]
+    # one error-bar set, for the group that has intervals, spanning [lo, hi]
+    caps = [c for c in ax.containers if getattr(c, "has_yerr", False)]
+    assert len(caps) == 1
+    segs = caps[0].lines[2][0].get_segments()
+    assert [(s[0][1], s[1][1]) for s in segs] == [(-1.5, -0.5), (0.2, 0.9), (1.0, 3.0)]
+    with pytest.raises(ValueError, match="one entry per category"):
+        plots.bars(cats, {"g": (np.zeros(2),) * 3}, "t", tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_bands_lines_and_shape_checks(tmp_path):
+    x = np.arange(-1, 4)
+    mid, lo, hi = np.array([0.1, 0.2, 0.5, 0.4, 0.9]), np.zeros(5), np.ones(5)
+    path = plots.bands(x, {"p(answer)": (mid, lo, hi)}, "t", tmp_path / "bands.png", ylabel="p")
+    assert _is_png(path)
+    ax = plots._bands_figure(x, {"p(answer)": (mid, lo, hi)}, "t", "layer", "p").axes[0]
+    (line,) = ax.get_lines()
+    np.testing.assert_array_equal(line.get_xdata(), x)
+    np.testing.assert_array_equal(line.get_ydata(), mid)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["p(answer)"]
+    with pytest.raises(ValueError, match="x's shape"):
+        plots.bands(x, {"bad": (mid[:3], lo[:3], hi[:3])}, "t", tmp_path / "bad.png")
