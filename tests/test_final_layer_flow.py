@@ -146,3 +146,19 @@ def test_smollm2_last_layer_change_is_reported_with_its_interval(smollm2, tmp_pa
     assert all(r[1] == 30 and r[2] is not None and r[2] <= r[3] for r in mit)
     print(f"\nsmollm2 paper.capital shot 0: Δp across the last layer {delta_p:+.4f} [{lo:+.4f}, {hi:+.4f}], "
           f"verdict {verdict}, suppressors {suppressors[:4]}")
+
+
+def test_per_model_query_pools_prompts(analysed):
+    root, lm, _ = analysed
+    con = connect(root)
+    row = con.sql(named_query("anti_overconfidence_by_model")).pl().row(0, named=True)
+    last = lm.dims.n_layers - 1
+    dp = [r[0] for r in con.sql(f"""
+        SELECT a.p_answer - b.p_answer FROM lens a JOIN lens b USING (model, relation, shot, prompt_id)
+        WHERE a.layer = {last} AND b.layer = {last - 1}""").fetchall()]
+    assert row["n_prompts"] == N and row["delta_p"] == pytest.approx(sum(dp) / N)
+    assert row["delta_p_lo"] <= row["delta_p"] <= row["delta_p_hi"]
+    gains = [r[0] for r in con.sql("SELECT p_after - p_before FROM mitigation_prompts "
+                                   "WHERE variant = 'heads' AND split = 'held_out'").fetchall()]
+    assert row["gain_heads"] == pytest.approx(sum(gains) / len(gains))
+    assert row["n_partitions"] == 1 and row["n_suppresses"] + row["n_raises"] + row["n_inconclusive"] == 1

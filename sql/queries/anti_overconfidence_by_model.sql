@@ -1,28 +1,61 @@
--- Per model: in how many (relation, shot) partitions the last layer suppresses the answer, the mean change of p(answer), and the mean held-out gain of each deployable mitigation
--- METHOD.md §7. n_suppresses counts partitions whose delta_p interval lies below 0; mean_* average the
--- partitions' means (each partition weighs the same).
-WITH m AS (
-    SELECT model, relation, shot,
-           max(delta_p) FILTER (WHERE variant = 'heads') AS gain_heads,
-           max(delta_p) FILTER (WHERE variant = 'mlp_top1') AS gain_mlp_top1,
-           max(delta_p) FILTER (WHERE variant = 'mlp_answer') AS gain_mlp_answer_oracle,
-           max(text_delta_logp) FILTER (WHERE variant = 'heads') AS text_cost_heads,
-           max(text_delta_logp) FILTER (WHERE variant = 'mlp_top1') AS text_cost_mlp_top1
-    FROM mitigation
-    GROUP BY model, relation, shot
+-- Per model: does the last layer suppress the answer (partitions with each verdict, and Δp pooled over all prompts), and how much each mitigation raises held-out p(answer) (pooled over all held-out prompts)
+-- METHOD.md §7. delta_p = p(answer) at the last layer minus the lens entering it. Pooled means weigh
+-- every prompt the same; their 95% intervals are normal approximations (mean ± 1.96 standard errors
+-- over prompts; each partition's own bootstrap intervals are in final_layer_summary and mitigation).
+-- gain_* = held-out p_after - p_before at each partition's chosen alpha; mlp_answer is an oracle.
+-- text_delta_logp_*: mean over partitions of the plain-text cost (mean log p per next token).
+WITH d AS (
+    SELECT a.model, a.p_answer - b.p_answer AS dp
+    FROM lens AS a
+    JOIN lens AS b USING (model, relation, shot, prompt_id)
+    JOIN final_layer_summary AS s USING (model, relation, shot)
+    WHERE a.layer = s.layer AND b.layer = s.layer - 1
+),
+pooled AS (
+    SELECT model, count(*) AS n_prompts, avg(dp) AS delta_p,
+           avg(dp) - 1.96 * stddev_samp(dp) / sqrt(count(*)) AS delta_p_lo,
+           avg(dp) + 1.96 * stddev_samp(dp) / sqrt(count(*)) AS delta_p_hi,
+           avg((dp < 0)::INTEGER) AS share_dropped
+    FROM d GROUP BY model
+),
+verdicts AS (
+    SELECT model, count(*) AS n_partitions,
+           count(*) FILTER (WHERE verdict = 'suppresses') AS n_suppresses,
+           count(*) FILTER (WHERE verdict = 'raises') AS n_raises,
+           count(*) FILTER (WHERE verdict = 'inconclusive') AS n_inconclusive
+    FROM final_layer_summary GROUP BY model
+),
+g AS (
+    SELECT model, variant, count(*) AS n, avg(p_after - p_before) AS gain,
+           1.96 * stddev_samp(p_after - p_before) / sqrt(count(*)) AS half
+    FROM mitigation_prompts WHERE split = 'held_out' GROUP BY model, variant
+),
+gains AS (
+    SELECT model, max(n) AS n_held_out,
+           max(gain) FILTER (WHERE variant = 'heads') AS gain_heads,
+           max(half) FILTER (WHERE variant = 'heads') AS gain_heads_pm,
+           max(gain) FILTER (WHERE variant = 'mlp_top1') AS gain_mlp_top1,
+           max(half) FILTER (WHERE variant = 'mlp_top1') AS gain_mlp_top1_pm,
+           max(gain) FILTER (WHERE variant = 'mlp_answer') AS gain_mlp_answer_oracle,
+           max(half) FILTER (WHERE variant = 'mlp_answer') AS gain_mlp_answer_oracle_pm
+    FROM g GROUP BY model
+),
+costs AS (
+    SELECT model,
+           avg(text_delta_logp) FILTER (WHERE variant = 'heads') AS text_delta_logp_heads,
+           avg(text_delta_logp) FILTER (WHERE variant = 'mlp_top1') AS text_delta_logp_mlp_top1,
+           avg(control_delta_logp) FILTER (WHERE variant = 'heads') AS control_delta_logp_heads,
+           avg(control_delta_logp) FILTER (WHERE variant = 'mlp_top1') AS control_delta_logp_mlp_top1
+    FROM mitigation GROUP BY model
 )
-SELECT s.model,
-       count(*) AS n_partitions,
-       count(*) FILTER (WHERE s.verdict = 'suppresses') AS n_suppresses,
-       count(*) FILTER (WHERE s.verdict = 'raises') AS n_raises,
-       avg(s.delta_p) AS mean_delta_p,
-       avg(s.share_dropped) AS mean_share_dropped,
-       avg(m.gain_heads) AS mean_held_out_gain_heads,
-       avg(m.gain_mlp_top1) AS mean_held_out_gain_mlp_top1,
-       avg(m.gain_mlp_answer_oracle) AS mean_held_out_gain_mlp_answer_oracle,
-       avg(m.text_cost_heads) AS mean_text_delta_logp_heads,
-       avg(m.text_cost_mlp_top1) AS mean_text_delta_logp_mlp_top1
-FROM final_layer_summary AS s
-LEFT JOIN m USING (model, relation, shot)
-GROUP BY s.model
-ORDER BY s.model
+SELECT v.model, v.n_partitions, v.n_suppresses, v.n_raises, v.n_inconclusive,
+       p.n_prompts, p.delta_p, p.delta_p_lo, p.delta_p_hi, p.share_dropped,
+       gains.n_held_out, gains.gain_heads, gains.gain_heads_pm, gains.gain_mlp_top1, gains.gain_mlp_top1_pm,
+       gains.gain_mlp_answer_oracle, gains.gain_mlp_answer_oracle_pm,
+       costs.text_delta_logp_heads, costs.text_delta_logp_mlp_top1,
+       costs.control_delta_logp_heads, costs.control_delta_logp_mlp_top1
+FROM verdicts AS v
+JOIN pooled AS p USING (model)
+LEFT JOIN gains USING (model)
+LEFT JOIN costs USING (model)
+ORDER BY v.model
