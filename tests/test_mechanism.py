@@ -237,3 +237,16 @@ def test_smollm2_task_component_pushes_the_answer_over_other_capitals(smollm2, s
     print(f"\nsmollm2 paper.capital shot 0: best layer {best}, push {push:.3f} [{lo:.3f}, {hi:.3f}] over n = {n}")
     assert n >= 50 and summary["best_layer"] == best
     assert lo > 0  # the component favours the right capital over the other 14, beyond sampling noise
+
+
+def test_mechanism_claims_pool_the_rows(analysed):
+    root, _, _ = analysed
+    con = connect(root)
+    row = con.sql(named_query("mechanism_claims")).pl().row(0, named=True)
+    medians = [r[0] for r in con.sql("SELECT median_r2 FROM regression_layers WHERE holds_head_set_head").fetchall()]
+    assert row["n_head_layer_mlps"] == len(medians)
+    assert row["share_head_layer_mlps_r2_ge_half"] == pytest.approx(sum(m >= 0.5 for m in medians) / len(medians))
+    labels = [r[0] for r in con.sql("SELECT label FROM regression_heads WHERE in_head_set").fetchall()]
+    assert row["share_amplified"] == pytest.approx(labels.count("amplified") / len(labels))
+    n, success = _one(con, "SELECT count(*), avg(success::INTEGER) FROM argument_swap WHERE eligible")
+    assert row["n_swap"] == n and row["swap_success"] == pytest.approx(success)

@@ -1,17 +1,40 @@
--- Do the paper's step 2-3 claims hold per model: share of head-layer MLPs with median R^2 >= 0.5, share of argument-passing heads amplified, argument-swap success rate, push margin
--- METHOD.md §5-6. Averages over the model's analysed partitions (each weighs the same); n_partitions
--- counts those with a head set (skipped ones are left out); n_push_positive counts partitions whose push
--- interval at the best layer lies above 0.
-SELECT model,
-       count(*) AS n_partitions,
-       avg(share_head_layers_r2_ge_half) AS share_head_layer_mlps_r2_ge_half,
-       avg(share_set_heads_amplified) AS share_argument_heads_amplified,
-       avg(swap_success) AS mean_swap_success,
-       avg(swap_stayed) AS mean_swap_stayed,
-       avg(push) AS mean_push,
-       count(*) FILTER (WHERE push_lo > 0) AS n_push_positive,
-       avg(removal_delta_p) AS mean_removal_delta_p
-FROM function_application
-WHERE skipped_reason IS NULL
-GROUP BY model
-ORDER BY model
+-- Do the paper's step 2-3 claims hold per model: share of head-layer MLPs with median R^2 >= 0.5, share of argument-passing heads amplified or erased, argument-swap success, push and removal of c
+-- METHOD.md §5-6. Pooled over the model's analysed partitions (skipped ones have no rows):
+-- head-layer MLPs = (partition, layer) pairs whose layer holds a head-set head; argument-passing heads
+-- = (partition, head) pairs of the head sets, labelled by their median beta; swap success over every
+-- eligible prompt (95% interval: normal approximation, mean ± 1.96 standard errors); n_push_positive
+-- counts partitions whose push interval at the best layer lies above 0.
+WITH layers AS (
+    SELECT model, count(*) AS n_head_layer_mlps,
+           avg((median_r2 >= 0.5)::INTEGER) AS share_head_layer_mlps_r2_ge_half,
+           median(median_r2) AS median_r2_head_layers
+    FROM regression_layers WHERE holds_head_set_head GROUP BY model
+),
+heads AS (
+    SELECT model, count(*) AS n_argument_heads,
+           avg((label = 'amplified')::INTEGER) AS share_amplified,
+           avg((label = 'erased')::INTEGER) AS share_erased,
+           avg((label = 'attenuated')::INTEGER) AS share_attenuated
+    FROM regression_heads WHERE in_head_set GROUP BY model
+),
+swap AS (
+    SELECT model, count(*) AS n_swap, avg(success::INTEGER) AS swap_success,
+           1.96 * sqrt(avg(success::INTEGER) * (1 - avg(success::INTEGER)) / count(*)) AS swap_success_pm,
+           avg(stayed::INTEGER) AS swap_stayed
+    FROM argument_swap WHERE eligible GROUP BY model
+),
+parts AS (
+    SELECT model, count(*) AS n_partitions, avg(push) AS mean_push,
+           count(*) FILTER (WHERE push_lo > 0) AS n_push_positive,
+           avg(removal_delta_p) AS mean_removal_delta_p
+    FROM function_application WHERE skipped_reason IS NULL GROUP BY model
+)
+SELECT p.model, p.n_partitions, l.n_head_layer_mlps, l.share_head_layer_mlps_r2_ge_half, l.median_r2_head_layers,
+       h.n_argument_heads, h.share_amplified, h.share_erased, h.share_attenuated,
+       s.n_swap, s.swap_success, s.swap_success_pm, s.swap_stayed,
+       p.mean_push, p.n_push_positive, p.mean_removal_delta_p
+FROM parts AS p
+LEFT JOIN layers AS l USING (model)
+LEFT JOIN heads AS h USING (model)
+LEFT JOIN swap AS s USING (model)
+ORDER BY p.model
