@@ -3,7 +3,7 @@
     python benchmarks/final_layer.py [--model smollm2-135m] [--n 225] [--rows 6]
 
 Prints the time of the whole final-layer stage for one partition (clean pass with the logit lens,
-the 31-row mitigation grid, controls, plain text, tables and plots), and the speed-up of re-running only
+the mitigation grid (up to 31 rows per prompt), controls, plain text, tables and plots), and the speed-up of re-running only
 the last layer at END over a whole forward pass with hooks for the same mitigation rows, both measured
 in this process on the same prompts (`--rows` alphas of the `heads` variant).
 """

@@ -246,7 +246,11 @@ def run_final_layer_analysis(store: Store, lm: LoadedModel, relation: Relation, 
     mean_dla_cal = clean_res.dla_answer[torch.as_tensor(calibration, device=lm.device)].mean(0)
     suppressor_heads = [h for h in range(H) if mean_dla_cal[h] < 0]
     mlp_suppresses = bool(mean_dla_cal[H + 1] < 0)
-    rows = [(v, a) for v in VARIANTS for a in config.alphas if a != 1.0]
+    components = {"heads": [labels[h].name for h in suppressor_heads],
+                  "mlp_answer": [labels[H + 1].name] if mlp_suppresses else [],
+                  "mlp_top1": [labels[H + 1].name] if mlp_suppresses else []}
+    # only variants with something to scale get alpha rows (the others stay at alpha = 1, row 0)
+    rows = [(v, a) for v in VARIANTS if components[v] for a in config.alphas if a != 1.0]
     grid = mitigation_grid(lm, runner, clean_res.inputs, clean_res.answer, clean_res.top1, suppressor_heads,
                            rows, config.batch_size)
     rerun_error = float(np.abs(grid.logp[:, 0] - clean_res.model_logprob.double().cpu().numpy()).max())
@@ -254,9 +258,6 @@ def run_final_layer_analysis(store: Store, lm: LoadedModel, relation: Relation, 
         raise RerunMismatchError(f"{key.path()}: the END re-run of the last layer differs from the model's "
                                  f"log p(answer) by {rerun_error:.2e} (> {RERUN_ATOL}); mitigation not computed")
 
-    components = {"heads": [labels[h].name for h in suppressor_heads],
-                  "mlp_answer": [labels[H + 1].name] if mlp_suppresses else [],
-                  "mlp_top1": [labels[H + 1].name] if mlp_suppresses else []}
     chosen = {}
     for variant in VARIANTS:
         chosen[variant] = choose_alpha(grid, variant, calibration, config.alphas) if components[variant] else (1.0, 0.0)
@@ -436,6 +437,8 @@ def _curve_table(d, grid: _Grid, calibration, alphas) -> pa.Table:
     out = []
     for variant in VARIANTS:
         for alpha in alphas:
+            if alpha != 1.0 and (variant, alpha) not in grid.rows:
+                continue  # a variant with nothing to scale has only alpha = 1
             col = grid.column(variant, alpha)
             for split, mask in (("calibration", calibration), ("held_out", ~calibration)):
                 out.append({"variant": variant, "alpha": alpha, "split": split, "n": int(mask.sum()),

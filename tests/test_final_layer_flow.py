@@ -96,6 +96,12 @@ def test_mitigation_rows_agree_with_the_per_prompt_rows_and_the_curve(analysed):
         unchanged = _one(con, f"""SELECT mean_p FROM mitigation_curve
                                   WHERE variant = '{variant}' AND split = 'held_out' AND alpha = 1.0""")[0]
         assert unchanged == pytest.approx(p_before, abs=1e-9)
+        # a variant with nothing to scale keeps alpha = 1 and has no other alpha on its curve
+        components, n_alphas = _one(con, f"""SELECT m.components, (SELECT count(DISTINCT alpha) FROM mitigation_curve
+                                             WHERE variant = '{variant}') FROM mitigation m WHERE variant = '{variant}'""")
+        assert n_alphas == (len(CONFIG.alphas) if components else 1)
+        if not components:
+            assert alpha == 1.0 and delta_p == 0.0
 
 
 def test_controls_and_plots_are_recorded(analysed):
