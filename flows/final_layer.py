@@ -59,10 +59,6 @@ GRID_ROWS = 256  # (prompt, alpha) rows whose full-vocabulary logits are held at
 
 @dataclass(frozen=True)
 class FinalLayerConfig(StageConfig):
-    seed: int = 0
-    max_prompts: int | None = None
-    batch_size: int = 16
-    n_boot: int = 1000
     alphas: tuple[float, ...] = ALPHAS
     calibration_share: float = 0.5
     control_relations: tuple[str, ...] = CONTROL_RELATIONS

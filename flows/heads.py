@@ -46,10 +46,6 @@ STAGE = "heads"
 
 @dataclass(frozen=True)
 class HeadConfig(StageConfig):
-    seed: int = 0
-    max_prompts: int | None = None
-    batch_size: int = 16
-    n_boot: int = 1000
     coverage: float = 0.8
 
 

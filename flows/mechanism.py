@@ -51,10 +51,6 @@ _HEAD_RE = re.compile(r"L(\d+)\.H(\d+)")
 
 @dataclass(frozen=True)
 class MechanismConfig(StageConfig):
-    seed: int = 0
-    max_prompts: int | None = None
-    batch_size: int = 16
-    n_boot: int = 1000
     coverage: float = 0.8  # head-set rule, used only when the "heads" stage must run first
 
     def heads(self) -> HeadConfig:

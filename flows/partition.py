@@ -34,8 +34,14 @@ class CaptureConfig:
         return out
 
 
+@dataclass(frozen=True)
 class StageConfig:
-    """Mixin for the configs of the analysis stages (they have seed, max_prompts and batch_size)."""
+    """What every analysis stage's config holds; stages subclass it with their own fields."""
+
+    seed: int = 0
+    max_prompts: int | None = None
+    batch_size: int = 16  # changes speed, not results (left out of the input hash)
+    n_boot: int = 1000  # bootstrap resamples for intervals
 
     def capture(self) -> CaptureConfig:
         """The clean-prompt capture the stage reads."""
