@@ -33,7 +33,7 @@ from factrecall.tasks.final_layer import (
     mitigated_end_resid,
     token_directions,
 )
-from factrecall.tasks.intervals import bootstrap_mean_ci
+from factrecall.tasks.intervals import bootstrap_mean_ci, mean_ci_fields
 from factrecall.tasks.logit_lens import TokenStats, depth_residuals, runner_up, token_stats
 from factrecall.tasks.models import LoadedModel
 from factrecall.tasks.partition_capture import final_norm_of, unembedding
@@ -317,16 +317,6 @@ def _text_control(lm, suppressor_heads, chosen) -> dict:
     return out
 
 
-def _ci(prefix: str, values: np.ndarray, n_boot: int, seed: int) -> dict:
-    mean, lo, hi = bootstrap_mean_ci(values, n_boot, seed)
-    return {prefix: float(mean), f"{prefix}_lo": _num(lo), f"{prefix}_hi": _num(hi)}
-
-
-def _num(x) -> float | None:
-    x = float(x)
-    return None if np.isnan(x) else x
-
-
 def _summary_row(res: _Pass, L: int, H: int, labels, config: FinalLayerConfig) -> dict:
     before, after = L - 1, L  # depth index: 0 = embeddings, k = leaving block k-1
     a, c = res.lens_answer, res.lens_competitor
@@ -334,14 +324,14 @@ def _summary_row(res: _Pass, L: int, H: int, labels, config: FinalLayerConfig) -
     p_b, p_a = arr(a.prob[:, before]), arr(a.prob[:, after])
     row = {"n": len(p_b), "layer": L - 1, "p_before": float(p_b.mean()), "p_after": float(p_a.mean())}
     boot = dict(n_boot=config.n_boot, seed=config.seed)
-    row |= _ci("delta_p", p_a - p_b, **boot)
-    row |= _ci("delta_logit", arr(a.logit[:, after] - a.logit[:, before]), **boot)
-    row |= _ci("share_dropped", (p_a < p_b).astype(np.float64), **boot)
-    row |= _ci("delta_p_competitor", arr(c.prob[:, after] - c.prob[:, before]), **boot)
-    row |= _ci("delta_logit_competitor", arr(c.logit[:, after] - c.logit[:, before]), **boot)
+    row |= mean_ci_fields("delta_p", p_a - p_b, **boot)
+    row |= mean_ci_fields("delta_logit", arr(a.logit[:, after] - a.logit[:, before]), **boot)
+    row |= mean_ci_fields("share_dropped", (p_a < p_b).astype(np.float64), **boot)
+    row |= mean_ci_fields("delta_p_competitor", arr(c.prob[:, after] - c.prob[:, before]), **boot)
+    row |= mean_ci_fields("delta_logit_competitor", arr(c.logit[:, after] - c.logit[:, before]), **boot)
     e_b, e_a = arr(a.entropy[:, before]), arr(a.entropy[:, after])
     row |= {"entropy_before": float(e_b.mean()), "entropy_after": float(e_a.mean())}
-    row |= _ci("delta_entropy", e_a - e_b, **boot)
+    row |= mean_ci_fields("delta_entropy", e_a - e_b, **boot)
     mean_dla = arr(res.dla_answer.mean(0))
     suppressors = [labels[i].name for i in np.argsort(mean_dla) if mean_dla[i] < 0]
     row["suppressors"] = suppressors
@@ -405,9 +395,9 @@ def _mitigation_table(d, grid: _Grid, chosen, components, calibration, control_r
                "p_before": float(grid.p[held, 0].mean()), "p_after": float(grid.p[held, col].mean()),
                "acc_before": float(grid.correct[held, 0].mean()), "acc_after": float(grid.correct[held, col].mean()),
                "logp_before": float(grid.logp[held, 0].mean()), "logp_after": float(grid.logp[held, col].mean())}
-        row |= _ci("delta_p", grid.p[held, col] - grid.p[held, 0], **boot)
-        row |= _ci("delta_acc", grid.correct[held, col].astype(float) - grid.correct[held, 0], **boot)
-        row |= _ci("delta_logp", grid.logp[held, col] - grid.logp[held, 0], **boot)
+        row |= mean_ci_fields("delta_p", grid.p[held, col] - grid.p[held, 0], **boot)
+        row |= mean_ci_fields("delta_acc", grid.correct[held, col].astype(float) - grid.correct[held, 0], **boot)
+        row |= mean_ci_fields("delta_logp", grid.logp[held, col] - grid.logp[held, 0], **boot)
         notes = []
         if not components[variant]:
             notes.append("no suppressing component on the calibration half: nothing to scale")
@@ -416,14 +406,14 @@ def _mitigation_table(d, grid: _Grid, chosen, components, calibration, control_r
             cg = control_res["grid"]
             ccol = cg.column(variant, alpha)
             row["n_control"] = control_res["n"]
-            row |= _ci("control_delta_logp", cg.logp[:, ccol] - cg.logp[:, 0], **boot)
-            row |= _ci("control_delta_acc", cg.correct[:, ccol].astype(float) - cg.correct[:, 0], **boot)
+            row |= mean_ci_fields("control_delta_logp", cg.logp[:, ccol] - cg.logp[:, 0], **boot)
+            row |= mean_ci_fields("control_delta_acc", cg.correct[:, ccol].astype(float) - cg.correct[:, 0], **boot)
         row["n_text_tokens"] = len(text["base"])
         if oracle:
             notes.append("oracle (uses the answer label): no plain-text control")
         else:
             after = text.get(variant, text["base"])
-            row |= _ci("text_delta_logp", after - text["base"], **boot)
+            row |= mean_ci_fields("text_delta_logp", after - text["base"], **boot)
         row["note"] = "; ".join(notes) or None
         out.append(row)
     return pa.Table.from_pylist(out, schema=schema("mitigation", d))

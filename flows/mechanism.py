@@ -28,7 +28,7 @@ from factrecall.tasks import plots
 from factrecall.tasks.capture import capture_batch
 from factrecall.tasks.end_edits import end_logits_with_edits
 from factrecall.tasks.head_stats import logit_lens_rank
-from factrecall.tasks.intervals import bootstrap_mean_ci
+from factrecall.tasks.intervals import mean_ci_fields
 from factrecall.tasks.ledger import direct_logit_attribution, norm_scale
 from factrecall.tasks.logit_lens import token_stats
 from factrecall.tasks.mlp_regression import beta_label, fit_per_prompt, fit_pooled, task_component
@@ -299,16 +299,6 @@ def _remove_component(lm, clean, c: np.ndarray | None, layer: int | None, batch_
     return res
 
 
-def _ci(prefix: str, values: np.ndarray, config: MechanismConfig) -> dict:
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if len(v) == 0:
-        return {prefix: None, f"{prefix}_lo": None, f"{prefix}_hi": None}
-    mean, lo, hi = bootstrap_mean_ci(v, config.n_boot, config.seed)
-    num = lambda x: None if np.isnan(x) else float(x)  # noqa: E731
-    return {prefix: float(mean), f"{prefix}_lo": num(lo), f"{prefix}_hi": num(hi)}
-
-
 def _function_row(d: int, **values) -> pa.Table:
     sch = schema("function_application", d)
     defaults = {"plots": [], "layers": []}
@@ -348,7 +338,7 @@ def _tables(d, clean, layers, head_set, r: dict, mean_push, best_k, removal, swa
             row = {"layer": layer, "head": h, "n": len(b), "in_head_set": (layer, h) in in_set,
                    "pooled_beta": None if r["pooled_singular"][k] else float(r["pooled_beta"][k, h])}
             if len(b):
-                row |= _ci("mean_beta", b, config)
+                row |= mean_ci_fields("mean_beta", b, config.n_boot, config.seed)
                 q25, med, q75 = np.quantile(b, [0.25, 0.5, 0.75])
                 row |= {"median_beta": float(med), "beta_q25": float(q25), "beta_q75": float(q75),
                         "share_erased": float((beta_label(b) == "erased").mean()),
@@ -368,7 +358,7 @@ def _tables(d, clean, layers, head_set, r: dict, mean_push, best_k, removal, swa
         if ok.any():
             q25, med, q75 = np.quantile(r2[ok], [0.25, 0.5, 0.75])
             row |= {"median_r2": float(med), "r2_q25": float(q25), "r2_q75": float(q75)}
-            row |= _ci("push", r["push"][:, k], config)
+            row |= mean_ci_fields("push", r["push"][:, k], config.n_boot, config.seed)
             ranks = r["c_rank"][:, k][ok]
             row |= {"answer_top1_share_in_c": float((ranks == 0).mean()),
                     "answer_top1_share_resid": float((r["answer_rank_after"][:, k] == 0).mean()), "median_answer_rank_in_c": float(np.median(ranks)),
@@ -397,16 +387,16 @@ def _tables(d, clean, layers, head_set, r: dict, mean_push, best_k, removal, swa
     fa = {"head_set": [f"L{l}.H{h}" for l, h in head_set], "layers": layers, "n_prompts": n, "best_layer": best,
           "answer_appears_layer": appears, "residual_top1_layer": resid_top1}
     if best_k is not None:
-        fa |= _ci("push", r["push"][:, best_k], config)
+        fa |= mean_ci_fields("push", r["push"][:, best_k], config.n_boot, config.seed)
         fa["push_n"] = int(np.isfinite(r["push"][:, best_k]).sum())
     if removal is not None:
         ok = removal["ok"]
         fa |= {"removal_n": int(ok.sum()), "removal_p_before": float(np.mean(removal["p_before"][ok])),
                "removal_p_after": float(np.mean(removal["p_after"][ok]))}
-        fa |= _ci("removal_delta_p", removal["p_after"][ok] - removal["p_before"][ok], config)
+        fa |= mean_ci_fields("removal_delta_p", removal["p_after"][ok] - removal["p_before"][ok], config.n_boot, config.seed)
     fa |= {"swap_n": int(eligible.sum())}
-    fa |= _ci("swap_success", success[eligible].astype(float), config)
-    fa |= _ci("swap_stayed", stayed[eligible].astype(float), config)
+    fa |= mean_ci_fields("swap_success", success[eligible].astype(float), config.n_boot, config.seed)
+    fa |= mean_ci_fields("swap_stayed", stayed[eligible].astype(float), config.n_boot, config.seed)
     head_layers = sorted({l for l, _ in head_set})
     hl = [k for k, l in enumerate(layers) if l in head_layers]
     med = [layer_rows[k].get("median_r2") for k in hl]

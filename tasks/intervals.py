@@ -27,3 +27,15 @@ def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0,
     draws = x[bootstrap_indices(x.shape[0], n_boot, seed)].mean(1)  # [n_boot, ...]
     alpha = (1 - level) / 2
     return mean, np.quantile(draws, alpha, axis=0), np.quantile(draws, 1 - alpha, axis=0)
+
+
+def mean_ci_fields(prefix: str, values, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Store-row fields ``prefix``, ``prefix_lo``, ``prefix_hi``: the mean of the finite ``values [n]`` and its
+    bootstrap 95% interval; None where undefined (no finite value; an interval from fewer than 2)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return {prefix: None, f"{prefix}_lo": None, f"{prefix}_hi": None}
+    mean, lo, hi = bootstrap_mean_ci(v, n_boot, seed)
+    num = lambda x: None if np.isnan(x) else float(x)  # noqa: E731
+    return {prefix: float(mean), f"{prefix}_lo": num(lo), f"{prefix}_hi": num(hi)}
