@@ -13,6 +13,7 @@ the flow reports it.
 from __future__ import annotations
 
 import platform
+from dataclasses import asdict
 import time
 import uuid
 from datetime import datetime, timezone
@@ -96,9 +97,7 @@ def sweep(
     config = CaptureConfig(seed=seed, variants=tuple(variants), max_prompts=max_prompts, batch_size=batch_size)
     return _over_partitions(
         "capture", capture_partition_task, config, models, relations, shots, store_root, dtype, device,
-        show_progress, {"seed": seed, "batch_size": batch_size, "variants": list(variants),
-                        "max_prompts": max_prompts},
-    )
+        show_progress)
 
 
 @flow(name="factrecall-heads", retries=0, log_prints=False)
@@ -121,9 +120,7 @@ def analyze_heads(
     config = HeadConfig(seed=seed, max_prompts=max_prompts, batch_size=batch_size, n_boot=n_boot,
                         coverage=coverage)
     return _over_partitions(
-        "heads", head_analysis_task, config, models, relations, shots, store_root, dtype, device, show_progress,
-        {"seed": seed, "batch_size": batch_size, "max_prompts": max_prompts, "n_boot": n_boot, "coverage": coverage},
-    )
+        "heads", head_analysis_task, config, models, relations, shots, store_root, dtype, device, show_progress)
 
 
 @flow(name="factrecall-final-layer", retries=0, log_prints=False)
@@ -148,10 +145,7 @@ def analyze_final_layer(
                               calibration_share=calibration_share, control_prompts=control_prompts)
     return _over_partitions(
         "final_layer", final_layer_task, config, models, relations, shots, store_root, dtype, device,
-        show_progress, {"seed": seed, "batch_size": batch_size, "max_prompts": max_prompts, "n_boot": n_boot,
-                        "calibration_share": calibration_share, "control_prompts": control_prompts,
-                        "alphas": list(config.alphas), "control_relations": list(config.control_relations)},
-        model_done=model_lens_plot,
+        show_progress, model_done=model_lens_plot,
     )
 
 
@@ -175,14 +169,14 @@ def analyze_mechanism(
     config = MechanismConfig(seed=seed, max_prompts=max_prompts, batch_size=batch_size, n_boot=n_boot)
     return _over_partitions(
         "mlp", mechanism_task, config, models, relations, shots, store_root, dtype, device, show_progress,
-        {"seed": seed, "batch_size": batch_size, "max_prompts": max_prompts, "n_boot": n_boot},
         model_done=model_swap_plot,
     )
 
 
 def _over_partitions(kind, partition_task, config, models, relations, shots, store_root, dtype, device,
-                     show_progress, settings: dict, model_done=None) -> dict:
-    """Load each model once, run `partition_task` for every (relation, shot), write the run manifest.
+                     show_progress, model_done=None) -> dict:
+    """Load each model once, run `partition_task` for every (relation, shot), write the run manifest
+    (whose settings are the stage config's fields).
 
     `model_done(store, model_id)`, when given, runs after a model's partitions and returns a plot path
     (or None); the paths are recorded in the manifest under "plots".
@@ -223,9 +217,9 @@ def _over_partitions(kind, partition_task, config, models, relations, shots, sto
         "code_version": code_version(),
         "packages": package_versions(),
         "python": platform.python_version(),
-        "seed": settings.get("seed"),
+        "seed": config.seed,
         "config": {"models": models, "relations": relations, "shots": list(shots), "dtype": dtype, "device": device,
-                   **settings, "bos": "tokenizer default",
+                   **asdict(config), "bos": "tokenizer default",
                    "answer_token": "first token of ' ' + object after the prompt", "padding": "right",
                    "ledger_rtol": ledger_rtol(DTYPES[dtype])},
         "model_sha256": model_hashes,
