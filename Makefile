@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/factrecall run --models smollm2-135m --relations paper.capital --shots 0,2
+	$(BIN)/factrecall capture --models smollm2-135m --relations paper.capital --shots 0,2
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -1,8 +1,15 @@
-"""The `factrecall` command: run sweeps, query the store, list models and relations."""
+"""The `factrecall` command: run the stages, query the store, list models and relations.
+
+The stage commands (capture, heads, mlp, final-layer) are made from the stage registry
+(``factrecall.stages``): their options are the stage config's fields, with the config's defaults and help.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import sys
+import typing
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,9 +17,9 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
-from factrecall.paths import configure_prefect, default_store
+from factrecall.paths import configure_prefect, default_store, state_dir
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 console = Console()
 err = Console(stderr=True)
 
@@ -38,142 +45,101 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-@app.command()
-def run(
-    models: str = typer.Option("smollm2-135m", help="Comma-separated: packaged names, local dirs, .gguf files or hub names."),
-    relations: str = typer.Option("paper.capital", help="Comma-separated relation names (see `factrecall relations`) or .jsonl files."),
-    shots: str = typer.Option("0,2", help="Comma-separated k-shot settings."),
-    seed: int = typer.Option(0, help="Seed for demonstrations and corruptions."),
-    batch_size: int = typer.Option(16, min=1, help="Prompts per forward pass (bounds memory)."),
-    dtype: str = typer.Option("float32", help="float32 (reference) | bfloat16 | float16."),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when present)."),
-    variants: str = typer.Option("clean", help="Prompt variants: clean,subject_corrupt,relation_corrupt."),
-    max_prompts: Optional[int] = typer.Option(None, min=1, help="Use only the first N prompts of each relation."),
-    store: Path = typer.Option(None, help="Store root (default: $FACTRECALL_STORE or .factrecall/store)."),
-    example: bool = typer.Option(True, help="Print the answer of an example query at the end."),
-    progress: bool = typer.Option(True, help="Show a progress display."),
-) -> None:
-    """Capture activations, ledgers and logits for every (model, relation, shot) into the store."""
-    from factrecall.tasks.prompts import VARIANTS
-
-    store_root = (store or default_store()).resolve()
-    variant_list = _split(variants)
-    unknown = [v for v in variant_list if v not in VARIANTS]
-    if unknown:
-        _fail(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-    shot_list = _validate(models, relations, shots)
-    configure_prefect()
-    from factrecall.flows.sweep import sweep
-
-    manifest = _guarded(lambda: sweep(
-        models=_split(models), relations=_split(relations), shots=shot_list, store_root=str(store_root),
-        seed=seed, batch_size=batch_size, dtype=dtype, device=device, variants=tuple(variant_list),
-        max_prompts=max_prompts, show_progress=progress,
-    ))
-    _report(manifest, store_root, f"--named {EXAMPLE_QUERY}" if example else None)
-
-
-# Options shared by the analysis commands (heads, mlp, final-layer): declared once.
-Models = Annotated[str, typer.Option(help="Comma-separated model references (as for `run`).")]
-Relations = Annotated[str, typer.Option(help="Comma-separated relation names or .jsonl files.")]
-Shots = Annotated[str, typer.Option(help="Comma-separated k-shot settings.")]
-Seed = Annotated[int, typer.Option(help="Seed for demonstrations, corruptions and splits.")]
-BatchSize = Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")]
-Dtype = Annotated[str, typer.Option(help="float32 (reference) | bfloat16 | float16.")]
-Device = Annotated[Optional[str], typer.Option(help="cpu | cuda (default: cuda when present).")]
-MaxPrompts = Annotated[Optional[int], typer.Option(min=2, help="Use only the first N prompts of each relation.")]
-NBoot = Annotated[int, typer.Option(min=10, help="Bootstrap resamples for intervals.")]
 StoreRoot = Annotated[Optional[Path], typer.Option("--store", help="Store root (default: $FACTRECALL_STORE or .factrecall/store).")]
-Progress = Annotated[bool, typer.Option(help="Show a progress display.")]
+
+# The options every stage command has, besides its config's fields: name -> (annotation, default).
+_COMMON = {
+    "models": (Annotated[str, typer.Option(help="Comma-separated: packaged names, local dirs, .gguf files or hub names.")],
+               "smollm2-135m"),
+    "relations": (Annotated[str, typer.Option(help="Comma-separated relation names (see `factrecall relations`) or .jsonl files.")],
+                  "paper.capital"),
+    "shots": (Annotated[str, typer.Option(help="Comma-separated k-shot settings.")], "0"),
+    "dtype": (Annotated[str, typer.Option(help="float32 (reference) | bfloat16 | float16.")], "float32"),
+    "device": (Annotated[Optional[str], typer.Option(help="cpu | cuda (default: cuda when present).")], None),
+    "store": (StoreRoot, None),
+    "force": (Annotated[bool, typer.Option(help="Recompute even where an identical result is stored.")], False),
+    "progress": (Annotated[bool, typer.Option(help="Show a progress display.")], True),
+}
 
 
-def _run_stage(flow_name: str, models: str, relations: str, shots: str, store: Path | None, line, hint: str,
-               **settings) -> None:
-    """Validate, run the named flow of `factrecall.flows.sweep`, print one `line(partition)` per written
-    partition (or its skip reason), the run summary and a query `hint`."""
+def _option(f: dataclasses.Field, hint) -> tuple[object, object]:
+    """(annotation, default) of a config field as a CLI option; tuples are comma-separated strings."""
+    meta = f.metadata
+    opts = {k: meta[k] for k in ("min", "max") if meta.get(k) is not None}
+    if typing.get_origin(hint) is tuple:
+        return Annotated[str, typer.Option(help=meta.get("help", ""))], ",".join(map(str, f.default))
+    if type(None) in typing.get_args(hint):  # "int | None"
+        hint = Optional[next(a for a in typing.get_args(hint) if a is not type(None))]
+    return Annotated[hint, typer.Option(help=meta.get("help", ""), **opts)], f.default
+
+
+def _stage_command(stage):
+    """A typer command for ``stage`` whose options are the common ones and the config's CLI fields."""
+    hints = typing.get_type_hints(stage.config)
+    fields = [f for f in dataclasses.fields(stage.config) if f.metadata.get("cli", True)]
+    params = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
+              for name, (ann, default) in _COMMON.items()]
+    for f in fields:
+        ann, default = _option(f, hints[f.name])
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default))
+    if stage.name == "capture":
+        params.append(inspect.Parameter("example", inspect.Parameter.KEYWORD_ONLY, default=True,
+                                        annotation=Annotated[bool, typer.Option(help="Print the answer of an example query at the end.")]))
+
+    def command(**kwargs):
+        settings = {}
+        for f in fields:
+            value = kwargs[f.name]
+            settings[f.name] = tuple(_split(value)) if typing.get_origin(hints[f.name]) is tuple else value
+        _run_stage(stage, settings, **{k: kwargs[k] for k in _COMMON}, example=kwargs.get("example", False))
+
+    command.__signature__ = inspect.Signature(params)
+    command.__doc__ = stage.help
+    command.__name__ = stage.command
+    return command
+
+
+def _run_stage(stage, settings: dict, models: str, relations: str, shots: str, dtype: str, device, store,
+               force: bool, progress: bool, example: bool) -> None:
+    """Validate everything, run the stage's flow, print one line per partition, the selection changes,
+    stale results, the run summary and a follow-up query."""
     store_root = (store or default_store()).resolve()
-    shot_list = _validate(models, relations, shots)
+    try:
+        stage.config(**settings)
+    except ValueError as exc:
+        _fail(str(exc))
+    shot_list = _validate(models, relations, shots, dtype)
     configure_prefect()
-    from factrecall.flows import sweep
+    from factrecall.flows.stage_flow import stage_flow
 
-    flow = getattr(sweep, flow_name)
-    manifest = _guarded(lambda: flow(models=_split(models), relations=_split(relations), shots=shot_list,
-                                     store_root=str(store_root), **settings))
+    manifest = _guarded(lambda: stage_flow(stage.name, _split(models), _split(relations), shot_list, str(store_root),
+                                           settings, dtype, device, progress, force))
     for p in manifest["partitions"]:
+        if p["stage"] != stage.name:
+            continue
         where = f"{p['model']} {p['relation']} shot={p['shot']}:"
+        line = stage.line(p["summary"]) if p["summary"] else ""
         if p["status"] == "written":
-            console.print(f"{where} {line(p)} ({p['seconds']:.0f} s)", highlight=False)
-        elif p.get("reason"):
-            console.print(f"{where} skipped — {p['reason']}", highlight=False)
-    _report(manifest, store_root, None)
-    if manifest["partitions"]:
-        console.print(f"\n{hint}", highlight=False)
+            console.print(f"{where} {line} ({p['seconds']:.0f} s)", highlight=False)
+        elif p["summary"].get("skipped_reason"):
+            console.print(f"{where} {line}", highlight=False)
+    _report(manifest, store_root, f"--named {EXAMPLE_QUERY}" if example else None)
+    if manifest["partitions"] and stage.hint and not example:
+        first = manifest["partitions"][0]
+        console.print("\n" + stage.hint.format(model=first["model"], relation=first["relation"]), highlight=False)
+    if manifest["refused"]:
+        raise typer.Exit(code=1)
 
 
-@app.command()
-def heads(models: Models = "smollm2-135m", relations: Relations = "paper.capital", shots: Shots = "0",
-          seed: Seed = 0, batch_size: BatchSize = 16, dtype: Dtype = "float32", device: Device = None,
-          max_prompts: MaxPrompts = None, n_boot: NBoot = 1000,
-          coverage: Annotated[float, typer.Option(min=0.01, max=1.0, help="Share of negative effect the head set covers.")] = 0.8,
-          store: StoreRoot = None, progress: Progress = True) -> None:
-    """Step 1: argument-passing heads — head statistics, exact path patching, head sets and plots."""
-    first = _split(models)[0] if _split(models) else ""
-    _run_stage(
-        "analyze_heads", models, relations, shots, store,
-        lambda p: f"head set {', '.join(p['head_set']) or '(empty)'} (patching {p['seconds_patching']:.0f} s)",
-        f"factrecall query --named argument_heads --param model={first} "
-        f"--param relation={_split(relations)[0] if _split(relations) else ''}",
-        seed=seed, batch_size=batch_size, dtype=dtype, device=device, max_prompts=max_prompts, n_boot=n_boot,
-        coverage=coverage, show_progress=progress)
-
-
-@app.command()
-def mlp(models: Models = "smollm2-135m", relations: Relations = "paper.capital", shots: Shots = "0",
-        seed: Seed = 0, batch_size: BatchSize = 16, dtype: Dtype = "float32", device: Device = None,
-        max_prompts: MaxPrompts = None, n_boot: NBoot = 1000, store: StoreRoot = None,
-        progress: Progress = True) -> None:
-    """Steps 2-3: the MLP as an activation over the heads (regressions) and the task-aware component."""
-    _run_stage(
-        "analyze_mechanism", models, relations, shots, store,
-        lambda p: (f"strongest push at layer {p['best_layer']} ({_fmt(p['push'])}), removing it Δp "
-                   f"{_fmt(p['removal_delta_p'])}, argument swap {_fmt(p['swap_success'])}"),
-        "factrecall query --named mlp_head_effects; factrecall query --named answer_layer",
-        seed=seed, batch_size=batch_size, dtype=dtype, device=device, max_prompts=max_prompts, n_boot=n_boot,
-        show_progress=progress)
-
-
-@app.command("final-layer")
-def final_layer(models: Models = "smollm2-135m", relations: Relations = "paper.capital", shots: Shots = "0",
-                seed: Seed = 0, batch_size: BatchSize = 16, dtype: Dtype = "float32", device: Device = None,
-                max_prompts: MaxPrompts = None, n_boot: NBoot = 1000,
-                calibration_share: Annotated[float, typer.Option(min=0.05, max=0.95, help="Share of prompts that choose the mitigation.")] = 0.5,
-                control_prompts: Annotated[int, typer.Option(min=1, help="Prompts per control relation.")] = 8,
-                store: StoreRoot = None, progress: Progress = True) -> None:
-    """Step 4: does the last layer suppress the answer, which components do it, and what mitigating costs."""
-
-    def line(p):
-        gains = ", ".join(f"{v} {g:+.3f}" for v, g in p["held_out_delta_p"].items())
-        return (f"last layer {p['verdict']} (Δp {p['delta_p']:+.3f} [{_fmt(p['delta_p_lo'])}, "
-                f"{_fmt(p['delta_p_hi'])}]); held-out Δp: {gains}")
-
-    _run_stage(
-        "analyze_final_layer", models, relations, shots, store, line,
-        "factrecall query --named final_layer_suppression; factrecall query --named mitigation_gain",
-        seed=seed, batch_size=batch_size, dtype=dtype, device=device, max_prompts=max_prompts, n_boot=n_boot,
-        calibration_share=calibration_share, control_prompts=control_prompts, show_progress=progress)
-
-
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:+.3f}"
-
-
-def _validate(models: str, relations: str, shots: str) -> list[int]:
+def _validate(models: str, relations: str, shots: str, dtype: str) -> list[int]:
     """Check every input before Prefect starts or anything is written; returns the shots."""
     from factrecall.paths import model_cache_dir
-    from factrecall.tasks.models import ModelLoadError, resolve
+    from factrecall.tasks.models import DTYPES, ModelLoadError, resolve
     from factrecall.tasks.relations import RelationError, get_relation
 
     shot_list = _shots(shots)
+    if dtype not in DTYPES:
+        _fail(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     try:
         for name in _split(relations):
             get_relation(name)
@@ -186,6 +152,7 @@ def _validate(models: str, relations: str, shots: str) -> list[int]:
 
 def _guarded(call):
     """Run a flow, turning our input errors into one-line messages."""
+    from factrecall.storage.store import StoreError
     from factrecall.tasks.adapters import UnsupportedModelError
     from factrecall.tasks.models import ModelLoadError
     from factrecall.tasks.relations import RelationError
@@ -193,24 +160,40 @@ def _guarded(call):
 
     try:
         return call()
-    except (ModelLoadError, UnsupportedModelError, RelationError, TokenizationError, ValueError) as exc:
+    except (ModelLoadError, UnsupportedModelError, RelationError, TokenizationError, StoreError, ValueError) as exc:
         _fail(str(exc))
 
 
 def _report(manifest: dict, store_root: Path, example: str | None) -> None:
     from factrecall.storage.query import named_query, run_query
 
-    written = sum(p["status"] == "written" for p in manifest["partitions"])
-    skipped = sum(p["status"] == "skipped" for p in manifest["partitions"])
+    mine = [p for p in manifest["partitions"]]
+    written = sum(p["status"] == "written" for p in mine)
+    skipped = sum(p["status"] == "skipped" for p in mine)
+    for note in manifest.get("notes", []):
+        console.print(f"selection: {note}", highlight=False)
+    for note in manifest.get("stale", []):
+        console.print(note, highlight=False)
     console.print(f"run {manifest['run_id']}: {written} partition(s) written, {skipped} unchanged (skipped)")
     console.print(f"store: {store_root}")
     for model, reason in manifest["refused"].items():
         err.print(f"[bold red]refused[/] {model}: {reason}", highlight=False)
     if example and written + skipped:
         console.print(f"\nexample query `factrecall query {example}`:")
-        print(run_query(store_root, named_query(EXAMPLE_QUERY)))
-    if manifest["refused"]:
-        raise typer.Exit(code=1)
+        print(run_query(store_root, named_query(EXAMPLE_QUERY), warn=lambda line: err.print(line, highlight=False)))
+
+
+def _register_stage_commands() -> None:
+    from factrecall.stages import STAGES
+
+    for stage in STAGES.values():
+        command = _stage_command(stage)
+        app.command(stage.command, help=stage.help)(command)
+        if stage.name == "capture":  # the name of the capture command before it was named after its stage
+            app.command("run", hidden=True, help=stage.help)(command)
+
+
+_register_stage_commands()
 
 
 @app.command()
@@ -219,15 +202,16 @@ def query(
     named: Optional[str] = typer.Option(None, help="Run a named query from sql/queries instead."),
     fmt: str = typer.Option("table", "--format", help="table | csv | json | parquet."),
     out: Optional[Path] = typer.Option(None, help="Output file (required for parquet)."),
-    store: Path = typer.Option(None, help="Store root (default: $FACTRECALL_STORE or .factrecall/store)."),
+    store: StoreRoot = None,
+    as_of: Optional[str] = typer.Option(None, "--as-of", help="Answer from the store as it was after this run id."),
     list_: bool = typer.Option(False, "--list", help="List views and named queries."),
     param: list[str] = typer.Option([], "--param", help="Query parameter name=value (repeatable), e.g. --param model=smollm2-135m."),
 ) -> None:
-    """Query the store with DuckDB SQL (read-only)."""
+    """Query the store with DuckDB SQL (read-only: the store's views and nothing else)."""
     from factrecall.storage.query import QueryError, list_named_queries, named_query, run_query, view_names
 
     if list_:
-        console.print("views: " + ", ".join(view_names()))
+        console.print("views: " + ", ".join(view_names()) + " (and stored.<table> for every result, selected or not)")
         for name, description in list_named_queries().items():
             console.print(f"  --named {name}: {description}", highlight=False)
         return
@@ -235,7 +219,7 @@ def query(
         _fail('give either SQL (factrecall query "SELECT ...") or --named NAME; `factrecall query --list` lists both')
     store_root = (store or default_store()).resolve()
     if not store_root.exists():
-        _fail(f"no store at {store_root}; run `factrecall run` first or pass --store")
+        _fail(f"no store at {store_root}; run `factrecall capture` first or pass --store")
     try:
         text = named_query(named) if named else sql
         params = {}
@@ -244,7 +228,8 @@ def query(
             if not sep or not name:
                 _fail(f"--param needs name=value, got {item!r}")
             params[name.strip()] = value
-        result = run_query(store_root, text, fmt=fmt, out=out, params=params or None)
+        result = run_query(store_root, text, fmt=fmt, out=out, params=params or None, as_of=as_of,
+                           warn=lambda line: err.print(f"warning: {line}", highlight=False))
     except (QueryError, ValueError) as exc:
         _fail(str(exc))
     if out is not None and fmt != "parquet":
@@ -252,6 +237,47 @@ def query(
         console.print(f"wrote {out}")
     else:
         sys.stdout.write(result if result.endswith("\n") else result + "\n")
+
+
+@app.command()
+def plots(
+    out: Optional[Path] = typer.Option(None, help="Folder to write the PNGs to (default: <state>/plots)."),
+    store: StoreRoot = None,
+    as_of: Optional[str] = typer.Option(None, "--as-of", help="The plots of the store as it was after this run id."),
+) -> None:
+    """Export the plots of every current result, and each model's plots over its current results, as PNG files."""
+    from factrecall.storage.export import export_plots
+    from factrecall.storage.query import QueryError
+
+    store_root = (store or default_store()).resolve()
+    if not store_root.exists():
+        _fail(f"no store at {store_root}; run `factrecall capture` first or pass --store")
+    folder = (out or state_dir() / "plots").resolve()
+    try:
+        written = export_plots(store_root, folder, as_of)
+    except QueryError as exc:
+        _fail(str(exc))
+    console.print(f"{len(written)} plot(s) in {folder}")
+
+
+@app.command()
+def gc(
+    store: StoreRoot = None,
+    unselected: bool = typer.Option(False, "--unselected", help="Also delete results no partition shows (not current or stale)."),
+) -> None:
+    """Delete what the current store does not need: time-travel history (older versions stop being readable),
+    files of crashed writes, damaged results' files, and with --unselected the results nothing selects."""
+    from factrecall.storage.store import Store, StoreError
+
+    store_root = (store or default_store()).resolve()
+    if not store_root.exists():
+        _fail(f"no store at {store_root}")
+    try:
+        done = Store(store_root).gc(drop_unselected=unselected)
+    except StoreError as exc:
+        _fail(str(exc))
+    console.print(f"gc: {done['files_deleted']} file(s) deleted, {done['results_dropped']} result(s) dropped; "
+                  "earlier versions are no longer readable")
 
 
 @app.command()
@@ -275,7 +301,9 @@ def models() -> None:
             notes.append("learned positions")
         families.add_row(a.family, ", ".join(a.model_types), a.norm_kind, "; ".join(notes) or "-")
     console.print(families)
-    console.print("Also accepted: a local HF model directory, a .gguf file, or a hub name (needs network).")
+    console.print("Also accepted: a local HF model directory, a .gguf file, or a hub name (needs network). "
+                  "A file's or directory's model id is its name and the first 8 hex digits of its sha256; "
+                  "bfloat16/float16 runs get '.bf16'/'.fp16' appended.")
 
 
 @app.command()
@@ -298,7 +326,8 @@ def relations(
     for row in df.iter_rows():
         table.add_row(*[str(v) for v in row])
     console.print(table)
-    console.print(f"{df.height} relations; a .jsonl file of {{subject, object, template}} lines is also accepted.")
+    console.print(f"{df.height} relations; a .jsonl file of {{subject, object, template}} lines is also accepted "
+                  "(named user.<file stem>-<first 8 hex digits of its data hash>).")
 
 
 if __name__ == "__main__":  # pragma: no cover

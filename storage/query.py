@@ -1,9 +1,17 @@
-"""DuckDB access to the store: views from ``sql/views``, named queries from ``sql/queries``.
+"""DuckDB over the store: sandboxed, read-only connections with one view per table (docs/METHOD.md §8).
 
-``connect(root)`` returns an in-memory connection with one view per table (only committed
-partitions) plus derived views (``head_dla_answer``). A view whose files do not exist yet is
-replaced by a placeholder that raises "table X is empty: run ... first"; the connection's temp table
-``missing_views(view, message)`` lists them. Nothing is written to the store.
+``open_store(root, as_of=None)`` checks the store's integrity (every file each table's log names must be
+there whole), resolves which result each key shows (``storage.catalog``) and returns a ``StoreView``:
+an in-memory DuckDB connection whose views are
+
+- ``<table>``: the selected, current results' rows (one coherent result per key and stage; made from the
+  templates in ``sql/templates``); a table without rows yet raises "table X is empty: run ... first";
+- ``stored.<table>``: every committed, intact result's rows, selected or not;
+- ``results``, ``stale``, ``damaged``, ``runs`` and the derived views of ``sql/views``;
+
+plus the damage found (a damaged result is left out; queries over everything else work). The
+connection can read the store and nothing else: DuckDB's external access is disabled and its
+configuration locked, so COPY, ATTACH, INSTALL/LOAD and file readers fail with a one-line error.
 
 Queries may use DuckDB named parameters (``$model``, ``$relation``, ...): ``query_params(sql)`` lists
 them and ``run_query(..., params={"model": "gpt2"})`` binds them (values are strings; a query casts
@@ -12,44 +20,41 @@ them where it needs another type, e.g. ``$shot::INTEGER``).
 
 from __future__ import annotations
 
-import glob as _glob
 import io
 import json
 import re
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
-from factrecall.storage.schema import FINAL_LAYER_TABLES, HEAD_TABLES, MECHANISM_TABLES, MODEL_TABLES, TABLES
+from . import delta
+from .catalog import RESULTS_SCHEMA, Catalog
+from .store import RUNS, Damage, Store, StoreError, intact_dataset
 
 __all__ = [
-    "connect", "list_named_queries", "named_query", "query_params", "run_query", "view_names", "QueryError",
+    "QueryError", "StoreView", "connect", "list_named_queries", "named_query", "open_store", "query_params",
+    "run_query", "view_names",
 ]
 
-#: What to run to fill each table (shown when a view has no files yet): the capture ("factrecall run")
-#: writes the capture tables, per-model tables and run manifests; the head analysis ("factrecall heads")
-#: writes the tables of stage "heads", the final-layer analysis ("factrecall final-layer") those of
-#: stage "final_layer", the MLP analysis ("factrecall mlp") those of stage "mlp".
-PRODUCERS: dict[str, str] = {
-    **{t: "factrecall run" for t in (*TABLES, *MODEL_TABLES, "runs")},
-    **{t: "factrecall heads" for t in HEAD_TABLES},
-    **{t: "factrecall final-layer" for t in FINAL_LAYER_TABLES},
-    **{t: "factrecall mlp" for t in MECHANISM_TABLES},
-}
-_DEFAULT_PRODUCER = "factrecall run"
-_GLOB_RE = re.compile(r"read_(?:parquet|json_auto|json)\(\s*'\{root\}/([^']*)'")
-_REF_RE = re.compile(r"\b(?:FROM|JOIN)\s+([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
+_REF_RE = re.compile(r"\b(?:FROM|JOIN)\s+([A-Za-z_][A-Za-z0-9_.]*)", re.IGNORECASE)
 _COMMENT_RE = re.compile(r"--[^\n]*")
-
-
 # Tokens that may hold a "$": string literals, quoted identifiers, comments, $$-quoted strings; else a
 # named parameter.
 _PARAM_SCAN_RE = re.compile(
     r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\$\$.*?\$\$|\$([A-Za-z_][A-Za-z0-9_]*)",
     re.DOTALL,
 )
+_FORMATS = ("table", "csv", "json", "parquet")
+_SANDBOX = {"enable_external_access": False, "lock_configuration": True}
+_CATALOG_VIEWS = ("results", "stale", "damaged", "runs")
+
+
+class QueryError(RuntimeError):
+    """An SQL error against the store, with DuckDB's message and the available views."""
 
 
 def _refs(sql: str) -> set[str]:
@@ -91,93 +96,141 @@ def _check_params(sql: str, params: dict[str, str] | None) -> dict[str, str] | N
     if bad:
         raise QueryError(f"query parameter(s) {', '.join(bad)} must be strings (cast in SQL where needed)")
     return params or None
-_EMPTY_COMMITS = (
-    "CREATE OR REPLACE VIEW commits AS SELECT NULL::VARCHAR AS model, NULL::VARCHAR AS relation, "
-    "NULL::INTEGER AS shot, NULL::VARCHAR AS stage, NULL::VARCHAR AS input_hash, NULL::VARCHAR AS run_id, "
-    "NULL::VARCHAR[] AS tables, NULL::TIMESTAMPTZ AS committed_at, NULL::DOUBLE AS seconds WHERE false"
-)
-_FORMATS = ("table", "csv", "json", "parquet")
 
 
-class QueryError(RuntimeError):
-    """An SQL error against the store, with DuckDB's message and the available views."""
-
-
-def _sql_dir(kind: str):
-    return resources.files("factrecall.sql") / kind
-
-
-def _read_sql_files(kind: str) -> dict[str, str]:
-    d = _sql_dir(kind)
-    out = {}
-    for f in d.iterdir():
-        if f.name.endswith(".sql"):
-            out[f.name[: -len(".sql")]] = f.read_text(encoding="utf-8")
+def _sql_files(kind: str) -> dict[str, str]:
+    d = resources.files("factrecall.sql") / kind
+    out = {f.name[: -len(".sql")]: f.read_text(encoding="utf-8") for f in d.iterdir() if f.name.endswith(".sql")}
     return dict(sorted(out.items()))
 
 
 def view_names() -> list[str]:
-    """Names of all views defined in ``sql/views``."""
-    return list(_read_sql_files("views"))
+    """Every view a connection has: the tables' (from the stage registry) and those of ``sql/views``."""
+    from factrecall.stages import STAGES
+
+    tables = {t for s in STAGES.values() for t in s.tables}
+    return sorted(tables | set(_sql_files("views")))
 
 
-def _missing_message(table: str) -> str:
-    return f"table {table} is empty: run `{PRODUCERS.get(table, _DEFAULT_PRODUCER)}` first"
+@dataclass
+class StoreView:
+    """A sandboxed connection to one store version, and what its integrity check found."""
+
+    con: duckdb.DuckDBPyConnection
+    catalog: Catalog
+    damage: list[Damage] = field(default_factory=list)
+    missing: dict[str, str] = field(default_factory=dict)  # view -> why it is empty
+
+    def sql(self, text: str, params: dict | None = None):
+        return self.con.sql(text, params=params) if params else self.con.sql(text)
+
+    def pl(self, text: str, params: dict | None = None) -> pl.DataFrame:
+        """The query's result as a Polars DataFrame."""
+        return self.sql(text, params).pl()
+
+    def warnings(self) -> list[str]:
+        """One line per damaged file."""
+        return [f"damaged: {d.message()}; the result is left out of every view and the next run of its stage "
+                f"recomputes it" for d in self.damage]
+
+    def close(self) -> None:
+        self.con.close()
 
 
-def connect(root: Path | str) -> duckdb.DuckDBPyConnection:
-    """In-memory DuckDB connection whose views read the store at ``root``."""
-    root = Path(root).resolve()
-    sql_root = str(root).replace("'", "''")
-    con = duckdb.connect(":memory:")
-    views = _read_sql_files("views")
+def _results_table(catalog: Catalog) -> pa.Table:
+    rows = []
+    for rec in catalog.results.values():
+        status, why = catalog.status(rec)
+        row = rec.to_row()
+        row |= {"status": status, "status_reason": why}
+        rows.append(row)
+    schema = RESULTS_SCHEMA.append(pa.field("status", pa.string())).append(pa.field("status_reason", pa.string()))
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _upstream_table(catalog: Catalog) -> pa.Table:
+    ids, caps = [], []
+    for rec in catalog.results.values():
+        ids.append(rec.result_id)
+        caps.append(rec.result_id if rec.stage == "capture"
+                    else next((rid for req, rid in rec.upstream if req.stage == "capture"), None))
+    return pa.table({"result_id": pa.array(ids, pa.string()), "capture_id": pa.array(caps, pa.string())})
+
+
+def _damaged_table(damage: list[Damage]) -> pa.Table:
+    return pa.table({
+        "table_name": pa.array([d.table for d in damage], pa.string()),
+        "file": pa.array([d.path for d in damage], pa.string()),
+        "model": pa.array([d.partition.get("model") for d in damage], pa.string()),
+        "relation": pa.array([d.partition.get("relation") for d in damage], pa.string()),
+        "shot": pa.array([None if d.partition.get("shot") is None else int(d.partition["shot"]) for d in damage],
+                         pa.int32()),
+        "result_id": pa.array([d.result_id for d in damage], pa.string()),
+        "problem": pa.array([d.problem for d in damage], pa.string()),
+    })
+
+
+def open_store(root: Path | str, as_of: str | None = None) -> StoreView:
+    """A sandboxed, read-only view of the store at ``root`` (as it was after run ``as_of``)."""
+    from factrecall.stages import STAGES, producers
+
+    store = Store(root, as_of=as_of, create=False)
+    catalog, files, damage = store.verified_catalog()
+    current = {r.result_id for r in catalog.current()}
+    committed = set(catalog.results) - set(catalog.damaged)
+    con = duckdb.connect(":memory:", config=_SANDBOX)
+    templates = _sql_files("templates")
+    con.execute("CREATE SCHEMA stored")
+    con.register("_results", _results_table(catalog))
+    con.register("_upstream", _upstream_table(catalog))
+    con.register("_damaged", _damaged_table(damage))
+    runs = store.scan(RUNS)
+    con.register("_runs", runs if runs is not None else pa.table({"run_id": pa.array([], pa.string())}))
+    made = producers()
     missing: dict[str, str] = {}
-
-    def has_files(text: str) -> bool:
-        globs = _GLOB_RE.findall(text)
-        return all(_glob.glob(_glob.escape(str(root)) + "/" + g) for g in globs)
-
-    # commits first: every partitioned view joins on it.
-    commits = views.pop("commits")
-    con.execute(commits.replace("{root}", sql_root) if has_files(commits) else _EMPTY_COMMITS)
-    derived = []
-    for name, text in views.items():
-        if not _GLOB_RE.search(text):
-            derived.append(name)
-        elif has_files(text):
-            con.execute(text.replace("{root}", sql_root))
-        else:
-            missing[name] = _missing_message(name)
-    # Derived views (no files of their own) in dependency order; skip those needing a missing view.
-    pending = derived
-    while pending:
+    tables = sorted({t for s in STAGES.values() for t in s.tables})
+    for table in tables:
+        ds_all = intact_dataset(store, table, files.get(table, []), committed)
+        if ds_all is None:
+            missing[table] = f"table {table} is empty: run `{made.get(table, 'factrecall capture')}` first"
+            sql = templates["empty_table"].format(table=table, message=missing[table].replace("'", "''"))
+            con.execute(sql)
+            con.execute(templates["empty_table"].format(table=f"stored.{table}", message=missing[table].replace("'", "''")))
+            continue
+        con.register(f"_stored_{table}", ds_all)
+        con.register(f"_current_{table}", intact_dataset(store, table, files.get(table, []), current))
+        con.execute(templates["current_table"].format(table=table))
+        con.execute(templates["stored_table"].format(table=table))
+    views = _sql_files("views")
+    pending = [v for v in views if v not in missing]
+    while pending:  # derived views in dependency order; one needing an empty table is empty too
         still = []
         for name in pending:
-            deps = _refs(views[name]) & set(views)
+            deps = _refs(views[name]) & (set(views) | set(tables))
             if deps & set(missing):
                 missing[name] = "; ".join(missing[d] for d in sorted(deps & set(missing)))
+                con.execute(templates["empty_table"].format(table=name, message=missing[name].replace("'", "''")))
                 continue
             try:
-                con.execute(views[name].replace("{root}", sql_root))
+                con.execute(views[name])
             except duckdb.CatalogException:
                 still.append(name)  # a dependency is not created yet
         if len(still) == len(pending):
-            # No progress: a real error in a view file; raise it.
-            con.execute(views[still[0]].replace("{root}", sql_root))
+            con.execute(views[still[0]])  # no progress: a real error in a view file; raise it
         pending = still
-    con.execute("CREATE TEMP TABLE missing_views (view VARCHAR, message VARCHAR)")
-    for name, msg in sorted(missing.items()):
-        con.execute("INSERT INTO missing_views VALUES (?, ?)", [name, msg])
-        lit = msg.replace("'", "''")
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM (SELECT 1 AS missing) WHERE error('{lit}') IS NULL")
-    return con
+    return StoreView(con, catalog, damage, missing)
+
+
+def connect(root: Path | str, as_of: str | None = None) -> duckdb.DuckDBPyConnection:
+    """The sandboxed DuckDB connection of ``open_store``."""
+    return open_store(root, as_of).con
 
 
 def list_named_queries() -> dict[str, str]:
     """Named queries: name -> one-line description (the file's first ``-- `` comment), followed by the
     parameters it requires, e.g. ``"... [requires --param model=value --param relation=value]"``."""
     out = {}
-    for name, text in _read_sql_files("queries").items():
+    for name, text in _sql_files("queries").items():
         first = text.lstrip().splitlines()[0] if text.strip() else ""
         desc = first[2:].strip() if first.startswith("--") else ""
         needed = query_params(text)
@@ -189,14 +242,10 @@ def list_named_queries() -> dict[str, str]:
 
 def named_query(name: str) -> str:
     """SQL text of the named query ``name``."""
-    queries = _read_sql_files("queries")
+    queries = _sql_files("queries")
     if name not in queries:
         raise ValueError(f"unknown query {name!r}; named queries: {', '.join(queries)}")
     return queries[name].strip().rstrip(";")
-
-
-def _missing(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    return dict(con.execute("SELECT view, message FROM missing_views").fetchall())
 
 
 def _flatten_nested(df: pl.DataFrame) -> pl.DataFrame:
@@ -235,38 +284,54 @@ def _cell(v) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
+def _explain(e: duckdb.Error, view: StoreView, sql: str) -> str:
+    """One message for a failed query: what is not allowed, which view is empty, or DuckDB's error."""
+    if isinstance(e, duckdb.PermissionException) or "disabled by configuration" in str(e) \
+            or "configuration has been locked" in str(e):
+        return ("not allowed: queries read the store's views and nothing else (no COPY or EXPORT, no ATTACH, "
+                "no INSTALL/LOAD, no reading or writing files, no settings); "
+                f"DuckDB: {str(e).splitlines()[0]}")
+    used = sorted(set(view.missing) & _refs(sql))
+    available = [v for v in view_names() if v not in view.missing]
+    lines = [view.missing[m] for m in used] + [
+        f"DuckDB: {e}",
+        f"hint: available views: {', '.join(available) or '(none)'}",
+    ]
+    if view.missing:
+        lines.append(f"      empty (no rows yet): {', '.join(sorted(view.missing))}")
+    return "\n".join(lines)
+
+
 def run_query(root: Path | str, sql: str, fmt: str = "table", out: Path | None = None,
-              params: dict[str, str] | None = None) -> str:
+              params: dict[str, str] | None = None, as_of: str | None = None, warn=None) -> str:
     """Run ``sql`` against the store; return the result as text (or the parquet file's path).
 
     fmt: "table" (text table), "csv", "json" (list of records) or "parquet" (needs ``out``).
     With ``out`` the text formats are also written there. ``params`` binds DuckDB named parameters
-    (``$name`` in ``sql``) to string values; every ``$name`` must be given and nothing else.
-    SQL errors and missing/unknown parameters raise ``QueryError``.
+    (``$name`` in ``sql``) to string values; every ``$name`` must be given and nothing else. ``as_of`` (a
+    run id) answers from the store as it was after that run; ``warn(line)`` receives one line per damaged
+    file. SQL errors, blocked statements and missing/unknown parameters raise ``QueryError``.
     """
     if fmt not in _FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(_FORMATS)}")
     if fmt == "parquet" and out is None:
         raise ValueError("format parquet needs an output path (out)")
     bind = _check_params(sql, params)
-    con = connect(root)
+    try:
+        view = open_store(root, as_of)
+    except (StoreError, delta.TableLogError) as exc:
+        raise QueryError(str(exc)) from exc
+    for line in view.warnings():
+        if warn is not None:
+            warn(line)
     try:
         try:
-            rel = con.sql(sql, params=bind) if bind else con.sql(sql)
+            rel = view.sql(sql, bind)
             df = rel.pl() if rel is not None else pl.DataFrame()
         except duckdb.Error as e:
-            missing = _missing(con)
-            used = sorted(set(missing) & _refs(sql))
-            available = [v for v in view_names() if v not in missing]
-            lines = [missing[m] for m in used] + [
-                f"DuckDB: {e}",
-                f"hint: available views: {', '.join(available) or '(none)'}",
-            ]
-            if missing:
-                lines.append(f"      empty (no files yet): {', '.join(sorted(missing))}")
-            raise QueryError("\n".join(lines)) from e
+            raise QueryError(_explain(e, view, sql)) from e
     finally:
-        con.close()
+        view.close()
     if fmt == "parquet":
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)

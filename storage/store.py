@@ -1,301 +1,391 @@
-"""Hive-partitioned Parquet store with atomic, replace-on-rerun partitions (METHOD.md §8).
+"""The store: one Delta Lake table per kind of row, a result catalogue, run manifests (docs/METHOD.md §8).
 
 Layout under ``root``::
 
-    <table>/model=<m>/relation=<r>/shot=<k>/part-0.parquet     partitioned tables (schema.TABLES)
-    <table>/model=<m>/part-0.parquet                           per-model tables (model_info)
-    runs/run_id=<id>/part-0.parquet                            one manifest row per run
-    _commits/model=<m>/relation=<r>/shot=<k>/<stage>.json      commit record of a partition's stage
-    _staging/<uuid>/<table>/part-0.parquet                     partitions being written
-    _trash/<uuid>/                                             replaced partitions being deleted
+    <table>/_delta_log/...                                   one Delta table per kind of row
+    <table>/model=<m>/relation=<r>/shot=<k>/result_id=<id>/part-<uuid>.parquet
+    _results/                                                one row per committed result (the commit point)
+    _selections/                                             append-only log of which result each key shows
+    runs/                                                    one manifest row per command run
+    _gc.lock                                                 writers share it; `gc` takes it alone
 
-A partition is visible (to ``is_committed`` and the SQL views) only when its commit record exists
-and lists the table. A commit deletes the old record first, swaps each table's directory in with
-``os.rename`` and writes the new record last, so a crash at any point leaves either the old
-partition invisible-but-untouched or the new one complete. A rerun replaces a partition wholly.
+Writing a result (``Store.writer``): its tables stream into Parquet files in their partition folders;
+``commit`` adds each table's files in one Delta transaction per table, then appends the result's row to
+``_results``. Until that row exists the result is invisible, so a crash at any point leaves orphan
+files that `gc` deletes and no partial result. Data tables are append-only: results with other
+settings never overwrite each other; which result a key shows is the selection (``storage.catalog``).
 
-Writers hold an ``flock`` on ``_staging/<uuid>.lock`` while alive; ``Store()`` deletes only the
-staging/trash folders whose lock is free (their writer died), so concurrent writers are safe.
+Integrity (``Store.check``): every file a table version names must exist with the size the log
+records; a result with a missing, truncated or unreadable file is *damaged*: the message names the
+file and the partition, the default views leave the result out, and the next run recomputes it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Iterable
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-try:  # POSIX advisory locks; without them every leftover is treated as dead.
+from . import delta
+from .catalog import RESULTS_SCHEMA, SELECTIONS_SCHEMA, Catalog, Key, ResultRecord
+from .parquet import parquet_options
+
+try:  # POSIX advisory locks (gc against writers); without them gc cannot tell and refuses nothing
     import fcntl
 except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None
 
-__all__ = ["PartitionKey", "Store", "PartitionWriter", "SchemaMismatchError"]
+__all__ = ["Damage", "PARTITION_BY", "ResultWriter", "SchemaMismatchError", "Store", "StoreError", "check_id"]
 
-_VALUE_RE = re.compile(r"[A-Za-z0-9_.-]+")
-_TABLE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-_RESERVED_TABLES = {"runs", "_commits", "_staging", "_trash"}
-_PART = "part-0.parquet"
-_COMPRESSION = "zstd"
+#: Partition columns of every data table (their values live in the log, not in the files).
+PARTITION_BY: tuple[str, ...] = ("model", "relation", "shot", "result_id")
+RESULTS, SELECTIONS, RUNS = "_results", "_selections", "runs"
+_ID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+_TABLE_CONFIG = {"delta.enableExpiredLogCleanup": "false"}  # time travel lasts until `factrecall gc`
+
+RUNS_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("kind", pa.string()), ("started_at", pa.timestamp("us", tz="UTC")),
+    ("finished_at", pa.timestamp("us", tz="UTC")), ("code_version", pa.string()), ("python", pa.string()),
+    ("seed", pa.int64()), ("packages", pa.string()), ("config", pa.string()), ("model_sha256", pa.string()),
+    ("relation_sha256", pa.string()), ("partitions", pa.string()), ("refused", pa.string()),
+    ("timings", pa.string()), ("versions", pa.string()), ("store", pa.string()),
+])
 
 
 class SchemaMismatchError(ValueError):
-    """A batch's schema differs from the schema fixed by the table's first batch."""
+    """A batch's schema differs from the schema its table declares."""
 
 
-def _check_value(what: str, value: str) -> str:
-    if not isinstance(value, str) or not _VALUE_RE.fullmatch(value) or value in (".", ".."):
+class StoreError(RuntimeError):
+    """A store that cannot be used as asked (unknown run for --as-of, a locked store, ...)."""
+
+
+def check_id(what: str, value: str) -> str:
+    """A partition value: letters, digits, '_', '.', '-' (it becomes a folder name)."""
+    if not isinstance(value, str) or not value or not set(value) <= _ID_CHARS or value in (".", ".."):
         raise ValueError(f"invalid {what} {value!r}: must match [A-Za-z0-9_.-]+ (and not be '.' or '..')")
     return value
 
 
-def _check_table(table: str) -> str:
-    if not isinstance(table, str) or not _TABLE_RE.fullmatch(table) or table in _RESERVED_TABLES:
-        raise ValueError(
-            f"invalid table name {table!r}: must match [A-Za-z][A-Za-z0-9_]* and not be one of "
-            f"{sorted(_RESERVED_TABLES)}"
-        )
-    return table
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 @dataclass(frozen=True)
-class PartitionKey:
-    """One partition: (model, relation, shot); values are checked on construction."""
+class Damage:
+    """A file of a table version that is missing, truncated or unreadable (or a table whose log is)."""
 
-    model: str
-    relation: str
-    shot: int
+    table: str
+    path: str
+    partition: dict
+    problem: str
 
-    def __post_init__(self) -> None:
-        _check_value("model", self.model)
-        _check_value("relation", self.relation)
-        if isinstance(self.shot, bool) or not isinstance(self.shot, int) or self.shot < 0:
-            raise ValueError(f"invalid shot {self.shot!r}: must be a non-negative int")
+    @property
+    def result_id(self) -> str | None:
+        return self.partition.get("result_id")
 
-    def path(self) -> str:
-        """Relative Hive path ``model=<m>/relation=<r>/shot=<k>``."""
-        return f"model={self.model}/relation={self.relation}/shot={self.shot}"
-
-
-def _utcnow() -> str:
-    return datetime.now(timezone.utc).isoformat()
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=True, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def parquet_options(schema: pa.Schema) -> dict:
-    """Writer options: dictionary-encode only strings (floats never repeat), byte-stream-split
-    floats (activations compress better), fast zstd. Halves write time on activation tables."""
-    strings, floats = [], []
-    for f in schema:
-        t, leaf = f.type, f.name
-        if pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t):
-            t, leaf = t.value_type, f"{f.name}.list.element"
-        if pa.types.is_string(t) or pa.types.is_large_string(t):
-            strings.append(leaf)
-        elif pa.types.is_floating(t):
-            floats.append(leaf)
-    return dict(compression=_COMPRESSION, compression_level=1, use_dictionary=strings or False,
-                use_byte_stream_split=floats or False)
-
-
-def _write_parquet_atomic(path: Path, data: pa.Table) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        pq.write_table(data, tmp, **parquet_options(data.schema))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _lock_free(lock_path: Path) -> bool:
-    """True when no live process holds ``lock_path`` (or it does not exist)."""
-    if fcntl is None or not lock_path.exists():
-        return True
-    try:
-        fd = os.open(lock_path, os.O_RDWR)
-    except FileNotFoundError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)  # releases the probe lock
-    return True
+    def message(self) -> str:
+        where = "/".join(f"{k}={self.partition[k]}" for k in ("model", "relation", "shot") if k in self.partition)
+        return f"{self.table} file {self.path} ({where}) is {self.problem}"
 
 
 class Store:
-    """A store rooted at ``root``; creating one removes leftovers of crashed writers."""
+    """A store at ``root``; ``as_of`` (a run id) opens it read-only as it was after that run."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, as_of: str | None = None, create: bool = True) -> None:
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._cleanup()
+        self.as_of = as_of
+        self._versions: dict[str, int] | None = None
+        if as_of is not None:
+            self._versions = self._run_versions(as_of)
+        elif create:
+            self.root.mkdir(parents=True, exist_ok=True)
 
-    # -- housekeeping ------------------------------------------------------------------------
-    @property
-    def _staging(self) -> Path:
-        return self.root / "_staging"
+    # -- tables and versions -----------------------------------------------------------------
+    def table_dir(self, table: str) -> Path:
+        return self.root / table
 
-    @property
-    def _trash(self) -> Path:
-        return self.root / "_trash"
-
-    def _cleanup(self) -> None:
-        """Delete staging/trash folders whose writer is no longer alive."""
-        for area in (self._staging, self._trash):
-            if not area.is_dir():
-                continue
-            for entry in list(area.iterdir()):
-                name = entry.name
-                if name.endswith(".lock"):
-                    continue
-                probe = entry if name.endswith(".lock.tmp") else self._staging / f"{name}.lock"
-                if _lock_free(probe):
-                    _rm(entry)
-        if self._staging.is_dir():
-            for lock in list(self._staging.glob("*.lock")):
-                if not (self._staging / lock.name[: -len(".lock")]).exists() and _lock_free(lock):
-                    lock.unlink(missing_ok=True)
-
-    # -- commit records ----------------------------------------------------------------------
-    def _commit_path(self, key: PartitionKey, stage: str = "capture") -> Path:
-        return self.root / "_commits" / key.path() / f"{_check_table(stage)}.json"
-
-    def _read_commit(self, key: PartitionKey, stage: str = "capture") -> dict | None:
-        try:
-            return json.loads(self._commit_path(key, stage).read_text(encoding="utf-8"))
-        except FileNotFoundError:
+    def version_of(self, table: str) -> int | None | bool:
+        """The version to read: an int (as of a run), None (latest), or False (did not exist then)."""
+        if self._versions is None:
             return None
+        return self._versions.get(table, False)
 
-    def partition_dir(self, table: str, key: PartitionKey) -> Path:
-        """Directory of ``table``'s data for ``key``."""
-        return self.root / _check_table(table) / key.path()
+    def open(self, table: str):
+        """The Delta table as this store reads it, or None when it does not exist (then)."""
+        version = self.version_of(table)
+        if version is False:
+            return None
+        return delta.open_table(self.table_dir(table), version)
 
-    def read(self, table: str, key: PartitionKey, columns: list[str] | None = None, filters=None) -> pa.Table:
-        """``table``'s committed data for ``key`` (pyarrow ``filters`` in DNF, e.g. [("layer", ">=", 3)])."""
-        stage = next((r for r in (self._read_commit(key, s) for s in self._stages(key)) if r
-                      and table in r.get("tables", [])), None)
-        if stage is None:
-            raise FileNotFoundError(f"no committed {table!r} for {key.path()}; run the stage that writes it first")
-        return pq.read_table(self.partition_dir(table, key) / _PART, columns=columns, filters=filters)
+    def data_tables(self) -> list[str]:
+        """Names of the data tables that exist (folders with a transaction log, not the catalogue)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if (p / "_delta_log").is_dir() and not p.name.startswith("_") and p.name != RUNS
+                      and self.version_of(p.name) is not False)
 
-    def commit_record(self, key: PartitionKey, stage: str = "capture") -> dict | None:
-        """The commit record of ``key``'s ``stage`` (input hash, run id, tables, summary), or None."""
-        return self._read_commit(key, stage)
+    def versions(self) -> dict[str, int]:
+        """Latest version of every table of the store (data, catalogue and run tables)."""
+        out = {}
+        for p in sorted(self.root.iterdir()) if self.root.is_dir() else []:
+            if (p / "_delta_log").is_dir():
+                table = delta.open_table(p)
+                if table is not None:
+                    out[p.name] = table.version()
+        return out
 
-    def _stages(self, key: PartitionKey) -> list[str]:
-        folder = self.root / "_commits" / key.path()
-        return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+    def _run_versions(self, run_id: str) -> dict[str, int]:
+        runs = delta.scan(self.table_dir(RUNS))
+        if runs is None:
+            raise StoreError(f"--as-of {run_id}: the store at {self.root} has no runs yet")
+        match = runs.filter(pc.equal(runs["run_id"], run_id))
+        if match.num_rows == 0:
+            recent = runs.sort_by([("started_at", "descending")])["run_id"].to_pylist()[:5]
+            raise StoreError(f"--as-of {run_id}: no such run in {self.root}; recent runs: {', '.join(recent)} "
+                             "(`factrecall query \"SELECT run_id, kind, started_at FROM runs\"` lists them all)")
+        return json.loads(match["versions"][0].as_py() or "{}")
 
-    def is_committed(self, key: PartitionKey, input_hash: str, stage: str = "capture") -> bool:
-        """True when ``key``'s ``stage`` was committed with ``input_hash`` and all its tables' files exist.
+    # -- catalogue ---------------------------------------------------------------------------
+    def scan(self, table: str) -> pa.Table | None:
+        """A small table (catalogue, runs) whole, as this store version has it; None if it does not exist."""
+        version = self.version_of(table)
+        if version is False:
+            return None
+        return delta.scan(self.table_dir(table), version)
 
-        A stage ("capture", "heads", ...) is an independent set of tables of the same partition key,
-        each with its own commit record, so later analyses never replace the capture's tables.
-        """
-        rec = self._read_commit(key, stage)
-        if rec is None or rec.get("input_hash") != input_hash:
-            return False
-        return all((self.partition_dir(t, key) / _PART).is_file() for t in rec.get("tables", []))
+    def catalog(self, damage: list[Damage] | None = None) -> Catalog:
+        """Results and selections of this store version; ``damage`` (from `check`) marks damaged results."""
+        damaged: dict[str, str] = {}
+        for d in damage or []:
+            if d.result_id and d.result_id not in damaged:
+                damaged[d.result_id] = d.message()
+        return Catalog.from_tables(self.scan(RESULTS), self.scan(SELECTIONS), damaged)
 
-    def committed(self) -> list[dict]:
-        """All commit records, sorted by (model, relation, shot)."""
-        recs = []
-        for p in (self.root / "_commits").glob("*/*/*/*.json"):
+    def check(self, tables: Iterable[str] | None = None) -> tuple[dict[str, list[delta.DataFile]], list[Damage]]:
+        """Every table's files at this store version, and the damaged ones (see module docstring)."""
+        files: dict[str, list[delta.DataFile]] = {}
+        damage: list[Damage] = []
+        for name in tables if tables is not None else self.data_tables():
             try:
-                recs.append(json.loads(p.read_text(encoding="utf-8")))
-            except (FileNotFoundError, json.JSONDecodeError):
+                table = self.open(name)
+            except delta.TableLogError as exc:
+                damage.append(Damage(name, str(self.table_dir(name) / "_delta_log"), {}, f"unreadable: {exc}"))
                 continue
-        return sorted(recs, key=lambda r: (r.get("model"), r.get("relation"), r.get("shot"), r.get("stage", "")))
+            if table is None:
+                continue
+            good = []
+            for f in delta.list_files(table):
+                problem = _file_problem(self.table_dir(name) / f.path, f.size)
+                if problem:
+                    damage.append(Damage(name, str(self.table_dir(name) / f.path), f.partition, problem))
+                else:
+                    good.append(f)
+            files[name] = good
+        return files, damage
 
-    # -- writing -----------------------------------------------------------------------------
-    def open_partition(self, key: PartitionKey, input_hash: str, run_id: str,
-                       stage: str = "capture") -> "PartitionWriter":
-        """Start writing ``key``'s ``stage`` (use as a context manager; call ``commit`` inside it)."""
-        return PartitionWriter(self, key, input_hash, run_id, stage)
+    def record_rows(self, files: dict[str, list[delta.DataFile]], catalog: Catalog) -> list[Damage]:
+        """Results whose tables hold fewer rows than their record says (a file removed from a table)."""
+        counted: dict[tuple[str, str], int] = {}
+        for table, fs in files.items():
+            for f in fs:
+                k = (table, f.partition.get("result_id"))
+                counted[k] = counted.get(k, 0) + (f.num_records or 0)
+        out = []
+        for rec in catalog.results.values():
+            for table, rows in rec.tables.items():
+                have = counted.get((table, rec.result_id), 0)
+                if rows and have != rows and rec.result_id not in catalog.damaged:
+                    part = {"model": rec.model, "relation": rec.relation, "shot": rec.shot, "result_id": rec.result_id}
+                    out.append(Damage(table, f"{table}/…/result_id={rec.result_id}", part,
+                                      f"incomplete: {have} of its {rows} rows are in the table"))
+        return out
 
-    def write_model_table(self, table: str, model: str, data: pa.Table) -> None:
-        """Replace per-model ``<table>/model=<model>/part-0.parquet`` atomically."""
-        _check_table(table)
-        _check_value("model", model)
-        if isinstance(data, pa.RecordBatch):
-            data = pa.Table.from_batches([data])
-        if "model" in data.column_names:
-            bad = set(data.column("model").to_pylist()) - {model}
-            if bad:
-                raise ValueError(f"{table}: column 'model' holds {sorted(map(str, bad))}, expected only {model!r}")
-        _write_parquet_atomic(self.root / table / f"model={model}" / _PART, data)
+    def verified_catalog(self) -> tuple[Catalog, dict[str, list[delta.DataFile]], list[Damage]]:
+        """The catalogue with every damaged result marked, the intact files, and the damage found."""
+        files, damage = self.check()
+        catalog = self.catalog(damage)
+        extra = self.record_rows(files, catalog)
+        if extra:
+            damage += extra
+            catalog = self.catalog(damage)
+        return catalog, files, damage
 
-    def write_run(self, run: dict) -> None:
-        """Write one run manifest row; dict/list values are stored as JSON strings."""
-        run_id = _check_value("run_id", str(run.get("run_id", "")))
-        cols = {}
-        for k, v in run.items():
-            if isinstance(v, (dict, list, tuple)):
-                v = json.dumps(v, sort_keys=True, default=str)
-            elif isinstance(v, Path):
-                v = str(v)
-            arr = pa.array([v])
-            if pa.types.is_null(arr.type):
-                arr = pa.array([None], pa.string())
-            cols[k] = arr
-        _write_parquet_atomic(self.root / "runs" / f"run_id={run_id}" / _PART, pa.table(cols))
+    # -- reading results -----------------------------------------------------------------------
+    def read(self, rec: ResultRecord, table: str, columns: list[str] | None = None, filters=None) -> pa.Table:
+        """``table``'s rows of result ``rec`` (pyarrow ``filters`` in DNF, e.g. [("layer", ">=", 3)])."""
+        dt = self.open(table)
+        mine = [f for f in delta.list_files(dt) if f.partition.get("result_id") == rec.result_id] if dt else []
+        if not mine:
+            raise StoreError(f"result {rec.result_id} ({rec.stage} of {rec.model}/{rec.relation}/shot={rec.shot}) "
+                             f"has no {table!r} rows in the store")
+        for f in mine:
+            problem = _file_problem(self.table_dir(table) / f.path, f.size)
+            if problem:
+                raise StoreError(f"{table} file {self.table_dir(table) / f.path} is {problem}")
+        data = delta.dataset(self.table_dir(table), pa.schema(dt.schema().to_arrow()), mine)
+        expr = pq.filters_to_expression(filters) if filters else None
+        return data.to_table(columns=columns, filter=expr)
+
+    # -- writing -------------------------------------------------------------------------------
+    def _require_writable(self) -> None:
+        if self.as_of is not None:
+            raise StoreError(f"the store opened --as-of {self.as_of} is read-only")
+
+    @contextmanager
+    def writing(self):
+        """Hold the store's shared writer lock (``gc`` waits for no writer)."""
+        self._require_writable()
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / "_gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            yield self
+        finally:
+            os.close(fd)
+
+    def writer(self, stage: str, key: Key, schemas: dict[str, pa.Schema]) -> "ResultWriter":
+        """Start writing one result of ``stage`` for ``key`` into tables with ``schemas`` (file schemas,
+        without partition columns); use as a context manager and call ``commit`` inside it."""
+        self._require_writable()
+        return ResultWriter(self, stage, key, schemas)
+
+    def _append(self, table: str, schema: pa.Schema, rows: list[dict]) -> int:
+        """Append ``rows`` to an unpartitioned table as one file and one transaction."""
+        path = self.table_dir(table)
+        path.mkdir(parents=True, exist_ok=True)
+        rel = f"part-{uuid.uuid4().hex}.parquet"
+        data = pa.Table.from_pylist(rows, schema=delta.delta_schema(schema))
+        try:
+            pq.write_table(data, path / rel, **parquet_options(data.schema))
+            return delta.commit_files(path, schema, (), [(rel, {})], configuration=_TABLE_CONFIG)
+        except BaseException:
+            (path / rel).unlink(missing_ok=True)
+            raise
+
+    def add_result(self, rec: ResultRecord) -> None:
+        self._require_writable()
+        self._append(RESULTS, RESULTS_SCHEMA, [rec.to_row()])
+
+    def select(self, recs: list[ResultRecord], run_id: str) -> None:
+        """Append selection events: each result becomes the one its key and stage show."""
+        self._require_writable()
+        if recs:
+            now = _utcnow()
+            self._append(SELECTIONS, SELECTIONS_SCHEMA, [
+                {"model": r.model, "relation": r.relation, "shot": r.shot, "stage": r.stage,
+                 "result_id": r.result_id, "run_id": run_id, "selected_at": now} for r in recs])
+
+    def write_run(self, manifest: dict) -> None:
+        """Append one run manifest; dict/list values are stored as JSON, with the table versions now."""
+        self._require_writable()
+        row = {}
+        for name in RUNS_SCHEMA.names:
+            value = manifest.get(name)
+            if isinstance(value, (dict, list, tuple)):
+                value = json.dumps(value, sort_keys=True, default=str)
+            elif isinstance(value, Path):
+                value = str(value)
+            row[name] = value
+        row["versions"] = json.dumps(self.versions(), sort_keys=True)
+        for t in ("started_at", "finished_at"):
+            if isinstance(row[t], str):
+                row[t] = datetime.fromisoformat(row[t])
+        self._append(RUNS, RUNS_SCHEMA, [row])
+
+    # -- garbage collection --------------------------------------------------------------------
+    def gc(self, drop_unselected: bool = False) -> dict:
+        """Delete what no current version needs: time-travel history, orphan files of crashed writers,
+        damaged results' files, and (``drop_unselected``) results no key selects. Needs no writer."""
+        self._require_writable()
+        fd = os.open(self.root / "_gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    raise StoreError(f"a factrecall command is writing to {self.root}; run gc when it has finished") from None
+            catalog, files, damage = self.verified_catalog()
+            keep = set(catalog.results) - set(catalog.damaged)
+            if drop_unselected:
+                keep = {r.result_id for r in catalog.results.values()
+                        if catalog.status(r)[0] in ("current", "stale") or _upstream_of_selected(r, catalog)}
+            removed_results = 0
+            for table, fs in files.items():
+                gone = [f for f in fs if f.partition.get("result_id") not in keep]
+                broken = [d for d in damage if d.table == table and d.path.startswith(str(self.table_dir(table)))]
+                gone += [delta.DataFile(os.path.relpath(d.path, self.table_dir(table)), 0, d.partition, None)
+                         for d in broken if os.path.isabs(d.path) and d.partition]
+                if gone:
+                    dt = delta.open_table(self.table_dir(table))
+                    delta.remove_files(self.table_dir(table), pa.schema(dt.schema().to_arrow()), PARTITION_BY, gone)
+                    removed_results += len({f.partition.get("result_id") for f in gone})
+            deleted = []
+            for p in sorted(self.root.iterdir()):
+                if (p / "_delta_log").is_dir():
+                    dt = delta.open_table(p)
+                    deleted += dt.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False, full=True)
+            return {"files_deleted": len(deleted), "results_dropped": len(set(catalog.results) - keep)}
+        finally:
+            os.close(fd)
 
 
-def _rm(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+def _upstream_of_selected(rec: ResultRecord, catalog: Catalog) -> bool:
+    for other in catalog.results.values():
+        if catalog.status(other)[0] in ("current", "stale") and any(rid == rec.result_id for _, rid in other.upstream):
+            return True
+    return False
 
 
-class PartitionWriter:
-    """Streams tables of one partition into staging; ``commit`` makes them visible atomically.
+def _file_problem(path: Path, size: int) -> str | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if st.st_size != size:
+        return f"truncated or changed ({st.st_size} bytes; the table's log says {size})"
+    if not os.access(path, os.R_OK):
+        return "unreadable (no read permission)"
+    return None
 
-    ``write(table, batch)`` appends one row group to ``_staging/<uuid>/<table>/part-0.parquet``
-    (nothing is buffered beyond the batch). Leaving the ``with`` block without ``commit`` (or with an
-    exception) aborts: staging is deleted and the old partition stays as it was.
+
+class ResultWriter:
+    """Streams one result's tables into Parquet files; ``commit`` makes them a result (see module docstring).
+
+    ``write(table, batch)`` appends a row group to the table's file of this result. Leaving the ``with``
+    block without ``commit`` (or with an exception) deletes the files: nothing becomes visible.
     """
 
-    def __init__(self, store: Store, key: PartitionKey, input_hash: str, run_id: str,
-                 stage: str = "capture") -> None:
-        self.store, self.key, self.stage = store, key, _check_table(stage)
-        self.input_hash, self.run_id = str(input_hash), str(run_id)
-        self.id = uuid.uuid4().hex
-        self._writers: dict[str, pq.ParquetWriter] = {}
-        self._schemas: dict[str, pa.Schema] = {}
+    def __init__(self, store: Store, stage: str, key: Key, schemas: dict[str, pa.Schema]) -> None:
+        self.store, self.stage, self.key = store, stage, key
+        model, relation, shot = key
+        check_id("model", model)
+        check_id("relation", relation)
+        if isinstance(shot, bool) or not isinstance(shot, int) or shot < 0:
+            raise ValueError(f"invalid shot {shot!r}: must be a non-negative int")
+        self.result_id = uuid.uuid4().hex[:16]
+        self.schemas = {t: delta.delta_schema(s) for t, s in schemas.items()}
+        self.partition = {"model": model, "relation": relation, "shot": str(shot), "result_id": self.result_id}
+        self._dir = "/".join(f"{k}={v}" for k, v in self.partition.items())
+        self._writers: dict[str, tuple[pq.ParquetWriter, str]] = {}
+        self.rows: dict[str, int] = {}
         self._state = "open"
-        staging_root = store._staging
-        staging_root.mkdir(parents=True, exist_ok=True)
-        # Create + lock the lock file under a temp name, then publish it: never visible unlocked.
-        tmp = staging_root / f".{self.id}.lock.tmp"
-        self._lock_fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        os.replace(tmp, staging_root / f"{self.id}.lock")
-        self.staging = staging_root / self.id
-        self.staging.mkdir()
 
-    def __enter__(self) -> "PartitionWriter":
+    def __enter__(self) -> "ResultWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -303,106 +393,73 @@ class PartitionWriter:
             self.abort()
 
     def write(self, table: str, batch: pa.RecordBatch | pa.Table) -> None:
-        """Append ``batch`` to ``table``; its first batch fixes the table's schema."""
         if self._state != "open":
-            raise RuntimeError(f"partition {self.key.path()} is {self._state}; cannot write")
-        _check_table(table)
-        if not isinstance(batch, (pa.RecordBatch, pa.Table)):
-            raise TypeError(f"{table}: expected a pyarrow RecordBatch or Table, got {type(batch).__name__}")
-        writer = self._writers.get(table)
-        if writer is None:
-            clash = [c for c in batch.schema.names if c in ("model", "relation", "shot")]
-            if clash:
-                raise ValueError(f"{table}: columns {clash} are partition keys (they come from the path)")
-            path = self.staging / table / _PART
-            path.parent.mkdir(parents=True)
-            writer = pq.ParquetWriter(path, batch.schema, **parquet_options(batch.schema))
-            self._writers[table], self._schemas[table] = writer, batch.schema
-        elif not batch.schema.equals(self._schemas[table], check_metadata=False):
-            raise SchemaMismatchError(
-                f"{table}: batch schema differs from the table's schema (fixed by its first batch)\n"
-                f"expected:\n{self._schemas[table]}\ngot:\n{batch.schema}"
-            )
-        if isinstance(batch, pa.RecordBatch):
-            writer.write_batch(batch)
-        else:
-            writer.write_table(batch)
-
-    @property
-    def tables(self) -> list[str]:
-        """Tables written so far."""
-        return sorted(self._writers)
-
-    def _close_writers(self) -> None:
-        writers, self._writers = self._writers, {}
-        for w in writers.values():
+            raise RuntimeError(f"result {self.result_id} is {self._state}; cannot write")
+        if table not in self.schemas:
+            raise ValueError(f"stage {self.stage} writes no table {table!r}; it writes {sorted(self.schemas)}")
+        want = self.schemas[table]
+        if not batch.schema.equals(want, check_metadata=False):
             try:
-                w.close()
+                batch = batch.cast(want)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+                raise SchemaMismatchError(f"{table}: batch schema differs from the table's\nexpected:\n{want}\n"
+                                          f"got:\n{batch.schema}") from exc
+        if table not in self._writers:
+            rel = f"{self._dir}/part-{uuid.uuid4().hex}.parquet"
+            path = self.store.table_dir(table) / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._writers[table] = (pq.ParquetWriter(path, want, **parquet_options(want)), rel)
+            self.rows[table] = 0
+        writer, _ = self._writers[table]
+        writer.write_table(batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch]))
+        self.rows[table] += batch.num_rows
+
+    def _close(self) -> None:
+        for writer, _ in self._writers.values():
+            try:
+                writer.close()
             except Exception:
                 pass
 
-    def _release(self) -> None:
-        lock = self.store._staging / f"{self.id}.lock"
-        shutil.rmtree(self.staging, ignore_errors=True)
-        lock.unlink(missing_ok=True)
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
     def abort(self) -> None:
-        """Discard everything staged; nothing becomes visible."""
         if self._state != "open":
             return
         self._state = "aborted"
-        self._close_writers()
-        self._release()
+        self._close()
+        for table, (_, rel) in self._writers.items():
+            (self.store.table_dir(table) / rel).unlink(missing_ok=True)
 
-    def commit(self, summary: dict | None = None) -> None:
-        """Swap the staged tables into place and write the commit record (see module docstring)."""
+    def commit(self, make_record) -> ResultRecord:
+        """Commit every table's file, then the record ``make_record(result_id, rows)`` (the commit point)."""
         if self._state != "open":
-            raise RuntimeError(f"partition {self.key.path()} is {self._state}; cannot commit")
-        summary = dict(summary or {})
-        tables = self.tables
-        record = {
-            "model": self.key.model,
-            "relation": self.key.relation,
-            "shot": self.key.shot,
-            "stage": self.stage,
-            "input_hash": self.input_hash,
-            "run_id": self.run_id,
-            "tables": tables,
-            "committed_at": _utcnow(),
-        }
-        clash = sorted(set(summary) & set(record))
-        if clash:
-            raise ValueError(f"summary keys {clash} are reserved by the commit record")
-        record.update(summary)
-        json.dumps(record, default=str)  # fail before touching anything if not serialisable
-        self._close_writers()
+            raise RuntimeError(f"result {self.result_id} is {self._state}; cannot commit")
+        self._close()
         self._state = "committing"
-        store, key = self.store, self.key
-        commit_path = store._commit_path(key, self.stage)
-        commit_path.parent.mkdir(parents=True, exist_ok=True)
-        trash = store._trash / self.id
-        lock_fd = os.open(commit_path.parent / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            if fcntl is not None:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX)  # one committer per partition at a time
-            old = store._read_commit(key, self.stage) or {}
-            commit_path.unlink(missing_ok=True)  # from here on the partition is invisible
-            for table in sorted(set(tables) | set(old.get("tables", []))):
-                dest = store.partition_dir(table, key)
-                if dest.exists():
-                    (trash / table).parent.mkdir(parents=True, exist_ok=True)
-                    os.rename(dest, trash / table)
-                if table in tables:
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    os.rename(self.staging / table, dest)
-            _write_json_atomic(commit_path, record)
+            rec = make_record(self.result_id, dict(self.rows))
+            for table, (_, rel) in sorted(self._writers.items()):
+                delta.commit_files(self.store.table_dir(table), data_schema(self.schemas[table]), PARTITION_BY,
+                                   [(rel, self.partition)],
+                                   configuration=_TABLE_CONFIG)
+            self.store.add_result(rec)
             self._state = "committed"
+            return rec
         finally:
-            os.close(lock_fd)
             if self._state != "committed":
-                self._state = "aborted"
-            shutil.rmtree(trash, ignore_errors=True)
-            self._release()
+                self._state = "aborted"  # committed table files without a record stay invisible; gc removes them
+
+
+def data_schema(file_schema: pa.Schema) -> pa.Schema:
+    """A data table's full schema: the partition columns, then the file's columns."""
+    return pa.schema([pa.field("model", pa.string()), pa.field("relation", pa.string()),
+                      pa.field("shot", pa.int32()), pa.field("result_id", pa.string()),
+                      *delta.delta_schema(file_schema)])
+
+
+def intact_dataset(store: Store, table: str, files: list[delta.DataFile], result_ids: set[str] | None) -> ds.Dataset | None:
+    """A dataset over ``table``'s intact ``files``, only of ``result_ids`` when given."""
+    dt = store.open(table)
+    if dt is None:
+        return None
+    chosen = [f for f in files if result_ids is None or f.partition.get("result_id") in result_ids]
+    return delta.dataset(store.table_dir(table), pa.schema(dt.schema().to_arrow()), chosen)

@@ -17,7 +17,7 @@ import torch
 
 from .final_layer import mitigation_hooks, token_directions
 from .models import LoadedModel
-from .partition_capture import final_norm_of, unembedding
+from .readout import final_norm_of, unembedding
 
 CORPUS = "control-text/passages.jsonl"
 

@@ -30,7 +30,7 @@ import torch
 from .capture import EndCapture, _first_tensor
 from .ledger import ComponentLabel, center, direct_logit_attribution, norm_scale
 from .models import LoadedModel
-from .partition_capture import FinalNorm
+from .readout import FinalNorm
 from .path_patching import EndRunner
 
 

@@ -94,7 +94,7 @@ DEFAULT_MODEL = "smollm2-135m"
 
 @dataclass
 class LoadedModel:
-    model_id: str  # partition value: packaged name, or a sanitised file / directory / hub name
+    model_id: str  # partition value: see `model_key`
     source: str  # what was asked for, resolved (file path, directory or hub name)
     file_sha256: str | None  # sha256 of the GGUF or weights file when known
     model: torch.nn.Module
@@ -185,8 +185,26 @@ def _dequantise_to_cache(gguf_path: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
+DTYPE_SUFFIX = {"float32": "", "bfloat16": ".bf16", "float16": ".fp16"}
+
+
+def model_key(model_id: str, dtype: str) -> str:
+    """The model's partition value: its id, with ".bf16"/".fp16" for a dtype other than the float32
+    reference (a model read in another dtype is another model: its numbers are never pooled with float32's)."""
+    return model_id + DTYPE_SUFFIX[dtype]
+
+
+def _file_id(name: str, digest: str | None) -> str:
+    """A file or directory model's id: its sanitised name and the first 8 hex digits of its sha256, so two
+    different files with the same name never share an id."""
+    return sanitize_id(name) + (f"-{digest[:8]}" if digest else "")
+
+
 def resolve(ref: str, cache_dir: Path) -> tuple[str, str, Path | str, str | None]:
-    """(model_id, kind, location, sha256) for a model reference; kind is gguf | dir | hub."""
+    """(model_id, kind, location, sha256) for a model reference; kind is gguf | dir | hub.
+
+    Ids: a packaged model's name; "<file stem>-<sha256[:8]>" for a .gguf file; "<folder>-<sha256[:8]>" of
+    its first weights file for a directory; "org--name" for a hub name."""
     if ref in PACKAGED:
         path = PACKAGED[ref].locate(cache_dir)
         return ref, "gguf", path, sha256_file(path, cache_dir)
@@ -194,13 +212,14 @@ def resolve(ref: str, cache_dir: Path) -> tuple[str, str, Path | str, str | None
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"GGUF file {path} does not exist")
-        return sanitize_id(path.stem), "gguf", path.resolve(), sha256_file(path, cache_dir)
+        digest = sha256_file(path, cache_dir)
+        return _file_id(path.stem, digest), "gguf", path.resolve(), digest
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelLoadError(f"{path} is a directory without config.json; give a saved HF model directory")
         weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
         digest = sha256_file(weights[0], cache_dir) if weights else None
-        return sanitize_id(path.name), "dir", path.resolve(), digest
+        return _file_id(path.name, digest), "dir", path.resolve(), digest
     if re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", ref):
         return sanitize_id(ref.replace("/", "--")), "hub", ref, None
     raise ModelLoadError(
@@ -221,6 +240,7 @@ def load_model(ref: str, dtype: str = "float32", device: str | None = None, cach
         raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     cache_dir = Path(cache_dir) if cache_dir else model_cache_dir()
     model_id, kind, location, digest = resolve(ref, cache_dir)
+    model_id = model_key(model_id, dtype)
     if kind == "gguf":
         directory = cache_dir / digest
         if not (directory / "config.json").exists():
@@ -268,5 +288,5 @@ def describe_models() -> list[dict]:
 
 __all__ = [
     "DEFAULT_MODEL", "LoadedModel", "ModelLoadError", "PACKAGED", "UnsupportedModelError",
-    "describe_models", "load_model", "resolve", "sanitize_id",
+    "describe_models", "load_model", "model_key", "resolve", "sanitize_id",
 ]

@@ -1,9 +1,8 @@
 """PNG figures: per-head heatmaps and attention-vs-DLA scatters (METHOD.md §4); depth bands and bars with
 intervals (METHOD.md §7).
 
-Figures are built on matplotlib's Agg canvas (no display, no pyplot state) and written atomically:
-saved to a temporary name in the target folder, then ``os.replace``d onto the path. Apart from that
-file write the functions are pure; each returns the path written.
+Figures are built on matplotlib's Agg canvas (no display, no pyplot state); each function is pure and
+returns the PNG's bytes (the store keeps them in its ``plots`` table; ``save`` writes one to a file).
 
 Heatmap orientation: layer on the y axis with layer 0 at the BOTTOM (depth grows upwards), head on the
 x axis; the figure's shape follows the grid (square cells), so a 30-layer x 9-head map is taller than
@@ -12,6 +11,7 @@ wide.
 
 from __future__ import annotations
 
+import io
 import os
 import uuid
 from pathlib import Path
@@ -25,18 +25,25 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-__all__ = ["heatmap", "scatter", "bands", "bars"]
+__all__ = ["bands", "bars", "heatmap", "save", "scatter"]
 
 _DPI = 110
 _MARK_COLOR = "black"
 
 
-def _save_atomic(fig: Figure, path: Path | str) -> Path:
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI)
+    return buf.getvalue()
+
+
+def save(png: bytes, path: Path | str) -> Path:
+    """Write ``png`` to ``path`` atomically (a temporary name in the folder, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
-        fig.savefig(tmp, format="png", dpi=_DPI)
+        tmp.write_bytes(png)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -95,16 +102,16 @@ def _heatmap_figure(values: np.ndarray, title: str, cmap: str = "RdBu_r", center
     return fig
 
 
-def heatmap(values: np.ndarray, title: str, path: Path | str, cmap: str = "RdBu_r", center_zero: bool = True,
-            label: str = "", mark: set[tuple[int, int]] | None = None, mark_label: str = "marked") -> Path:
-    """Write a [layers, heads] heatmap PNG to ``path`` and return it.
+def heatmap(values: np.ndarray, title: str, cmap: str = "RdBu_r", center_zero: bool = True,
+            label: str = "", mark: set[tuple[int, int]] | None = None, mark_label: str = "marked") -> bytes:
+    """A [layers, heads] heatmap PNG.
 
     Layer on the y axis (layer 0 at the bottom), head on the x axis, colour bar titled ``label``.
     ``center_zero``: symmetric colour limits around 0 (white = 0 with a diverging ``cmap``); NaN cells
     are grey. ``mark``: (layer, head) cells outlined with a black box (e.g. the head set), counted in a
     legend as ``mark_label``.
     """
-    return _save_atomic(_heatmap_figure(values, title, cmap, center_zero, label, mark, mark_label), path)
+    return _png(_heatmap_figure(values, title, cmap, center_zero, label, mark, mark_label))
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
@@ -144,14 +151,14 @@ def _scatter_figure(x: Sequence[float], y: Sequence[float], groups: Sequence[str
     return fig
 
 
-def scatter(x: Sequence[float], y: Sequence[float], groups: Sequence[str], title: str, path: Path | str,
-            xlabel: str = "attention END -> S", ylabel: str = "DLA onto the subject") -> Path:
-    """Write a scatter PNG of ``y`` against ``x`` (one point per element) to ``path`` and return it.
+def scatter(x: Sequence[float], y: Sequence[float], groups: Sequence[str], title: str,
+            xlabel: str = "attention END -> S", ylabel: str = "DLA onto the subject") -> bytes:
+    """A scatter PNG of ``y`` against ``x`` (one point per element).
 
     ``groups[i]`` names the series of point i (e.g. "L9.H8"); each group has its own colour and a
     legend entry with its Pearson r and n (non-finite points are left out).
     """
-    return _save_atomic(_scatter_figure(x, y, groups, title, xlabel, ylabel), path)
+    return _png(_scatter_figure(x, y, groups, title, xlabel, ylabel))
 
 
 def _bands_figure(x: Sequence[float], series: dict[str, tuple], title: str, xlabel: str, ylabel: str) -> Figure:
@@ -173,10 +180,10 @@ def _bands_figure(x: Sequence[float], series: dict[str, tuple], title: str, xlab
     return fig
 
 
-def bands(x: Sequence[float], series: dict[str, tuple], title: str, path: Path | str, xlabel: str = "layer",
-          ylabel: str = "") -> Path:
-    """Write a line-and-band PNG: for each series name, (middle line, band low, band high) over ``x``."""
-    return _save_atomic(_bands_figure(x, series, title, xlabel, ylabel), path)
+def bands(x: Sequence[float], series: dict[str, tuple], title: str, xlabel: str = "layer",
+          ylabel: str = "") -> bytes:
+    """A line-and-band PNG: for each series name, (middle line, band low, band high) over ``x``."""
+    return _png(_bands_figure(x, series, title, xlabel, ylabel))
 
 
 def _bars_figure(categories: Sequence[str], groups: dict[str, tuple], title: str, ylabel: str) -> Figure:
@@ -205,7 +212,6 @@ def _bars_figure(categories: Sequence[str], groups: dict[str, tuple], title: str
     return fig
 
 
-def bars(categories: Sequence[str], groups: dict[str, tuple], title: str, path: Path | str,
-         ylabel: str = "") -> Path:
-    """Write a grouped bar PNG: for each group name, (values, lo, hi) per category; error bars = [lo, hi]."""
-    return _save_atomic(_bars_figure(categories, groups, title, ylabel), path)
+def bars(categories: Sequence[str], groups: dict[str, tuple], title: str, ylabel: str = "") -> bytes:
+    """A grouped bar PNG: for each group name, (values, lo, hi) per category; error bars = [lo, hi]."""
+    return _png(_bars_figure(categories, groups, title, ylabel))

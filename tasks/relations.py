@@ -12,7 +12,8 @@ Conventions
   (not its ``prompt``, which continues into the model's generation) and ``attribute`` as object.
 - Upstream quirks are repaired on load and each repair is recorded in ``Relation.repairs``.
 - Relation names: "paper.capital", "paper.capital_possessive", "lre.<stem>", "pararel.<Pid>",
-  "rome.<Pid>", "user.<stem>".
+  "rome.<Pid>", and for a user's .jsonl file "user.<stem>-<first 8 hex digits of its data hash>", so two
+  different files with the same name never share a name (and the same facts under any path do).
 """
 
 from __future__ import annotations
@@ -77,11 +78,19 @@ class Relation:
         for t in (*self.templates, self.demo_template):
             _check_template(t, where=f"relation {self.name}")
 
-    def content_hash(self) -> str:
-        """sha256 of a canonical JSON (sorted keys, tuples as lists) of every field."""
-        payload = json.dumps(dataclasses.asdict(self), sort_keys=True, ensure_ascii=False,
-                             separators=(",", ":"))
+    def data_hash(self) -> str:
+        """sha256 of a canonical JSON (sorted keys, tuples as lists) of what decides the prompts, besides
+        the name: facts, templates, cases, demonstration template, relation word, domain (not the file's
+        path, not the repair notes)."""
+        fields = dataclasses.asdict(self)
+        for k in ("name", "source_file", "repairs"):
+            fields.pop(k)
+        payload = json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def content_hash(self) -> str:
+        """sha256 of the name and ``data_hash`` (the name seeds the demonstrations, so it is an input too)."""
+        return hashlib.sha256(f"{self.name}\n{self.data_hash()}".encode("utf-8")).hexdigest()
 
     @property
     def n_prompts(self) -> int:
@@ -451,7 +460,7 @@ def load_generic_jsonl(path: str | os.PathLike) -> Relation:
 
     if not p.is_file():
         raise err(None, "file not found", "Pass the path of an existing .jsonl file")
-    name = f"user.{p.stem}"
+    name = f"user.{p.stem}"  # + "-<hash8>" once the facts are read
     if not _NAME_RE.match(name):
         raise err(None, f"the file name gives the relation name {name!r}, which may only contain letters, "
                   "digits, '_', '.' and '-'", "Rename the file")
@@ -502,11 +511,12 @@ def load_generic_jsonl(path: str | os.PathLike) -> Relation:
         repairs.append(f"stripped leading/trailing whitespace from {n_ws} subject/object string(s)")
     if n_dup:
         repairs.append(f"dropped {n_dup} duplicate line(s)")
-    return Relation(
+    rel = Relation(
         name=name, source="user", domain=domain or "unspecified", templates=tuple(templates),
         facts=tuple(facts), cases=tuple(cases), demo_template=templates[0],
         relation_word=_fallback_relation_word(templates[0]), repairs=tuple(repairs), source_file=str(p),
     )
+    return dataclasses.replace(rel, name=f"{name}-{rel.data_hash()[:8]}")
 
 
 # --------------------------------------------------------------------------------------- registry

@@ -31,10 +31,10 @@ def smollm2(tmp_path_factory):
 def smollm2_heads(smollm2, tmp_path_factory):
     """A store holding the head analysis of smollm2-135m on the capital task at shot 0 (60 prompts),
     shared by the integration tests of steps 1-3 so it runs once per session: (root, summary)."""
-    from factrecall.flows.heads import HeadConfig, run_head_analysis
-    from factrecall.storage.store import Store
+    from factrecall.flows.runner import run_stage
+    from factrecall.tasks.heads_stage import HeadsConfig
     from factrecall.tasks.relations import paper_capital
 
     root = tmp_path_factory.mktemp("smollm2-heads")
-    summary = run_head_analysis(Store(root), smollm2, paper_capital(), 0, HeadConfig(max_prompts=60, n_boot=100), "t")
-    return root, summary
+    outcome = run_stage(root, "heads", smollm2, paper_capital(), 0, HeadsConfig(max_prompts=60, n_boot=100), "t")
+    return root, outcome.summary

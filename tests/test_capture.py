@@ -13,28 +13,24 @@ import functools
 import re
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 
-from factrecall.flows.partition import CaptureConfig, run_partition
-from factrecall.storage.schema import TABLES, schema
-from factrecall.storage.store import PartitionKey, Store
+from factrecall.flows.runner import run_stage
+from factrecall.stages import STAGES
+from factrecall.storage.query import connect
+from factrecall.storage.store import Store
 from factrecall.tasks.adapters import adapter_for_config
 from factrecall.tasks.capture import capture_batch
+from factrecall.tasks.capture_stage import CaptureConfig, LedgerError, capture_prompts
 from factrecall.tasks.ledger import LEDGER_RTOL, compute_ledger, stack_components
 from factrecall.tasks.metrics import summarize_logits
 from factrecall.tasks.models import LoadedModel
-from factrecall.tasks.partition_capture import (
-    LedgerError,
-    PartitionStats,
-    capture_partition,
-    final_norm_of,
-    unembedding,
-)
 from factrecall.tasks.prompts import build_prompts
+from factrecall.tasks.readout import final_norm_of, unembedding
 from factrecall.tasks.relations import paper_capital
 from factrecall.tasks.tokenization import tokenize_prompts
+from stage_helpers import drain, encoded
 from tiny_models import FAMILIES, VOCAB, tiny_model
 from tokenizers_fixture import make_bpe_tokenizer, make_metaspace_tokenizer
 
@@ -331,8 +327,7 @@ def test_capture_partition_raises_ledger_error_naming_prompt(family, adapter):
     lm = make_lm(family, adapter=adapter)
     prompts = list(sample_prompts(family))
     with pytest.raises(LedgerError) as info:
-        for _ in capture_partition(lm, prompts, batch_size=4, stats=PartitionStats()):
-            pass
+        drain(capture_prompts(lm, prompts, batch_size=4))
     msg = str(info.value)
     m = re.search(r"prompt (\d+) \((\w+)\) (['\"])(.*)\3", msg)
     assert m, msg
@@ -340,14 +335,13 @@ def test_capture_partition_raises_ledger_error_naming_prompt(family, adapter):
     assert len(named) == 1 and repr(named[0].prompt.text) in msg
 
 
-def test_run_partition_commits_nothing_when_ledger_breaks(tmp_path):
+def test_capture_commits_nothing_when_ledger_breaks(tmp_path):
     gpt2 = adapter_for_config(tiny_model("gpt2").config)
     lm = make_lm("gpt2", adapter=dataclasses.replace(gpt2, norm_kind="rmsnorm"))
     store = Store(tmp_path / "store")
     with pytest.raises(LedgerError):
-        run_partition(store, lm, paper_capital(), 0, CaptureConfig(max_prompts=6, batch_size=3), run_id="t")
-    assert store.committed() == []
-    assert not store.is_committed(PartitionKey(lm.model_id, "paper.capital", 0), "anything")
+        run_stage(store, "capture", lm, paper_capital(), 0, CaptureConfig(max_prompts=6, batch_size=3), run_id="t")
+    assert store.catalog().results == {}
     assert list((tmp_path / "store").rglob("*.parquet")) == []
 
 
@@ -356,21 +350,22 @@ def test_capture_partition_tables(family):
     lm = make_lm(family)
     prompts = list(sample_prompts(family))
     n, L, H, d = len(prompts), lm.dims.n_layers, lm.dims.n_heads, lm.dims.d_model
-    stats = PartitionStats()
-    batches = list(capture_partition(lm, prompts, batch_size=3, stats=stats))
-    assert len(batches) == -(-n // 3)
-    tables = {}
-    for name in batches[0]:
-        for b in batches:
-            assert b[name].schema.equals(schema(name, d)), name
-        tables[name] = [row for b in batches for row in b[name].to_pylist()]
-    assert set(tables) == set(TABLES) - {"unembed"}
+    parts, output = drain(capture_prompts(lm, prompts, batch_size=3))
+    assert len(parts) == -(-n // 3) + 1  # the batches, then the model's unembedding and info
+    stage = STAGES["capture"]
+    for part in parts:
+        for name, table in stage.encode(part).items():
+            assert table.schema.equals(stage.schemas[name]), name
+    tables = {name: t.to_pylist() for name, t in encoded(stage, parts).items()}
+    assert set(tables) == set(stage.schemas)
+    assert len(tables.pop("model_info")) == 1
+    unembed_ids = {row["token_id"] for row in tables.pop("unembed")}
     n_comp = 1 + (family in ("gpt2", "opt")) + L * (H + 2) + 2
     expected_rows = {"prompts": n, "logits": n, "heads": n * L * H, "layers": n * L, "resid_end": n,
                      "dla": 3 * n * n_comp, "ledger": 3 * n}
     assert {k: len(v) for k, v in tables.items()} == expected_rows
-    assert stats.n_prompts == n
-    assert stats.ledger_max_error <= LEDGER_RTOL * 10
+    assert output.summary["n_prompts"] == n
+    assert output.summary["ledger_max_error"] <= LEDGER_RTOL * 10
 
     # rows are keyed by prompt correctly although batches are sorted by length
     by_id = {p.prompt.prompt_id: (i, p) for i, p in enumerate(prompts)}
@@ -399,25 +394,24 @@ def test_capture_partition_tables(family):
     for row in tables["prompts"]:
         i, p = by_id[row["prompt_id"]]
         assert row["n_tokens"] == len(p.input_ids) and row["answer_token_id"] == p.answer_token_id
-    assert {p.answer_token_id for p in prompts} <= stats.token_ids
+    assert {p.answer_token_id for p in prompts} <= unembed_ids
 
 
-def test_run_partition_writes_committed_tables(tmp_path):
+def test_capture_writes_committed_tables(tmp_path):
     lm = make_lm("llama")
-    store = Store(tmp_path / "store")
-    result = run_partition(store, lm, paper_capital(), 0, CaptureConfig(max_prompts=5, batch_size=2), run_id="t")
-    assert result.status == "written" and result.n_prompts == 5
-    key = PartitionKey(lm.model_id, "paper.capital", 0)
-    ledger = pq.read_table(store.partition_dir("ledger", key) / "part-0.parquet")
-    assert ledger.num_rows == 15
-    err = np.abs(np.asarray(ledger["dla_sum"]) - np.asarray(ledger["model_logit"]))
-    assert (err <= LEDGER_RTOL * np.maximum(1.0, np.abs(np.asarray(ledger["model_logit"])))).all()
-    unembed = pq.read_table(store.partition_dir("unembed", key) / "part-0.parquet")
+    root = tmp_path / "store"
+    result = run_stage(root, "capture", lm, paper_capital(), 0, CaptureConfig(max_prompts=5, batch_size=2), run_id="t")
+    assert result.status == "written" and result.summary["n_prompts"] == 5
+    con = connect(root)
+    ledger = con.sql("SELECT dla_sum, model_logit, result_id FROM ledger").fetchnumpy()
+    assert len(ledger["dla_sum"]) == 15 and set(ledger["result_id"]) == {result.result_id}
+    err = np.abs(ledger["dla_sum"] - ledger["model_logit"])
+    assert (err <= LEDGER_RTOL * np.maximum(1.0, np.abs(ledger["model_logit"]))).all()
     w_u = lm.model.get_output_embeddings().weight.detach()
-    for tid, col in zip(unembed["token_id"].to_pylist(), unembed["w_u"].to_pylist()):
+    for tid, col in con.sql("SELECT token_id, w_u FROM unembed").fetchall():
         np.testing.assert_allclose(col, w_u[tid].numpy(), atol=0)
-    again = run_partition(store, lm, paper_capital(), 0, CaptureConfig(max_prompts=5, batch_size=4), run_id="u")
-    assert again.status == "skipped"  # batch size does not change content
+    again = run_stage(root, "capture", lm, paper_capital(), 0, CaptureConfig(max_prompts=5, batch_size=4), run_id="u")
+    assert again.status == "skipped" and again.result_id == result.result_id  # batch size does not change content
 
 
 # ------------------------------------------------------------------------------------------- metrics

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from factrecall.cli import app
-from factrecall.flows.partition import CaptureConfig, run_partition
-from factrecall.storage.store import Store
+from factrecall.flows.runner import run_stage
+from factrecall.tasks.capture_stage import CaptureConfig
 from factrecall.tasks.relations import get_relation
 from tiny_models import loaded_tiny_model
 
@@ -23,15 +23,16 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     lm = loaded_tiny_model("gpt2")
     for shot in (0, 2):
-        run_partition(Store(root), lm, get_relation("paper.capital"), shot, CaptureConfig(max_prompts=15), "t")
+        run_stage(root, "capture", lm, get_relation("paper.capital"), shot, CaptureConfig(max_prompts=15), "t")
     return root
 
 
 def _logits(store) -> pl.DataFrame:
-    return pl.read_parquet(store / "logits", hive_partitioning=True)
+    """The logits table as Polars reads it from its Delta log (one result per key here)."""
+    return pl.scan_delta(str(store / "logits")).collect()
 
 
-def test_query_csv_matches_the_parquet_files(store):
+def test_query_csv_matches_the_delta_table(store):
     result = runner.invoke(app, ["query", "--store", str(store), "--format", "csv",
                                  "SELECT shot, avg(p_answer) AS p, count(*) AS n FROM logits GROUP BY shot ORDER BY shot"])
     assert result.exit_code == 0, result.output
@@ -65,7 +66,7 @@ def test_query_errors_are_one_clear_message(store, tmp_path):
     bad = runner.invoke(app, ["query", "--store", str(store), "SELECT nope FROM logits"])
     assert bad.exit_code == 2 and "nope" in bad.output and "logits" in bad.output
     missing = runner.invoke(app, ["query", "--store", str(tmp_path / "absent"), "SELECT 1"])
-    assert missing.exit_code == 2 and "no store" in missing.output and "factrecall run" in missing.output
+    assert missing.exit_code == 2 and "no store" in missing.output and "factrecall capture" in missing.output
     both = runner.invoke(app, ["query", "--store", str(store)])
     assert both.exit_code == 2 and "--named" in both.output
 
@@ -98,17 +99,17 @@ def test_run_rejects_a_bad_relation_file_before_writing(tmp_path):
     bad.write_text('{"subject": "France", "object": "Paris", "template": "The capital of {} is"}\n'
                    '{"subject": "Spain", "object": "Madrid", "template": "no slot here"}\n')
     store = tmp_path / "store"
-    result = runner.invoke(app, ["run", "--relations", str(bad), "--store", str(store)])
+    result = runner.invoke(app, ["capture", "--relations", str(bad), "--store", str(store)])
     assert result.exit_code == 2
     assert f"{bad}:2" in result.output.replace("\n", "")
     assert not store.exists()
 
 
 def test_run_rejects_an_unknown_model_and_bad_shots(tmp_path):
-    result = runner.invoke(app, ["run", "--models", "no-such-model", "--store", str(tmp_path / "s")])
+    result = runner.invoke(app, ["capture", "--models", "no-such-model", "--store", str(tmp_path / "s")])
     assert result.exit_code == 2
     text = result.output.replace("\n", " ")
     assert "smollm2-135m" in text and "local" in text
-    shots = runner.invoke(app, ["run", "--shots", "0,x", "--store", str(tmp_path / "s")])
+    shots = runner.invoke(app, ["capture", "--shots", "0,x", "--store", str(tmp_path / "s")])
     assert shots.exit_code == 2 and "shots" in shots.output
     assert not (tmp_path / "s").exists()

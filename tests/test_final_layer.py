@@ -21,9 +21,9 @@ from factrecall.tasks.final_layer import (
 from factrecall.tasks.intervals import bootstrap_indices, bootstrap_mean_ci
 from factrecall.tasks.ledger import compute_ledger, direct_logit_attribution, norm_scale, stack_components
 from factrecall.tasks.logit_lens import depth_residuals, logit_lens, runner_up, token_stats
-from factrecall.tasks.partition_capture import final_norm_of, unembedding
+from factrecall.tasks.readout import final_norm_of, unembedding
 from factrecall.tasks.path_patching import EndRunner
-from factrecall.flows.final_layer import _Grid, choose_alpha
+from factrecall.tasks.final_layer_stage import _Grid, choose_alpha
 from tiny_models import FAMILIES, loaded_tiny_model
 
 ANSWER = torch.tensor([5, 17, 300])
@@ -89,7 +89,7 @@ def test_final_layer_dla_are_the_ledgers_terms(family):
 
 @pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
 def test_scale_along_scales_the_dla_onto_that_token_by_alpha(kind):
-    from factrecall.tasks.partition_capture import FinalNorm
+    from factrecall.tasks.readout import FinalNorm
 
     gen = torch.Generator().manual_seed(2)
     d, V = 16, 40

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from factrecall.flows.final_layer import VARIANTS, FinalLayerConfig, run_final_layer_analysis
+from factrecall.flows.runner import run_stage
 from factrecall.storage.query import connect, named_query, run_query
-from factrecall.storage.store import Store
+from factrecall.tasks.final_layer_stage import VARIANTS, FinalLayerConfig
 from factrecall.tasks.relations import get_relation
 from tiny_models import loaded_tiny_model
 
@@ -19,8 +19,8 @@ CONFIG = FinalLayerConfig(max_prompts=N, n_boot=50, batch_size=5, control_prompt
 def analysed(tmp_path_factory):
     root = tmp_path_factory.mktemp("final")
     lm = loaded_tiny_model("llama")
-    summary = run_final_layer_analysis(Store(root), lm, get_relation("paper.capital"), 1, CONFIG, "t")
-    return root, lm, summary
+    outcome = run_stage(root, "final_layer", lm, get_relation("paper.capital"), 1, CONFIG, "t")
+    return root, lm, outcome.summary
 
 
 def _one(con, sql):
@@ -115,10 +115,9 @@ def test_controls_and_plots_are_recorded(analysed):
         assert (text_delta is None) == oracle
         if oracle:
             assert "oracle" in note
-    plots = _one(con, "SELECT plots FROM final_layer_summary")[0]
-    assert len(plots) == 3
-    for p in plots:
-        assert (root / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plots = dict(con.sql("SELECT name, png FROM plots WHERE stage = 'final_layer'").fetchall())
+    assert set(plots) == {"lens_by_layer", "final_layer_dla", "mitigation"}
+    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for png in plots.values())
 
 
 def test_named_queries_answer_the_issue_questions(analysed):
@@ -131,17 +130,17 @@ def test_named_queries_answer_the_issue_questions(analysed):
 
 def test_rerun_with_another_batch_size_is_skipped(analysed):
     root, lm, _ = analysed
-    again = run_final_layer_analysis(Store(root), lm, get_relation("paper.capital"), 1,
-                                     FinalLayerConfig(max_prompts=N, n_boot=50, batch_size=7, control_prompts=2), "t2")
-    assert again["status"] == "skipped"
+    again = run_stage(root, "final_layer", lm, get_relation("paper.capital"), 1,
+                      FinalLayerConfig(max_prompts=N, n_boot=50, batch_size=7, control_prompts=2), "t2")
+    assert again.status == "skipped"
     assert _one(connect(root), "SELECT count(*) FROM final_layer_summary")[0] == 1
 
 
 @pytest.mark.integration
 def test_smollm2_last_layer_change_is_reported_with_its_interval(smollm2, tmp_path):
     """The paper's claim is measured, whichever sign it has: n, the interval and the verdict."""
-    summary = run_final_layer_analysis(Store(tmp_path), smollm2, get_relation("paper.capital"), 0,
-                                       FinalLayerConfig(max_prompts=60, n_boot=500), "t")
+    summary = run_stage(tmp_path, "final_layer", smollm2, get_relation("paper.capital"), 0,
+                        FinalLayerConfig(max_prompts=60, n_boot=500), "t").summary
     con = connect(tmp_path)
     n, delta_p, lo, hi, verdict, suppressors = _one(
         con, "SELECT n, delta_p, delta_p_lo, delta_p_hi, verdict, suppressors FROM final_layer_summary")

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from factrecall.stages import STAGES, producers
 from factrecall.storage.query import (
-    PRODUCERS,
     QueryError,
     connect,
     list_named_queries,
@@ -23,8 +23,11 @@ from factrecall.storage.query import (
     run_query,
     view_names,
 )
-from factrecall.storage.schema import HEAD_TABLES, TABLES, schema
-from factrecall.storage.store import PartitionKey, Store
+from factrecall.storage.schema import SCHEMAS
+from factrecall.storage.store import Store
+from synthetic_store import put
+
+HEAD_TABLES = tuple(STAGES["heads"].schemas)
 
 MODEL, OTHER_MODEL = "m1", "m2"
 D, N_LAYERS, N_HEADS, N_PROMPTS = 4, 4, 3, 6
@@ -44,7 +47,7 @@ def name(l: int, h: int) -> str:
 
 
 def _table(table: str, cols: dict) -> pa.Table:
-    sch = schema(table, D)
+    sch = SCHEMAS[table]
     return pa.Table.from_arrays([pa.array(cols[f.name], f.type) for f in sch], schema=sch)
 
 
@@ -99,7 +102,7 @@ def _head_tables(relation: str, shot: int, rng, with_relation: bool) -> tuple[di
         set_effect_pct=[sum(effect[lh] for lh in chosen)],
         set_effect_relation_pct=[sum(eff_rel[lh] for lh in chosen) if with_relation else None],
         n_prompts=[N_PROMPTS], n_corrupt_subject=[N_PROMPTS], n_corrupt_relation=[N_PROMPTS if with_relation else 0],
-        relation_corruption=["capital->city" if with_relation else "no relation word"], plots=[[]],
+        relation_corruption=["capital->city" if with_relation else "no relation word"],
         seconds_patching=[1.5], skipped_reason=[None],
     ))
     tables = {"head_prompts": head_prompts, "mlp_patching": mlp, "head_summary": summary, "head_sets": sets}
@@ -113,37 +116,30 @@ def build(root: Path, seed: int = 0) -> dict:
     store = Store(root)
     truth = {}
     for (relation, shot) in SETS:
-        key = PartitionKey(MODEL, relation, shot)
-        # Capture stage first (the default stage), then the heads stage of the same key.
-        with store.open_partition(key, input_hash="cap", run_id="run1") as w:
-            w.write("logits", _logits(N_PROMPTS, rng))
-            w.commit()
+        key = (MODEL, relation, shot)
+        # The capture first, then the heads stage of the same key, computed on it.
+        cap = put(store, "capture", key, {"logits": _logits(N_PROMPTS, rng)}, n_prompts=N_PROMPTS, run_id="run1")
         tables, t = _head_tables(relation, shot, rng, with_relation=(relation, shot) != ("language", 1))
-        with store.open_partition(key, input_hash="hd", run_id="run2", stage="heads") as w:
-            for name_, tab in tables.items():
-                w.write(name_, tab)
-            w.commit({"n_heads": len(t["set"])})
+        put(store, "heads", key, tables, upstream=(cap,), n_prompts=N_PROMPTS, run_id="run2")
         truth[(relation, shot)] = t
     # A skipped partition of another model (empty head set): left out of the overlap query.
-    key = PartitionKey(OTHER_MODEL, "capital", 0)
+    key = (OTHER_MODEL, "capital", 0)
+    cap = put(store, "capture", key, {"logits": _logits(N_PROMPTS, rng)}, n_prompts=N_PROMPTS, run_id="run1")
     tables, _ = _head_tables("capital", 0, rng, True)
-    sets = tables["head_sets"].set_column(0, "heads", pa.array([[]], pa.list_(pa.string())))
+    sets = tables["head_sets"].set_column(0, "heads", pa.array([[]], SCHEMAS["head_sets"].field("heads").type))
     sets = sets.set_column(sets.schema.get_field_index("skipped_reason"), "skipped_reason",
                            pa.array(["fewer than 2 subjects"]))
-    with store.open_partition(key, input_hash="hd", run_id="run2", stage="heads") as w:
-        w.write("head_sets", sets)
-        w.commit()
-    # capital/shot=2: capture committed; head tables present on disk without a "heads" commit record
-    # (as after a crash between the swap and the record).
-    hidden = PartitionKey(MODEL, "capital", HIDDEN_SHOT)
-    with store.open_partition(hidden, input_hash="cap", run_id="run1") as w:
-        w.write("logits", _logits(N_PROMPTS, rng))
-        w.commit()
+    put(store, "heads", key, {"head_sets": sets}, upstream=(cap,), n_prompts=N_PROMPTS, run_id="run2")
+    # capital/shot=2: capture committed; head tables written but never committed as a result (as after a
+    # crash before the result's record): invisible.
+    hidden = (MODEL, "capital", HIDDEN_SHOT)
+    cap = put(store, "capture", hidden, {"logits": _logits(N_PROMPTS, rng)}, n_prompts=N_PROMPTS, run_id="run1")
     tables, _ = _head_tables("capital", 0, rng, True)
-    for name_, tab in tables.items():
-        d = store.partition_dir(name_, hidden)
-        d.mkdir(parents=True)
-        pq.write_table(tab, d / "part-0.parquet")
+    with store.writing(), store.writer("heads", hidden, {t: SCHEMAS[t] for t in tables}) as w:
+        for name_, tab in tables.items():
+            w.write(name_, tab)
+        w._close()  # the files are complete on disk; no commit follows
+        w._state = "crashed"
     return truth
 
 
@@ -161,20 +157,21 @@ def _df(root, query: str, **params) -> pl.DataFrame:
 
 def test_views_and_producers():
     assert set(HEAD_TABLES) <= set(view_names())
-    assert all(PRODUCERS[t] == "factrecall heads" for t in HEAD_TABLES)
-    assert all(PRODUCERS[t] == "factrecall run" for t in (*TABLES, "model_info", "runs"))
+    assert all(producers()[t] == "factrecall heads" for t in HEAD_TABLES)
+    assert all(producers()[t] == "factrecall capture" for t in STAGES["capture"].schemas)
 
 
 def test_stages_coexist_and_uncommitted_is_hidden(synth):
     root, truth = synth
     con = connect(root)
-    # Both stages' commit records are visible for each key; the capture's table is still there.
+    # Both stages' results are current for each key; the capture's table is still there.
     stages = con.execute(
-        "SELECT relation, shot, list(stage ORDER BY stage) FROM commits WHERE model = 'm1' GROUP BY ALL"
+        "SELECT relation, shot, list(stage ORDER BY stage) FROM results WHERE model = 'm1' AND status = 'current' "
+        "GROUP BY ALL"
     ).fetchall()
     want = {(r, s): ["capture", "heads"] for r, s in SETS} | {("capital", HIDDEN_SHOT): ["capture"]}
     assert {(r, s): st for r, s, st in stages} == want
-    logits = dict(con.execute("SELECT relation || '/' || shot, count(*) FROM logits GROUP BY ALL").fetchall())
+    logits = dict(con.execute("SELECT relation || '/' || shot, count(*) FROM logits WHERE model = 'm1' GROUP BY ALL").fetchall())
     assert logits == {f"{r}/{s}": N_PROMPTS for r, s in [*SETS, ("capital", HIDDEN_SHOT)]}
     # Every head table shows exactly the committed head partitions, never capital/shot=2.
     expected_rows = {"head_prompts": N_PROMPTS * N_LAYERS * N_HEADS, "mlp_patching": N_PROMPTS * N_LAYERS,
@@ -183,11 +180,12 @@ def test_stages_coexist_and_uncommitted_is_hidden(synth):
         got = dict(con.execute(
             f"SELECT relation || '/' || shot, count(*) FROM {table} WHERE model = 'm1' GROUP BY ALL").fetchall())
         assert got == {f"{r}/{s}": n for r, s in SETS}, table
-        assert (Path(root) / table / f"model={MODEL}" / "relation=capital" / f"shot={HIDDEN_SHOT}").is_dir()
+        assert list((Path(root) / table / f"model={MODEL}" / "relation=capital" / f"shot={HIDDEN_SHOT}").rglob("*.parquet"))
+        assert con.execute(f"SELECT count(*) FROM stored.{table} WHERE shot = {HIDDEN_SHOT}").fetchall()[0][0] == 0
         cols = [c[0] for c in con.execute(f"DESCRIBE {table}").fetchall()]
-        assert cols == ["model", "relation", "shot", *schema(table, D).names]
-    assert con.execute("SELECT count(*) FROM head_summary WHERE model = 'm2'").fetchone()[0] == 0
-    assert con.execute("SELECT count(*) FROM head_sets WHERE model = 'm2'").fetchone()[0] == 1
+        assert cols == ["model", "relation", "shot", "result_id", "capture_id", *SCHEMAS[table].names]
+    assert con.execute("SELECT count(*) FROM head_summary WHERE model = 'm2'").fetchall()[0][0] == 0
+    assert con.execute("SELECT count(*) FROM head_sets WHERE model = 'm2'").fetchall()[0][0] == 1
 
 
 def test_missing_head_tables_name_their_command(tmp_path):
@@ -195,7 +193,7 @@ def test_missing_head_tables_name_their_command(tmp_path):
     for table in HEAD_TABLES:
         with pytest.raises(QueryError, match=f"table {table} is empty: run `factrecall heads` first"):
             run_query(tmp_path, f"SELECT * FROM {table}")
-    with pytest.raises(QueryError, match="table logits is empty: run `factrecall run` first"):
+    with pytest.raises(QueryError, match="table logits is empty: run `factrecall capture` first"):
         run_query(tmp_path, "SELECT * FROM logits")
 
 

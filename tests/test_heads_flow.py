@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from factrecall.flows.heads import HeadConfig, corrupted_means, run_head_analysis
+from factrecall.flows.runner import run_stage
 from factrecall.storage.query import connect
-from factrecall.storage.store import Store
 from factrecall.tasks.capture import capture_batch
+from factrecall.tasks.heads_stage import HeadsConfig, corrupted_means
 from factrecall.tasks.path_patching import EndRunner, patch_set
 from factrecall.tasks.prompts import build_prompts
 from factrecall.tasks.relations import get_relation, load_generic_jsonl, paper_capital
@@ -26,9 +26,9 @@ N = 12
 def analysed(tmp_path_factory):
     root = tmp_path_factory.mktemp("heads")
     lm = loaded_tiny_model("gemma3")
-    summary = run_head_analysis(Store(root), lm, get_relation("paper.capital"), 0,
-                                HeadConfig(max_prompts=N, n_boot=50, batch_size=5), "t")
-    return root, lm, summary
+    outcome = run_stage(root, "heads", lm, get_relation("paper.capital"), 0,
+                        HeadsConfig(max_prompts=N, n_boot=50, batch_size=5), "t")
+    return root, lm, outcome.summary
 
 
 def test_tables_cover_every_prompt_head_and_layer(analysed):
@@ -55,19 +55,20 @@ def test_tables_cover_every_prompt_head_and_layer(analysed):
 def test_head_set_row_matches_summary_flags(analysed):
     root, _, summary = analysed
     con = connect(root)
-    heads, rule, plots = con.sql("SELECT heads, rule, plots FROM head_sets").fetchall()[0]
+    heads, rule = con.sql("SELECT heads, rule FROM head_sets").fetchall()[0]
     flagged = con.sql("SELECT 'L' || layer || '.H' || head FROM head_summary WHERE in_head_set ORDER BY set_order").fetchall()
     assert [f[0] for f in flagged] == list(heads) == summary["head_set"]
     assert json.loads(rule)["coverage"] == 0.8
-    for p in plots:
-        assert (root / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plots = dict(con.sql("SELECT name, png FROM plots WHERE stage = 'heads'").fetchall())
+    assert set(plots) == {"effect_heatmap", "attention_heatmap", "attention_vs_dla"}
+    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for png in plots.values())
 
 
 def test_rerun_with_another_batch_size_is_skipped(analysed):
     root, lm, _ = analysed
-    again = run_head_analysis(Store(root), lm, get_relation("paper.capital"), 0,
-                              HeadConfig(max_prompts=N, n_boot=50, batch_size=7), "t2")
-    assert again["status"] == "skipped"  # batch size changes speed, not results
+    again = run_stage(root, "heads", lm, get_relation("paper.capital"), 0,
+                      HeadsConfig(max_prompts=N, n_boot=50, batch_size=7), "t2")
+    assert again.status == "skipped"  # batch size changes speed, not results
     con = connect(root)
     assert con.sql("SELECT count(*) FROM head_sets").fetchall()[0][0] == 1
 
@@ -77,8 +78,8 @@ def test_relation_with_one_subject_is_skipped_with_the_reason_stored(tmp_path):
     path.write_text('{"subject": "France", "object": "Paris", "template": "The capital of {} is"}\n'
                     '{"subject": "France", "object": "Paris", "template": "{}\'s capital is"}\n')
     lm = loaded_tiny_model("gpt2")
-    result = run_head_analysis(Store(tmp_path / "s"), lm, load_generic_jsonl(path), 0, HeadConfig(), "t")
-    assert result["status"] == "skipped" and "at least 2" in result["reason"]
+    result = run_stage(tmp_path / "s", "heads", lm, load_generic_jsonl(path), 0, HeadsConfig(), "t")
+    assert "at least 2" in result.summary["skipped_reason"]
     reason = connect(tmp_path / "s").sql("SELECT skipped_reason FROM head_sets").fetchall()[0][0]
     assert "1 distinct subject" in reason
 

@@ -8,23 +8,24 @@ import pyarrow as pa
 import pytest
 import torch
 
-from factrecall.flows.mechanism import (
-    MechanismConfig,
+from factrecall.flows.runner import ResultReader, run_stage
+from factrecall.storage.query import connect, named_query, open_store, run_query
+from factrecall.storage.store import Store
+from factrecall.tasks.mlp_stage import (
+    MlpConfig,
     StoreMismatchError,
     argument_swap,
     model_swap_plot,
     parse_head,
-    run_mechanism_analysis,
     stored_end_vectors,
 )
-from factrecall.storage.query import connect, named_query, run_query
-from factrecall.storage.store import PartitionKey, Store
 from factrecall.tasks.capture import _first_tensor, capture_batch, right_pad
 from factrecall.tasks.end_edits import end_logits_with_edits
 from factrecall.tasks.mlp_regression import fit_per_prompt, task_component
 from factrecall.tasks.prompts import build_prompts
 from factrecall.tasks.relations import get_relation
 from factrecall.tasks.tokenization import tokenize_prompts
+from factrecall.storage.columns import vectors
 from tiny_models import FAMILIES, loaded_tiny_model
 
 N = 12
@@ -135,10 +136,14 @@ def test_head_names_are_checked_against_the_model():
 def analysed(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlp")
     lm = loaded_tiny_model("gemma3")
+    outcome = run_stage(root, "mlp", lm, get_relation("paper.capital"), 0,
+                        MlpConfig(max_prompts=N, n_boot=50, batch_size=5), "t")
+    return root, lm, outcome
+
+
+def _capture(root, lm) -> ResultReader:
     store = Store(root)
-    summary = run_mechanism_analysis(store, lm, get_relation("paper.capital"), 0,
-                                     MechanismConfig(max_prompts=N, n_boot=50, batch_size=5), "t")
-    return root, lm, summary
+    return ResultReader(store, store.catalog().selected((lm.model_id, "paper.capital", 0), "capture"))
 
 
 def _one(con, sql):
@@ -146,8 +151,8 @@ def _one(con, sql):
 
 
 def test_the_stage_ran_the_head_analysis_and_regressed_from_the_first_head_layer(analysed):
-    root, lm, summary = analysed
-    assert summary["status"] == "written"
+    root, lm, outcome = analysed
+    assert outcome.status == "written"
     con = connect(root)
     heads = _one(con, "SELECT heads FROM head_sets")[0]
     assert heads, "the tiny model's head set is empty: the test would not exercise the stage"
@@ -164,7 +169,7 @@ def test_the_stage_ran_the_head_analysis_and_regressed_from_the_first_head_layer
 def test_c_plus_sum_beta_o_reproduces_the_mlp_output_from_the_stored_vectors(analysed):
     root, lm, _ = analysed
     L, H, d = lm.dims.n_layers, lm.dims.n_heads, lm.dims.d_model
-    vec = stored_end_vectors(Store(root), PartitionKey(lm.model_id, "paper.capital", 0), N, 0, L, H, d)
+    vec = stored_end_vectors(_capture(root, lm), N, 0, L, H, d)
     for k in range(L):
         fit = fit_per_prompt(vec.heads[:, k], vec.mlp[:, k])
         c = task_component(vec.heads[:, k], vec.mlp[:, k], fit.beta)
@@ -174,23 +179,21 @@ def test_c_plus_sum_beta_o_reproduces_the_mlp_output_from_the_stored_vectors(ana
 
 def test_inconsistent_stored_vectors_are_refused(analysed, monkeypatch):
     root, lm, _ = analysed
-    store = Store(root)
-    real = store.read
+    capture = _capture(root, lm)
+    real = capture.read
 
-    def tampered(table, key, columns=None, filters=None):
-        t = real(table, key, columns, filters)
+    def tampered(table, columns=None, filters=None):
+        t = real(table, columns, filters)
         if table == "layers":
             col = t["mlp_out"].combine_chunks()
             values = col.flatten().to_numpy().copy()
             values[0] += 1.0
-            t = t.set_column(t.schema.get_field_index("mlp_out"), "mlp_out",
-                             pa.FixedSizeListArray.from_arrays(pa.array(values, pa.float32()), lm.dims.d_model))
+            t = t.set_column(t.schema.get_field_index("mlp_out"), "mlp_out", vectors(values, lm.dims.d_model))
         return t
 
-    monkeypatch.setattr(store, "read", tampered)
+    monkeypatch.setattr(capture, "read", tampered)
     with pytest.raises(StoreMismatchError, match="do not add up"):
-        stored_end_vectors(store, PartitionKey(lm.model_id, "paper.capital", 0), N, 0, lm.dims.n_layers,
-                           lm.dims.n_heads, lm.dims.d_model)
+        stored_end_vectors(capture, N, 0, lm.dims.n_layers, lm.dims.n_heads, lm.dims.d_model)
 
 
 def test_summaries_agree_with_the_per_prompt_rows(analysed):
@@ -216,21 +219,22 @@ def test_queries_answer_the_issue_questions_and_rerun_is_skipped(analysed):
     for name in ("mlp_head_effects", "answer_layer", "mechanism_claims"):
         out = run_query(root, named_query(name), fmt="csv")
         assert out.count("\n") >= 2, name
-    again = run_mechanism_analysis(Store(root), lm, get_relation("paper.capital"), 0,
-                                   MechanismConfig(max_prompts=N, n_boot=50, batch_size=7), "t2")
-    assert again["status"] == "skipped"
-    plots = _one(connect(root), "SELECT plots FROM function_application")[0]
-    assert len(plots) == 3 and all((root / p).read_bytes()[:4] == b"\x89PNG" for p in plots)
-    per_model = model_swap_plot(Store(root), lm.model_id)
-    assert per_model.endswith("argument_swap_by_relation.png") and (root / per_model).read_bytes()[:4] == b"\x89PNG"
-    assert model_swap_plot(Store(root), "no-such-model") is None
+    again = run_stage(root, "mlp", lm, get_relation("paper.capital"), 0,
+                      MlpConfig(max_prompts=N, n_boot=50, batch_size=7), "t2")
+    assert again.status == "skipped"
+    plots = dict(connect(root).sql("SELECT name, png FROM plots WHERE stage = 'mlp'").fetchall())
+    assert set(plots) == {"beta_by_head", "r2_by_layer", "push_by_layer"}
+    assert all(png[:4] == b"\x89PNG" for png in plots.values())
+    view = open_store(root)
+    assert model_swap_plot(view.con, lm.model_id)[:4] == b"\x89PNG"
+    assert model_swap_plot(view.con, "no-such-model") is None
 
 
 @pytest.mark.integration
 def test_smollm2_task_component_pushes_the_answer_over_other_capitals(smollm2, smollm2_heads):
     root, heads = smollm2_heads
-    summary = run_mechanism_analysis(Store(root), smollm2, get_relation("paper.capital"), 0,
-                                     MechanismConfig(max_prompts=60, n_boot=500), "t")
+    summary = run_stage(root, "mlp", smollm2, get_relation("paper.capital"), 0,
+                        MlpConfig(max_prompts=60, n_boot=100), "t").summary
     con = connect(root)
     assert list(_one(con, "SELECT head_set FROM function_application")[0]) == heads["head_set"]
     best, push, lo, hi, n = _one(con, "SELECT best_layer, push, push_lo, push_hi, push_n FROM function_application")

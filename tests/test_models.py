@@ -10,13 +10,13 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, OPTConfig, OPTForCausalLM
 
-from factrecall.flows.partition import CaptureConfig, run_partition
-from factrecall.storage.store import PartitionKey, Store
+from factrecall.flows.runner import run_stage
+from factrecall.storage.query import connect
+from factrecall.tasks.capture_stage import CaptureConfig
 from factrecall.tasks.adapters import UnsupportedModelError, adapter_for_config
 from factrecall.tasks.ledger import LEDGER_RTOL
 from factrecall.tasks.models import PACKAGED, ModelLoadError, load_model, resolve, sanitize_id, sha256_file
@@ -52,11 +52,11 @@ def test_load_model_from_local_directory(family, tmp_path):
     assert lm.adapter.family == family
     assert lm.model.config._attn_implementation == "eager"
     assert not lm.model.training
-    assert lm.model_id == f"tiny-{family}"  # sanitised directory name
     assert lm.dtype == torch.float32 and next(lm.model.parameters()).dtype == torch.float32
     assert lm.tokenizer.pad_token_id is not None
     weights = directory / "model.safetensors"
     assert lm.file_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert lm.model_id == f"tiny-{family}-{lm.file_sha256[:8]}"  # sanitised directory name and weights hash
     assert lm.dims.n_layers == original.config.num_hidden_layers
     ids = torch.tensor([lm.tokenizer("Bear in mind, the capital of Japan is").input_ids])
     assert int(ids.max()) < VOCAB
@@ -249,11 +249,11 @@ def test_smollm2_knows_the_capital_of_france(smollm2):
 @pytest.mark.integration
 def test_smollm2_ledger_holds_on_paper_task(smollm2, tmp_path):
     relation = get_relation("paper.capital")
-    store = Store(tmp_path / "store")
-    result = run_partition(store, smollm2, relation, 0, CaptureConfig(batch_size=32), run_id="it")
-    assert result.status == "written" and result.n_prompts == 225
-    key = PartitionKey("smollm2-135m", "paper.capital", 0)
-    ledger = pq.read_table(store.partition_dir("ledger", key) / "part-0.parquet").to_pylist()
+    root = tmp_path / "store"
+    result = run_stage(root, "capture", smollm2, relation, 0, CaptureConfig(batch_size=32), run_id="it")
+    assert result.status == "written" and result.summary["n_prompts"] == 225
+    con = connect(root)
+    ledger = con.sql("SELECT * FROM ledger WHERE model = 'smollm2-135m'").pl().to_dicts()
     assert len(ledger) == 225 * 3
     assert {(r["prompt_id"], r["token_role"]) for r in ledger} == {
         (i, role) for i in range(225) for role in ("answer", "subject", "top1")}
@@ -261,8 +261,7 @@ def test_smollm2_ledger_holds_on_paper_task(smollm2, tmp_path):
     assert worst <= LEDGER_RTOL, worst
 
     # the stored per-component terms add up to the stored sums
-    dla = pq.read_table(store.partition_dir("dla", key) / "part-0.parquet",
-                        columns=["prompt_id", "token_role", "value"])
+    dla = con.sql("SELECT prompt_id, token_role, value FROM dla").pl().to_arrow()
     sums: dict = {}
     for pid, role, value in zip(dla["prompt_id"].to_pylist(), dla["token_role"].to_pylist(),
                                 dla["value"].to_pylist()):
@@ -271,8 +270,7 @@ def test_smollm2_ledger_holds_on_paper_task(smollm2, tmp_path):
         assert sums[(r["prompt_id"], r["token_role"])] == pytest.approx(r["dla_sum"], abs=2e-3)
 
     # the stored "model logits" are the model's: compare some with unpadded single-prompt forwards
-    prompts = {r["prompt_id"]: r for r in
-               pq.read_table(store.partition_dir("prompts", key) / "part-0.parquet").to_pylist()}
+    prompts = {r["prompt_id"]: r for r in con.sql("SELECT * FROM prompts").pl().to_dicts()}
     for pid in (0, 57, 111, 224):
         ids = smollm2.tokenizer(prompts[pid]["text"]).input_ids
         assert len(ids) == prompts[pid]["n_tokens"]

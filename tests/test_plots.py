@@ -1,6 +1,8 @@
-"""PNG figures: valid files, orientation/aspect, marked cells, atomic writes, scatter legend."""
+"""PNG figures: valid images, orientation/aspect, marked cells, atomic file export, scatter legend."""
 
 from __future__ import annotations
+
+import io
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -12,8 +14,12 @@ from factrecall.tasks import plots
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _is_png(path) -> bool:
-    return path.read_bytes()[:8] == PNG_SIGNATURE
+def _is_png(png: bytes) -> bool:
+    return png[:8] == PNG_SIGNATURE
+
+
+def _image(png: bytes):
+    return mpimg.imread(io.BytesIO(png), format="png")
 
 
 def _boxes(fig) -> list[tuple[float, float]]:
@@ -24,16 +30,18 @@ def _boxes(fig) -> list[tuple[float, float]]:
 
 def test_heatmap_png_tall_and_wide(tmp_path):
     rng = np.random.default_rng(0)
-    tall = plots.heatmap(rng.normal(0, 10, (30, 9)), "effect% (30 layers x 9 heads)", tmp_path / "tall.png",
+    tall = plots.heatmap(rng.normal(0, 10, (30, 9)), "effect% (30 layers x 9 heads)",
                          label="effect %", mark={(3, 2), (20, 8)})
-    assert tall == tmp_path / "tall.png" and _is_png(tall)
-    img = mpimg.imread(tall)
+    assert _is_png(tall)
+    img = _image(tall)
     assert img.ndim == 3 and img.shape[0] > 1.5 * img.shape[1]  # taller than wide: one square cell per head
-    wide = plots.heatmap(rng.normal(0, 1, (4, 16)), "wide", tmp_path / "sub" / "wide.png")  # folder created
-    img = mpimg.imread(wide)
+    wide = plots.heatmap(rng.normal(0, 1, (4, 16)), "wide")
+    img = _image(wide)
     assert _is_png(wide) and img.shape[1] > img.shape[0]
+    path = plots.save(wide, tmp_path / "sub" / "wide.png")  # folder created
+    assert path.read_bytes() == wide
     # No temporary files are left behind.
-    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["tall.png", "wide.png"]
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["wide.png"]
 
 
 def test_heatmap_marks_and_orientation():
@@ -59,7 +67,7 @@ def test_heatmap_marks_and_orientation():
 def test_heatmap_nan_cells(tmp_path):
     values = np.full((6, 5), np.nan)
     values[2, 3] = -4.0
-    path = plots.heatmap(values, "mostly not evaluated", tmp_path / "nan.png", mark={(2, 3)})
+    path = plots.heatmap(values, "mostly not evaluated", mark={(2, 3)})
     assert _is_png(path)
     fig = plots._heatmap_figure(np.full((2, 2), np.nan), "all nan")  # no finite value: still drawable
     assert fig.axes[0].images[0].norm.vmax == 1.0
@@ -72,9 +80,9 @@ def test_scatter(tmp_path):
     noise = rng.normal(0, 0.1, 3 * n)
     dla = np.concatenate([2 * attn[:n], -attn[n:2 * n], rng.normal(0, 1, n)]) + noise
     groups = ["L9.H8"] * n + ["L10.H0"] * n + ["L5.H5"] * n
-    path = plots.scatter(attn, dla, groups, "attention vs DLA", tmp_path / "scatter.png",
+    path = plots.scatter(attn, dla, groups, "attention vs DLA",
                          "attention END -> S", "DLA onto subject")
-    assert _is_png(path) and mpimg.imread(path).shape[2] in (3, 4)
+    assert _is_png(path) and _image(path).shape[2] in (3, 4)
     fig = plots._scatter_figure(attn, dla, groups, "t", "ax", "ay")
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -87,20 +95,19 @@ def test_scatter(tmp_path):
     assert "r = n/a" in [t.get_text() for t in plots._scatter_figure(
         [1.0, 2.0, 3.0], [1.0, 1.0, 1.0], ["a", "b", "b"], "t", "x", "y").axes[0].get_legend().get_texts()][0]
     with pytest.raises(ValueError, match="same length"):
-        plots.scatter([1.0], [1.0, 2.0], ["a"], "t", tmp_path / "bad.png", "x", "y")
-    assert not (tmp_path / "bad.png").exists()
+        plots.scatter([1.0], [1.0, 2.0], ["a"], "t", "x", "y")
 
 
-def test_atomic_replace_keeps_old_file_on_failure(tmp_path, monkeypatch):
-    path = plots.heatmap(np.ones((2, 2)), "first", tmp_path / "h.png")
+def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = plots.save(plots.heatmap(np.ones((2, 2)), "first"), tmp_path / "h.png")
     before = path.read_bytes()
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("matplotlib.figure.Figure.savefig", boom)
+    monkeypatch.setattr("os.replace", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        plots.heatmap(np.zeros((2, 2)), "second", path)
+        plots.save(plots.heatmap(np.zeros((2, 2)), "second"), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["h.png"]
 
@@ -109,7 +116,7 @@ def test_bars_heights_error_bars_and_shape_checks(tmp_path):
     cats = ["L29.H0", "L29.H1", "L29.mlp"]
     groups = {"answer": (np.array([-1.0, 0.5, 2.0]), np.array([-1.5, 0.2, 1.0]), np.array([-0.5, 0.9, 3.0])),
               "no interval": (np.array([0.3, 0.3, 0.3]),) * 3}
-    path = plots.bars(cats, groups, "t", tmp_path / "bars.png", ylabel="DLA")
+    path = plots.bars(cats, groups, "t", ylabel="DLA")
     assert _is_png(path)
     ax = plots._bars_figure(cats, groups, "t", "DLA").axes[0]
     heights = [p.get_height() for p in ax.patches if isinstance(p, Rectangle)]
@@ -120,14 +127,13 @@ def test_bars_heights_error_bars_and_shape_checks(tmp_path):
     segs = caps[0].lines[2][0].get_segments()
     assert [(s[0][1], s[1][1]) for s in segs] == [(-1.5, -0.5), (0.2, 0.9), (1.0, 3.0)]
     with pytest.raises(ValueError, match="one entry per category"):
-        plots.bars(cats, {"g": (np.zeros(2),) * 3}, "t", tmp_path / "bad.png")
-    assert not (tmp_path / "bad.png").exists()
+        plots.bars(cats, {"g": (np.zeros(2),) * 3}, "t")
 
 
 def test_bands_lines_and_shape_checks(tmp_path):
     x = np.arange(-1, 4)
     mid, lo, hi = np.array([0.1, 0.2, 0.5, 0.4, 0.9]), np.zeros(5), np.ones(5)
-    path = plots.bands(x, {"p(answer)": (mid, lo, hi)}, "t", tmp_path / "bands.png", ylabel="p")
+    path = plots.bands(x, {"p(answer)": (mid, lo, hi)}, "t", ylabel="p")
     assert _is_png(path)
     ax = plots._bands_figure(x, {"p(answer)": (mid, lo, hi)}, "t", "layer", "p").axes[0]
     (line,) = ax.get_lines()
@@ -135,4 +141,4 @@ def test_bands_lines_and_shape_checks(tmp_path):
     np.testing.assert_array_equal(line.get_ydata(), mid)
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["p(answer)"]
     with pytest.raises(ValueError, match="x's shape"):
-        plots.bands(x, {"bad": (mid[:3], lo[:3], hi[:3])}, "t", tmp_path / "bad.png")
+        plots.bands(x, {"bad": (mid[:3], lo[:3], hi[:3])}, "t")

@@ -226,7 +226,23 @@ def test_content_hash_stable_and_sensitive():
     assert other.stdout.strip() == r.content_hash()
     assert re.fullmatch(r"[0-9a-f]{64}", r.content_hash())
     changed = dataclasses.replace(r, facts=r.facts[:-1] + (Fact(r.facts[-1].subject, "Sydney"),))
-    assert changed.content_hash() != r.content_hash()
+    assert changed.content_hash() != r.content_hash() and changed.data_hash() != r.data_hash()
+    # the file's location and the repair notes are not content; the name is (it seeds the demonstrations)
+    assert dataclasses.replace(r, source_file="/elsewhere.json", repairs=("x",)).content_hash() == r.content_hash()
+    renamed = dataclasses.replace(r, name="lre.other")
+    assert renamed.data_hash() == r.data_hash() and renamed.content_hash() != r.content_hash()
+
+
+def test_user_files_with_the_same_name_get_different_relation_names(tmp_path):
+    a, b = tmp_path / "d1" / "facts.jsonl", tmp_path / "d2" / "facts.jsonl"
+    for path, capital in ((a, "Paris"), (b, "Lyon")):
+        path.parent.mkdir()
+        path.write_text(json.dumps({"subject": "France", "object": capital, "template": "The capital of {} is"}) + "\n")
+    ra, rb = get_relation(str(a)), get_relation(str(b))
+    assert ra.name != rb.name and ra.name.startswith("user.facts-") and rb.name.startswith("user.facts-")
+    same = tmp_path / "copy.jsonl"
+    same.write_text(a.read_text())
+    assert get_relation(str(same)).name == "user.copy-" + ra.name.rsplit("-", 1)[1]  # same facts, same hash
 
 
 def test_relation_validates_name_and_templates():
@@ -255,7 +271,8 @@ def test_generic_loader_ok(tmp_path):
                           "",
                           '{"subject": "France", "object": "Paris", "template": "{}\'s capital is"}'])
     r = load_generic_jsonl(p)
-    assert r.name == "user.facts" and r.source == "user" and r.domain == "geo"
+    assert re.fullmatch(r"user\.facts-[0-9a-f]{8}", r.name) and r.source == "user" and r.domain == "geo"
+    assert r.name.endswith(r.data_hash()[:8])
     assert r.facts == (Fact("France", "Paris"), Fact("Japan", "Tokyo"))
     assert r.templates == ("The capital of {} is", "{}'s capital is")
     assert r.cases == ((0, 0), (1, 1), (0, 1))

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from factrecall.storage.columns import vectors
 from factrecall.storage.query import (
     QueryError,
     connect,
@@ -20,8 +21,9 @@ from factrecall.storage.query import (
     run_query,
     view_names,
 )
-from factrecall.storage.schema import TABLES, schema, vector_type
-from factrecall.storage.store import PartitionKey, Store
+from factrecall.storage.schema import SCHEMAS
+from factrecall.storage.store import Store
+from synthetic_store import put, table
 
 # model -> (d_model, norm_kind, n_layers, n_heads)
 MODELS = {"lnmodel": (8, "layernorm", 3, 4), "rms-model.v2": (6, "rmsnorm", 4, 3)}
@@ -33,16 +35,7 @@ VOCAB = 50
 
 def _vec(rows: np.ndarray) -> pa.Array:
     rows = np.asarray(rows, np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), rows.shape[1])
-
-
-def _batch(table: str, d: int, cols: dict) -> pa.RecordBatch:
-    sch = schema(table, d)
-    arrays = []
-    for f in sch:
-        v = cols[f.name]
-        arrays.append(v if isinstance(v, pa.Array) else pa.array(v, f.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=sch)
+    return vectors(rows, rows.shape[1])
 
 
 def build_store(root: Path, seed: int = 0) -> dict:
@@ -54,16 +47,15 @@ def build_store(root: Path, seed: int = 0) -> dict:
         gain = rng.normal(1.0, 0.3, d).astype(np.float32)
         bias = (rng.normal(0, 0.1, d) if norm == "layernorm" else np.zeros(d)).astype(np.float32)
         truth["models"][model] = dict(d=d, norm=norm, gain=gain, bias=bias, n_layers=n_layers, n_heads=n_heads)
-        info = pa.Table.from_batches([_batch("model_info", d, dict(
-            model=[model], family=["synthetic"], n_layers=[n_layers], n_heads=[n_heads], d_model=[d],
+        info = table("model_info", dict(
+            family=["synthetic"], n_layers=[n_layers], n_heads=[n_heads], d_model=[d],
             d_head=[2], norm_kind=[norm], final_norm_gain=_vec(gain[None]), final_norm_bias=_vec(bias[None]),
             vocab_size=[VOCAB], dtype=["float32"], source=["test"], file_sha256=["0" * 64], bos=[False],
             logit_softcap=[None],
-        ))])
-        store.write_model_table("model_info", model, info)
+        ))
         for relation in RELATIONS:
             for shot in SHOTS:
-                key = PartitionKey(model, relation, shot)
+                key = (model, relation, shot)
                 n = 2 * N_CLEAN
                 pid = np.arange(n, dtype=np.int32) + 100 * shot
                 variant = ["clean"] * N_CLEAN + ["corrupt_subject"] * N_CLEAN
@@ -79,13 +71,15 @@ def build_store(root: Path, seed: int = 0) -> dict:
                 err = np.abs(rng.normal(0, 1e-4, (n, 2))).astype(np.float32)
                 mlogit = rng.normal(0, 5, (n, 2)).astype(np.float32)
                 embed = rng.normal(0, 1, (n, d)).astype(np.float32)
-                truth["parts"][(model, relation, shot)] = dict(
+                truth["parts"][key] = dict(
                     pid=pid, variant=variant, tokens=tokens, answer=answer, w_u=w_u, sigma=sigma,
                     p_ans=p_ans, top1=top1, metric=metric, heads=heads, attn_s=attn_s, err=err,
                     mlogit=mlogit, embed=embed,
                 )
-                with store.open_partition(key, input_hash=f"h-{model}-{relation}-{shot}", run_id="run1") as w:
-                    w.write("prompts", _batch("prompts", d, dict(
+                roles = np.array(["answer", "top1"])
+                put(store, "capture", key, n_prompts=N_CLEAN, run_id="run1", tables={
+                    "model_info": info,
+                    "prompts": table("prompts", dict(
                         prompt_id=pid, variant=variant, fact_index=np.arange(n) % N_CLEAN,
                         template_index=np.zeros(n), subject=[f"s{i}" for i in range(n)],
                         object=[f"o{i}" for i in range(n)], query_subject=[f"s{i}" for i in range(n)],
@@ -94,40 +88,39 @@ def build_store(root: Path, seed: int = 0) -> dict:
                         end_pos=np.full(n, 6), s_pos=np.full(n, 3), s_first_pos=np.full(n, 2),
                         subject_token_id=np.full(n, tokens[4]), answer_token_id=answer,
                         answer_token=[f"t{a}" for a in answer], object_n_tokens=np.ones(n), bos=[False] * n,
-                    )))
-                    w.write("logits", _batch("logits", d, dict(
+                    )),
+                    "logits": table("logits", dict(
                         prompt_id=pid, variant=variant, answer_logit=mlogit[:, 0], p_answer=p_ans,
                         answer_rank=np.where(top1, 0, 3), metric_m=metric, top1=top1,
                         topk_ids=[[1, 2]] * n, topk_logits=[[1.0, 0.5]] * n, final_norm_scale=sigma,
                         ledger_error=err.max(1),
-                    )))
-                    for layer in range(n_layers):  # one row group per layer
-                        ids = np.repeat(np.arange(n), n_heads)
-                        w.write("heads", _batch("heads", d, dict(
-                            prompt_id=pid[ids], variant=[variant[i] for i in ids],
-                            layer=np.full(len(ids), layer), head=np.tile(np.arange(n_heads), n),
-                            output=_vec(heads[:, layer].reshape(-1, d)),
-                            attn_to_s=attn_s[:, layer].reshape(-1), attn=[[0.5, 0.5]] * len(ids),
-                        )))
-                    w.write("resid_end", _batch("resid_end", d, dict(
+                    )),
+                    "heads": [table("heads", dict(  # one row group per layer
+                        prompt_id=pid[np.repeat(np.arange(n), n_heads)],
+                        variant=[variant[i] for i in np.repeat(np.arange(n), n_heads)],
+                        layer=np.full(n * n_heads, layer), head=np.tile(np.arange(n_heads), n),
+                        output=_vec(heads[:, layer].reshape(-1, d)),
+                        attn_to_s=attn_s[:, layer].reshape(-1), attn=[[0.5, 0.5]] * (n * n_heads),
+                    )) for layer in range(n_layers)],
+                    "resid_end": table("resid_end", dict(
                         prompt_id=pid, variant=variant, embed=_vec(embed),
-                        pos_embed=_vec(embed) if norm == "layernorm" else pa.nulls(n, vector_type(d)),
+                        pos_embed=_vec(embed) if norm == "layernorm" else pa.nulls(n, SCHEMAS["resid_end"].field("pos_embed").type),
                         final_resid=_vec(embed * 2),
-                    )))
-                    roles = np.array(["answer", "top1"])
-                    w.write("ledger", _batch("ledger", d, dict(
+                    )),
+                    "ledger": table("ledger", dict(
                         prompt_id=np.repeat(pid, 2), variant=np.repeat(variant, 2),
                         token_role=np.tile(roles, n), token_id=np.repeat(answer, 2),
                         model_logit=mlogit.reshape(-1), dla_sum=(mlogit + err).reshape(-1),
                         error=err.reshape(-1),
-                    )))
-                    w.write("unembed", _batch("unembed", d, dict(
+                    )),
+                    "unembed": table("unembed", dict(
                         token_id=tokens, token=[f"t{t}" for t in tokens], w_u=_vec(w_u),
                         b_u=np.zeros(len(tokens)),
-                    )))
-                    w.commit({"n_prompts": int(n)})
-    store.write_run({"run_id": "run1", "started_at": "2024-01-01T00:00:00+00:00", "seed": 0,
-                     "config": {"models": list(MODELS)}, "packages": {"duckdb": duckdb.__version__}})
+                    )),
+                })
+    with store.writing():
+        store.write_run({"run_id": "run1", "started_at": "2024-01-01T00:00:00+00:00", "seed": 0,
+                         "config": {"models": list(MODELS)}, "packages": {"duckdb": duckdb.__version__}})
     return truth
 
 
@@ -157,26 +150,26 @@ def synth(tmp_path_factory):
     return root, truth
 
 
-def test_round_trip_parquet_duckdb_polars(synth):
+def test_round_trip_delta_duckdb_polars(synth):
     root, truth = synth
-    # pyarrow / polars read the fixed-size list type back.
-    f = root / "heads" / "model=lnmodel" / "relation=capital" / "shot=2" / "part-0.parquet"
-    assert pq.read_schema(f).field("output").type == vector_type(8)
-    assert pq.ParquetFile(f).num_row_groups == MODELS["lnmodel"][2]  # one per write()
-    df = pl.read_parquet(f)
-    assert df.schema["output"] == pl.Array(pl.Float32, 8)
+    # Polars reads the Delta table itself (partition columns from the log).
+    df = pl.scan_delta(str(root / "heads")).filter(
+        (pl.col("model") == "lnmodel") & (pl.col("relation") == "capital") & (pl.col("shot") == 2)).collect()
+    assert df.schema["output"] == pl.List(pl.Float32)
     t = truth["parts"][("lnmodel", "capital", 2)]
     got = np.stack(df.sort(["layer", "prompt_id", "head"])["output"].to_numpy())
     want = t["heads"].transpose(1, 0, 2, 3).reshape(-1, 8)
     np.testing.assert_array_equal(got, want)
-    # Polars hive reading gives the partition columns.
-    hive = pl.read_parquet(root / "prompts" / "model=rms-model.v2" / "**" / "*.parquet", hive_partitioning=True)
-    assert set(hive["relation"].unique()) == set(RELATIONS) and set(hive["shot"].unique()) == set(SHOTS)
+    prompts = pl.scan_delta(str(root / "prompts")).filter(pl.col("model") == "rms-model.v2").collect()
+    assert set(prompts["relation"].unique()) == set(RELATIONS) and set(prompts["shot"].unique()) == set(SHOTS)
+    files = list((root / "heads").rglob("*.parquet"))
+    assert len(files) == len(truth["parts"])  # one file per result, one row group per write
+    assert {pq.ParquetFile(f).num_row_groups for f in files} == {3, 4}
 
     con = connect(root)
     types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE heads)").fetchall())
     assert types["model"] == "VARCHAR" and types["relation"] == "VARCHAR" and types["shot"] == "INTEGER"
-    assert types["output"] == "FLOAT[]" and types["layer"] == "SMALLINT"
+    assert types["output"] == "FLOAT[]" and types["layer"] == "SMALLINT" and types["result_id"] == "VARCHAR"
     n_heads_rows = sum(len(p["pid"]) * MODELS[m][2] * MODELS[m][3] for (m, _, _), p in truth["parts"].items())
     assert con.execute("SELECT count(*) FROM heads").fetchone()[0] == n_heads_rows
     rows = con.execute(
@@ -195,12 +188,13 @@ def test_round_trip_parquet_duckdb_polars(synth):
     ).fetchall()
     assert nulls == [("lnmodel", 0, 40), ("rms-model.v2", 40, 40)]
     # model_info / runs
-    mi = con.execute("SELECT model, norm_kind, final_norm_gain, logit_softcap FROM model_info ORDER BY model").fetchall()
+    mi = con.execute("SELECT DISTINCT model, norm_kind, final_norm_gain, logit_softcap FROM model_info ORDER BY model").fetchall()
     assert [r[:2] for r in mi] == [("lnmodel", "layernorm"), ("rms-model.v2", "rmsnorm")]
     np.testing.assert_array_equal(np.array(mi[0][2], np.float32), truth["models"]["lnmodel"]["gain"])
     assert mi[0][3] is None
     run = con.execute("SELECT run_id, config, packages FROM runs").fetchall()
     assert run[0][0] == "run1" and json.loads(run[0][1]) == {"models": list(MODELS)}
+    assert json.loads(con.execute("SELECT versions FROM runs").fetchall()[0][0])["heads"] == len(truth["parts"]) - 1
     assert json.loads(run[0][2])["duckdb"] == duckdb.__version__
 
 
@@ -331,23 +325,26 @@ def test_missing_tables_are_reported(synth, tmp_path):
     root, _ = synth
     # `layers` and `dla` were never written: connecting works, querying says what produces them.
     con = connect(root)
-    with pytest.raises(duckdb.Error, match="table layers is empty: run `factrecall run"):
+    with pytest.raises(duckdb.Error, match="table layers is empty: run `factrecall capture"):
         con.execute("SELECT * FROM layers").fetchall()
-    with pytest.raises(QueryError, match="table dla is empty: run `factrecall run"):
+    with pytest.raises(QueryError, match="table dla is empty: run `factrecall capture"):
         run_query(root, "SELECT component, avg(value) FROM dla GROUP BY component")
-    # An empty store: every view is a placeholder, commits is empty, derived views name their inputs.
+    # An empty store: every table's view is a placeholder, the catalogue is empty, derived views name their inputs.
+    from factrecall.storage.query import open_store
+
     empty = tmp_path / "empty"
     Store(empty)
-    con = connect(empty)
-    assert con.execute("SELECT count(*) FROM commits").fetchone()[0] == 0
-    missing = dict(con.execute("SELECT * FROM missing_views").fetchall())
-    assert set(missing) == set(view_names()) - {"commits"}
-    assert "table heads is empty" in missing["head_dla_answer"]
+    view = open_store(empty)
+    assert view.sql("SELECT count(*) FROM results").fetchall()[0][0] == 0
+    assert set(view.missing) == set(view_names()) - {"results", "stale", "damaged", "runs"}
+    assert "table heads is empty" in view.missing["head_dla_answer"]
     with pytest.raises(QueryError, match="table heads is empty"):
         run_query(empty, "SELECT * FROM head_dla_answer")
 
 
 def test_views_cover_tables():
-    from factrecall.storage.schema import FINAL_LAYER_TABLES, HEAD_TABLES, MECHANISM_TABLES
+    from factrecall.stages import STAGES
 
-    assert set(TABLES) | set(HEAD_TABLES) | set(FINAL_LAYER_TABLES) | set(MECHANISM_TABLES) | {"model_info", "runs", "commits", "head_dla_answer", "head_set_pairs"} == set(view_names())
+    tables = {t for stage in STAGES.values() for t in stage.tables}
+    derived = {"results", "stale", "damaged", "runs", "head_dla_answer", "head_set_pairs"}
+    assert tables | derived == set(view_names())

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from factrecall.flows.partition import CaptureConfig, run_partition
+from factrecall.flows.runner import run_stage
 from factrecall.storage.query import connect
 from factrecall.storage.store import Store
-from factrecall.tasks.partition_capture import model_info_table
+from factrecall.tasks.capture_stage import CaptureConfig
 from factrecall.tasks.relations import get_relation
 from tiny_models import loaded_tiny_model
 
@@ -24,8 +24,7 @@ def store(tmp_path_factory):
     for family in ("gpt2", "gemma3"):
         lm = loaded_tiny_model(family)
         for shot in (0, 1):
-            run_partition(st, lm, get_relation("paper.capital"), shot, CaptureConfig(max_prompts=N, batch_size=5), "t")
-        st.write_model_table("model_info", lm.model_id, model_info_table(lm, "test"))
+            run_stage(st, "capture", lm, get_relation("paper.capital"), shot, CaptureConfig(max_prompts=N, batch_size=5), "t")
     return root
 
 
@@ -76,17 +75,21 @@ def test_logits_table_matches_prompts_and_answer(store):
         assert tok.strip() and obj.startswith(tok.strip())  # the answer token begins the object
 
 
-def test_rerun_with_force_replaces_without_duplicates(tmp_path):
+def test_rerun_with_force_adds_a_result_and_shows_one(tmp_path):
     st = Store(tmp_path)
     lm = loaded_tiny_model("llama")
     rel = get_relation("paper.capital")
-    first = run_partition(st, lm, rel, 0, CaptureConfig(max_prompts=6), "a")
-    again = run_partition(st, lm, rel, 0, CaptureConfig(max_prompts=6), "b")
-    forced = run_partition(st, lm, rel, 0, CaptureConfig(max_prompts=6), "c", force=True)
+    first = run_stage(st, "capture", lm, rel, 0, CaptureConfig(max_prompts=6), "a")
+    again = run_stage(st, "capture", lm, rel, 0, CaptureConfig(max_prompts=6), "b")
+    forced = run_stage(st, "capture", lm, rel, 0, CaptureConfig(max_prompts=6), "c", force=True)
     assert (first.status, again.status, forced.status) == ("written", "skipped", "written")
+    assert again.result_id == first.result_id != forced.result_id
     con = connect(tmp_path)
-    counts = con.sql("SELECT count(*) AS n, count(DISTINCT prompt_id) AS k FROM logits").fetchall()[0]
-    assert counts == (6, 6)
+    counts = con.sql("SELECT count(*) AS n, count(DISTINCT prompt_id) AS k, any_value(result_id) FROM logits").fetchall()[0]
+    assert counts == (6, 6, forced.result_id)  # the default view shows the latest computation only
+    assert con.sql("SELECT count(*) FROM stored.logits").fetchall()[0][0] == 12  # both stay stored
     assert con.sql("SELECT count(*) FROM heads").fetchall()[0][0] == 6 * 3 * 4
-    other = run_partition(st, lm, rel, 0, CaptureConfig(max_prompts=6, seed=1), "d")
-    assert other.status == "written" and other.input_hash != first.input_hash
+    other = run_stage(st, "capture", lm, rel, 0, CaptureConfig(max_prompts=6, seed=1), "d")
+    assert other.status == "written"
+    hashes = dict(connect(tmp_path).sql("SELECT result_id, input_hash FROM results").fetchall())
+    assert hashes[other.result_id] != hashes[first.result_id] == hashes[forced.result_id]

@@ -4,11 +4,11 @@
 --             = <c, w> / sigma_f   with  w = g*u - [layernorm] * mean(g*u)
 -- (the centering moves onto w because sum_i (c_i - mu_c) v_i = sum_i c_i (v_i - mean(v))).
 -- c = heads.output, g = model_info.final_norm_gain, u = unembed.w_u of prompts.answer_token_id,
--- sigma_f = logits.final_norm_scale. w is computed once per (model, relation, shot, token); each
--- head then costs one inner product. Arithmetic in DOUBLE.
+-- sigma_f = logits.final_norm_scale, all of the same (current) capture. w is computed once per (model,
+-- relation, shot, token); each head then costs one inner product. Arithmetic in DOUBLE.
 CREATE OR REPLACE VIEW head_dla_answer AS
 WITH mi AS (
-    SELECT model, final_norm_gain::DOUBLE[] AS g, norm_kind = 'layernorm' AS centered
+    SELECT model, relation, shot, final_norm_gain::DOUBLE[] AS g, norm_kind = 'layernorm' AS centered
     FROM model_info
 ),
 answers AS (
@@ -19,7 +19,7 @@ gu AS (
     SELECT u.model, u.relation, u.shot, u.token_id, mi.centered,
            list_transform(u.w_u::DOUBLE[], lambda x, i: x * mi.g[i]) AS gu
     FROM unembed AS u
-    JOIN mi ON u.model = mi.model
+    JOIN mi ON u.model = mi.model AND u.relation = mi.relation AND u.shot = mi.shot
     SEMI JOIN answers AS a
         ON u.model = a.model AND u.relation = a.relation AND u.shot = a.shot AND u.token_id = a.token_id
 ),

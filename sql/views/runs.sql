@@ -1,5 +1,3 @@
--- runs: one row per run manifest (code version, packages and config as JSON strings, seed, times).
--- Per-run table: <root>/runs/run_id=<id>/part-0.parquet (the file holds the run_id column).
-CREATE OR REPLACE VIEW runs AS
-SELECT *
-FROM read_parquet('{root}/runs/*/*.parquet', hive_partitioning = false, union_by_name = true);
+-- runs: one row per command run: code and package versions, settings, models' and relations' hashes,
+-- what happened to each partition, and the version of every table after the run (JSON strings).
+CREATE VIEW runs AS SELECT * FROM _runs;

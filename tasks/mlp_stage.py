@@ -1,13 +1,12 @@
 """Steps 2 and 3 of the mechanism for one (model, relation, shot): the MLP as an activation over the
-argument-passing heads, and the task-aware component that applies the relation (METHOD.md §5-6).
+argument-passing heads, and the task-aware component that applies the relation (docs/METHOD.md §5-6).
 
-Plain functions (no Prefect): the Prefect flow in `sweep.py` wraps them, tests call them directly.
-The regressions read the head and MLP outputs at END from the store (the vectors whose sum the ledger
-verified; their residual identity is re-checked here) and the head set from the "heads" stage. The
-model is needed for logit lenses over the whole vocabulary and the two causal checks (whole forward
-passes with edits at END, `tasks.end_edits`). Results are the store's "mlp" stage: `regression_betas`,
-`regression_prompts`, `regression_heads`, `regression_layers`, `argument_swap`, `function_application`,
-plus PNG plots.
+The regressions read the head and MLP outputs at END from the upstream capture (the vectors whose sum
+the ledger verified; their residual identity is re-checked here) and the head set from the upstream
+heads result. The model is needed for logit lenses over the whole vocabulary and the two causal checks
+(whole forward passes with edits at END, ``tasks.end_edits``). ``compute`` yields one ``Rows`` part for
+``regression_betas``, ``regression_prompts``, ``regression_heads``, ``regression_layers``,
+``argument_swap`` and ``function_application``, and returns the plots.
 """
 
 from __future__ import annotations
@@ -16,50 +15,36 @@ import dataclasses
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Iterator
 
 import numpy as np
-import pyarrow as pa
 import torch
 
-from factrecall.storage.schema import schema
-from factrecall.storage.store import PartitionKey, Store
-from factrecall.tasks import plots
-from factrecall.tasks.capture import capture_batch
-from factrecall.tasks.end_edits import end_logits_with_edits
-from factrecall.tasks.head_stats import logit_lens_rank
-from factrecall.tasks.intervals import mean_ci_fields
-from factrecall.tasks.ledger import direct_logit_attribution, norm_scale
-from factrecall.tasks.logit_lens import token_stats
-from factrecall.tasks.mlp_regression import beta_label, fit_per_prompt, fit_pooled, task_component
-from factrecall.tasks.models import LoadedModel
-from factrecall.tasks.partition_capture import final_norm_of, unembedding
-from factrecall.tasks.path_patching import EndRunner
-from factrecall.tasks.prompts import build_prompts
-from factrecall.tasks.relations import Relation
-from factrecall.tasks.tokenization import TokenizedPrompt, length_sorted_batches, tokenize_prompts
-from factrecall.version import code_version
+from . import plots
+from .capture import capture_batch
+from .end_edits import end_logits_with_edits
+from .head_stats import logit_lens_rank
+from .heads_stage import HeadsConfig
+from .intervals import mean_ci_fields
+from .ledger import direct_logit_attribution, norm_scale
+from .logit_lens import token_stats
+from .mlp_regression import beta_label, fit_per_prompt, fit_pooled, task_component
+from .models import LoadedModel
+from .path_patching import EndRunner
+from .prompts import build_prompts
+from .readout import final_norm_of, unembedding
+from .relations import Relation
+from .stage_api import Rows, StageInput, StageOutput
+from .tokenization import TokenizedPrompt, length_sorted_batches, tokenize_prompts
+from .upstream_checks import StoreMismatchError, check_capture_prompts
 
-from .heads import STAGE as HEADS_STAGE
-from .heads import HeadConfig, run_head_analysis
-from .partition import StageConfig, run_partition, stage_input_hash
-
-STAGE = "mlp"
 RESIDUAL_RTOL = 1e-3  # stored vectors must satisfy resid_post = resid_pre + sum o + b_O + m (float32)
 _HEAD_RE = re.compile(r"L(\d+)\.H(\d+)")
 
 
 @dataclass(frozen=True)
-class MechanismConfig(StageConfig):
-    coverage: float = 0.8  # head-set rule, used only when the "heads" stage must run first
-
-    def heads(self) -> HeadConfig:
-        return HeadConfig(seed=self.seed, max_prompts=self.max_prompts, batch_size=self.batch_size,
-                          n_boot=self.n_boot, coverage=self.coverage)
-
-
-class StoreMismatchError(RuntimeError):
-    """The stored END vectors do not add up to the stored residuals: the regression would be wrong."""
+class MlpConfig(HeadsConfig):
+    """The heads settings (its upstream head set is computed with them) and nothing else of its own."""
 
 
 def parse_head(name: str, n_layers: int, n_heads: int) -> tuple[int, int]:
@@ -73,22 +58,10 @@ def parse_head(name: str, n_layers: int, n_heads: int) -> tuple[int, int]:
     return l, h
 
 
-def stored_head_set(store: Store, lm: LoadedModel, relation: Relation, shot: int, config: MechanismConfig,
-                    run_id: str) -> tuple[list[tuple[int, int]], dict]:
-    """The committed head set of the partition (the "heads" stage is run first when there is none)."""
-    key = PartitionKey(lm.model_id, relation.name, shot)
-    if store.commit_record(key, HEADS_STAGE) is None:
-        run_head_analysis(store, lm, relation, shot, config.heads(), run_id)
-    rec = store.commit_record(key, HEADS_STAGE)
-    row = store.read("head_sets", key, ["heads", "skipped_reason", "n_prompts"]).to_pylist()[0]
-    heads = [parse_head(h, lm.dims.n_layers, lm.dims.n_heads) for h in row["heads"]]
-    return heads, {"heads_run_id": rec["run_id"], "heads_input_hash": rec["input_hash"],
-                   "heads_n_prompts": row["n_prompts"], "heads_skipped_reason": row["skipped_reason"]}
-
-
-def mechanism_input_hash(lm, relation, shot, config: MechanismConfig, head_set, provenance) -> str:
-    return stage_input_hash(lm, relation, shot, config, STAGE, head_set=head_set,
-                            heads_input_hash=provenance["heads_input_hash"])
+def upstream_head_set(heads, n_layers: int, n_heads: int) -> tuple[list[tuple[int, int]], str | None]:
+    """The head set of the upstream heads result and why it is missing (None when there is one)."""
+    row = heads.read("head_sets", ["heads", "skipped_reason"]).to_pylist()[0]
+    return [parse_head(h, n_layers, n_heads) for h in row["heads"] or []], row["skipped_reason"]
 
 
 @dataclass
@@ -102,32 +75,34 @@ class EndVectors:
     final_resid: np.ndarray  # [n, d]
 
 
-def stored_end_vectors(store: Store, key: PartitionKey, n: int, first: int, L: int, H: int, d: int) -> EndVectors:
-    """Read and check the END vectors; the residual identity must hold for every prompt and layer."""
-    keep = [("variant", "=", "clean"), ("layer", ">=", first)]
-    t = store.read("heads", key, ["prompt_id", "layer", "head", "output"], filters=keep)
+def stored_end_vectors(capture, n: int, first: int, L: int, H: int, d: int) -> EndVectors:
+    """Read and check the END vectors of the first ``n`` clean prompts; the residual identity must hold
+    for every prompt and layer."""
+    keep = [("variant", "=", "clean"), ("prompt_id", "<", n), ("layer", ">=", first)]
+    where = f"capture {capture.result_id}"
+    t = capture.read("heads", ["prompt_id", "layer", "head", "output"], filters=keep)
     heads = np.full((n, L - first, H, d), np.nan, dtype=np.float32)
     heads[t["prompt_id"].to_numpy(), t["layer"].to_numpy() - first, t["head"].to_numpy()] = (
         t["output"].combine_chunks().flatten().to_numpy().reshape(len(t), d))
-    t = store.read("layers", key, ["prompt_id", "layer", "attn_bias", "mlp_out", "resid_pre", "resid_post"], filters=keep)
+    t = capture.read("layers", ["prompt_id", "layer", "attn_bias", "mlp_out", "resid_pre", "resid_post"], filters=keep)
     idx = (t["prompt_id"].to_numpy(), t["layer"].to_numpy() - first)
     vec = {}
     for col in ("attn_bias", "mlp_out", "resid_pre", "resid_post"):
         arr = np.full((n, L - first, d), np.nan, dtype=np.float32)
         arr[idx] = t[col].combine_chunks().flatten().to_numpy().reshape(len(t), d)
         vec[col] = arr
-    t = store.read("resid_end", key, ["prompt_id", "variant", "final_resid"], filters=[("variant", "=", "clean")])
+    t = capture.read("resid_end", ["prompt_id", "final_resid"], filters=keep[:2])
     final = np.full((n, d), np.nan, dtype=np.float32)
     final[t["prompt_id"].to_numpy()] = t["final_resid"].combine_chunks().flatten().to_numpy().reshape(len(t), d)
     if np.isnan(heads).any() or np.isnan(vec["mlp_out"]).any() or np.isnan(final).any():
-        raise StoreMismatchError(f"capture tables of {key.path()} do not cover every prompt and layer; rerun `factrecall run`")
+        raise StoreMismatchError(f"{where} does not cover every prompt and layer; rerun `factrecall capture`")
     attn = heads.astype(np.float64).sum(2) + vec["attn_bias"]
     rebuilt = vec["resid_pre"] + attn + vec["mlp_out"]
     err = np.abs(rebuilt - vec["resid_post"]).max()
     scale = max(1.0, float(np.abs(vec["resid_post"]).max()))
     if err > RESIDUAL_RTOL * scale:
-        raise StoreMismatchError(f"{key.path()}: stored head and MLP outputs do not add up to the residual "
-                                 f"(max error {err:.2e}); the capture is inconsistent, rerun `factrecall run`")
+        raise StoreMismatchError(f"{where}: stored head and MLP outputs do not add up to the residual "
+                                 f"(max error {err:.2e}); the capture is inconsistent, rerun `factrecall capture`")
     return EndVectors(heads, vec["mlp_out"], (vec["resid_post"] - vec["mlp_out"]), vec["resid_post"], final)
 
 
@@ -164,39 +139,31 @@ def argument_swap(lm: LoadedModel, relation: Relation, clean: list[TokenizedProm
     return out
 
 
-def run_mechanism_analysis(store: Store, lm: LoadedModel, relation: Relation, shot: int, config: MechanismConfig,
-                           run_id: str, progress=None, force: bool = False) -> dict:
-    """Compute and commit the "mlp" stage of one partition; returns a summary dict."""
-    key = PartitionKey(lm.model_id, relation.name, shot)
-    run_partition(store, lm, relation, shot, config.capture(), run_id)  # the vectors it reads
-    head_set, provenance = stored_head_set(store, lm, relation, shot, config, run_id)
-    digest = mechanism_input_hash(lm, relation, shot, config, head_set, provenance)
-    if not force and store.is_committed(key, digest, stage=STAGE):
-        return {"model": key.model, "relation": key.relation, "shot": shot, "status": "skipped"}
-    started = time.perf_counter()
+def compute(inp: StageInput) -> Iterator[Rows]:
+    lm, relation, shot, config = inp.lm, inp.relation, inp.shot, inp.config
     L, H, d = lm.dims.n_layers, lm.dims.n_heads, lm.dims.d_model
+    head_set, skipped = upstream_head_set(inp.upstream["heads"], L, H)
     if not head_set:
-        reason = provenance["heads_skipped_reason"] or "the head set is empty: no layer to analyse"
-        with store.open_partition(key, digest, run_id, stage=STAGE) as writer:
-            writer.write("function_application", _function_row(d, head_set=[], skipped_reason=reason))
-            writer.commit({"skipped_reason": reason, **provenance})
-        return {"model": key.model, "relation": key.relation, "shot": shot, "status": "skipped", "reason": reason}
+        reason = skipped or "the head set is empty: no layer to analyse"
+        yield Rows({"function_application": [{"head_set": [], "layers": [], "skipped_reason": reason}]})
+        return StageOutput({"skipped_reason": reason, "head_set": []})
 
+    started = time.perf_counter()
     clean = tokenize_prompts(lm.tokenizer, build_prompts(relation, shot, config.seed, max_prompts=config.max_prompts),
                              lm.max_length)
     twins = tokenize_prompts(lm.tokenizer, build_prompts(relation, shot, config.seed, ("subject_corrupt",),
                                                          config.max_prompts), lm.max_length)
+    capture = inp.upstream["capture"]
+    check_capture_prompts(capture, clean)
     n = len(clean)
-    if progress is not None:
-        progress(total=3 * n)
+    inp.progress(total=3 * n)
     first = min(l for l, _ in head_set)
     layers = list(range(first, L))
-    vec = stored_end_vectors(store, key, n, first, L, H, d)
+    vec = stored_end_vectors(capture, n, first, L, H, d)
     answer = np.array([p.answer_token_id for p in clean])
     subject = np.array([p.subject_token_id for p in clean])
     per_layer = _regress_layers(lm, vec, layers, answer, subject)
-    if progress is not None:
-        progress(advance=n)
+    inp.progress(advance=n)
     push = per_layer["push"]  # [n, L']
     with np.errstate(invalid="ignore"):
         mean_push = np.array([np.nanmean(push[:, k]) if np.isfinite(push[:, k]).any() else np.nan
@@ -206,27 +173,19 @@ def run_mechanism_analysis(store: Store, lm: LoadedModel, relation: Relation, sh
     # causal check 1: remove c at END in the best layer
     removal = _remove_component(lm, clean, per_layer["c"][:, best_k] if best_k is not None else None,
                                 layers[best_k] if best_k is not None else None, config.batch_size)
-    if progress is not None:
-        progress(advance=n)
+    inp.progress(advance=n)
     # causal check 2: argument swap with the twin about another subject
     swap = argument_swap(lm, relation, clean, twins, head_set, config.batch_size)
-    if progress is not None:
-        progress(advance=n)
+    inp.progress(advance=n)
 
-    tables = _tables(d, clean, layers, head_set, per_layer, mean_push, best_k, removal, swap, config)
-    plot_paths = _plots(store, key, layers, head_set, per_layer, tables, config)
-    fa = tables["function_application"].to_pylist()[0]
-    fa["plots"] = plot_paths
+    tables = _tables(clean, layers, head_set, per_layer, best_k, removal, swap, config)
+    fa = tables["function_application"][0]
     fa["seconds"] = time.perf_counter() - started
-    tables["function_application"] = pa.Table.from_pylist([fa], schema=schema("function_application", d))
-    with store.open_partition(key, digest, run_id, stage=STAGE) as writer:
-        for name, table in tables.items():
-            writer.write(name, table)
-        writer.commit({"n_prompts": n, "head_set": [f"L{l}.H{h}" for l, h in head_set], "best_layer": fa["best_layer"],
-                       "seconds": round(time.perf_counter() - started, 3), "code_version": code_version(), **provenance})
-    return {"model": key.model, "relation": key.relation, "shot": shot, "status": "written", "n_prompts": n,
-            "best_layer": fa["best_layer"], "push": fa["push"], "swap_success": fa["swap_success"],
-            "removal_delta_p": fa["removal_delta_p"], "seconds": time.perf_counter() - started}
+    yield Rows(tables)
+    figures = _plots(inp.title, layers, head_set, tables)
+    return StageOutput({"n_prompts": n, "head_set": fa["head_set"], "best_layer": fa["best_layer"],
+                        "push": fa.get("push"), "swap_success": fa.get("swap_success"),
+                        "removal_delta_p": fa.get("removal_delta_p")}, figures)
 
 
 def _regress_layers(lm: LoadedModel, vec: EndVectors, layers: list[int], answer: np.ndarray,
@@ -299,14 +258,7 @@ def _remove_component(lm, clean, c: np.ndarray | None, layer: int | None, batch_
     return res
 
 
-def _function_row(d: int, **values) -> pa.Table:
-    sch = schema("function_application", d)
-    defaults = {"plots": [], "layers": []}
-    row = {name: values.get(name, defaults.get(name)) for name in sch.names}
-    return pa.Table.from_pylist([row], schema=sch)
-
-
-def _tables(d, clean, layers, head_set, r: dict, mean_push, best_k, removal, swap, config) -> dict:
+def _tables(clean, layers, head_set, r: dict, best_k, removal, swap, config) -> dict:
     n, Lp, H = r["beta"].shape
     pid = np.array([p.prompt.prompt_id for p in clean], dtype=np.int32)
     in_set = {(l, h) for l, h in head_set}
@@ -314,14 +266,14 @@ def _tables(d, clean, layers, head_set, r: dict, mean_push, best_k, removal, swa
     lay = np.repeat(np.array(layers), H)
     hd = np.tile(np.arange(H), Lp)
     betas = r["beta"].reshape(n, Lp * H)
-    t_betas = pa.table({
+    t_betas = {
         "prompt_id": np.repeat(pid, Lp * H), "layer": np.tile(lay, n).astype(np.int16),
         "head": np.tile(hd, n).astype(np.int16), "beta": betas.reshape(-1),
         "label": beta_label(betas.reshape(-1)),
         "in_head_set": np.tile([(int(l), int(h)) in in_set for l, h in zip(lay, hd)], n),
-    }, schema=schema("regression_betas", d))
+    }
     flat = lambda a: np.asarray(a, dtype=np.float64).reshape(-1)  # noqa: E731  [n, L'] -> rows (prompt, layer)
-    t_prompts = pa.table({
+    t_prompts = {
         "prompt_id": np.repeat(pid, Lp), "layer": np.tile(layers, n).astype(np.int16),
         "intercept": flat(r["intercept"]), "r2": flat(r["r2"]), "rank": flat(r["rank"]).astype(np.int32),
         "singular": r["singular"].reshape(-1), "subject_rank_before": flat(r["rank_before"]).astype(np.int32),
@@ -329,7 +281,7 @@ def _tables(d, clean, layers, head_set, r: dict, mean_push, best_k, removal, swa
         "dla_subject_heads": flat(r["dla_subject_heads"]), "dla_subject_scaled": flat(r["dla_subject_scaled"]),
         "c_answer_rank": flat(r["c_rank"]), "c_dla_answer": flat(r["c_dla_answer"]), "c_push": flat(r["push"]),
         "c_cosine_answer": flat(r["c_cosine"]), "answer_rank_after": flat(r["answer_rank_after"]).astype(np.int32),
-    }, schema=schema("regression_prompts", d))
+    }
     head_rows = []
     for k, layer in enumerate(layers):
         for h in range(H):
@@ -346,7 +298,6 @@ def _tables(d, clean, layers, head_set, r: dict, mean_push, best_k, removal, swa
                         "share_amplified": float((beta_label(b) == "amplified").mean()),
                         "label": str(beta_label(np.array([med]))[0])}
             head_rows.append(row)
-    t_heads = pa.Table.from_pylist(head_rows, schema=schema("regression_heads", d))
     layer_rows = []
     for k, layer in enumerate(layers):
         r2 = r["r2"][:, k]
@@ -368,17 +319,16 @@ def _tables(d, clean, layers, head_set, r: dict, mean_push, best_k, removal, swa
                     "mean_dla_subject_heads": float(np.mean(r["dla_subject_heads"][:, k])),
                     "mean_dla_subject_scaled": float(np.nanmean(r["dla_subject_scaled"][:, k]))}
         layer_rows.append(row)
-    t_layers = pa.Table.from_pylist(layer_rows, schema=schema("regression_layers", d))
     eligible = swap["swap_token"] != np.array([p.answer_token_id for p in clean])
     answer = np.array([p.answer_token_id for p in clean])
     success = swap["top1_after"] == swap["swap_token"]
     stayed = swap["top1_after"] == answer
-    t_swap = pa.table({
+    t_swap = {
         "prompt_id": pid, "swap_subject": swap["swap_subject"], "swap_object": swap["swap_object"],
         "swap_token": swap["swap_token"].astype(np.int32), "answer_token": answer.astype(np.int32),
         "top1_before": swap["top1_before"].astype(np.int32), "top1_after": swap["top1_after"].astype(np.int32),
         "eligible": eligible, "success": success, "stayed": stayed,
-    }, schema=schema("argument_swap", d))
+    }
     best = layers[best_k] if best_k is not None else None
     appears = next((layers[k] for k, row in enumerate(layer_rows) if (row.get("answer_top1_share_in_c") or 0) >= 0.5),
                    None)
@@ -404,45 +354,41 @@ def _tables(d, clean, layers, head_set, r: dict, mean_push, best_k, removal, swa
     set_labels = [row.get("label") for row in head_rows if row["in_head_set"]]
     fa["share_set_heads_amplified"] = (float(np.mean([lab == "amplified" for lab in set_labels]))
                                        if set_labels else None)
-    return {"regression_betas": t_betas, "regression_prompts": t_prompts, "regression_heads": t_heads,
-            "regression_layers": t_layers, "argument_swap": t_swap, "function_application": _function_row(d, **fa)}
+    return {"regression_betas": t_betas, "regression_prompts": t_prompts, "regression_heads": head_rows,
+            "regression_layers": layer_rows, "argument_swap": t_swap, "function_application": [fa]}
 
 
-def _plots(store: Store, key: PartitionKey, layers, head_set, r, tables, config) -> list[str]:
+def _plots(title, layers, head_set, tables) -> dict[str, bytes]:
     """beta per head of the head layers (bars with intervals), R^2 by layer, push by layer."""
-    folder = store.root / "plots" / STAGE / key.path()
-    folder.mkdir(parents=True, exist_ok=True)
-    title = f"{key.model} · {key.relation} · shot {key.shot}"
-    heads = tables["regression_heads"].to_pylist()
+    heads = tables["regression_heads"]
     head_layers = sorted({l for l, _ in head_set})
     rows = [h for h in heads if h["layer"] in head_layers]
     nz = lambda v: np.nan if v is None else v  # noqa: E731
     cats = [f"L{h['layer']}.H{h['head']}" + ("*" if h["in_head_set"] else "") for h in rows]
-    paths = [plots.bars(cats, {"mean β (design A)": tuple(np.array([nz(h[k]) for h in rows], dtype=float)
-                                                         for k in ("mean_beta", "mean_beta_lo", "mean_beta_hi")),
-                               "β (design B)": tuple(np.array([nz(h["pooled_beta"]) for h in rows], dtype=float)
-                                                     for _ in range(3))},
-                        f"MLP over the head layer's heads: β per head (95% interval; * = head set)\n{title}",
-                        folder / "beta_by_head.png", ylabel="β (−1 erases, > 0 amplifies)")]
-    lrows = tables["regression_layers"].to_pylist()
+    figures = {"beta_by_head": plots.bars(
+        cats, {"mean β (design A)": tuple(np.array([nz(h.get(k)) for h in rows], dtype=float)
+                                          for k in ("mean_beta", "mean_beta_lo", "mean_beta_hi")),
+               "β (design B)": tuple(np.array([nz(h["pooled_beta"]) for h in rows], dtype=float) for _ in range(3))},
+        f"MLP over the head layer's heads: β per head (95% interval; * = head set)\n{title}",
+        ylabel="β (−1 erases, > 0 amplifies)")}
+    lrows = tables["regression_layers"]
     x = np.array(layers)
     arr = lambda k: np.array([nz(row.get(k)) for row in lrows], dtype=float)  # noqa: E731
     pooled = arr("pooled_r2")
-    paths.append(plots.bands(x, {"design A: median R² (interquartile band)": (arr("median_r2"), arr("r2_q25"), arr("r2_q75")),
-                                 "design B: pooled R²": (pooled, pooled, pooled)},
-                             f"R² of the MLP output on the layer's heads\n{title}", folder / "r2_by_layer.png",
-                             ylabel="R²"))
-    paths.append(plots.bands(x, {"push of c toward the answer (95% interval)": (arr("push"), arr("push_lo"), arr("push_hi"))},
-                             f"answer-specific push of the task-aware component c\n{title}",
-                             folder / "push_by_layer.png", ylabel="DLA(c, answer) − mean DLA(c, other objects)"))
-    return [str(Path(p).relative_to(store.root)) for p in paths]
+    figures["r2_by_layer"] = plots.bands(
+        x, {"design A: median R² (interquartile band)": (arr("median_r2"), arr("r2_q25"), arr("r2_q75")),
+            "design B: pooled R²": (pooled, pooled, pooled)},
+        f"R² of the MLP output on the layer's heads\n{title}", ylabel="R²")
+    figures["push_by_layer"] = plots.bands(
+        x, {"push of c toward the answer (95% interval)": (arr("push"), arr("push_lo"), arr("push_hi"))},
+        f"answer-specific push of the task-aware component c\n{title}",
+        ylabel="DLA(c, answer) − mean DLA(c, other objects)")
+    return figures
 
 
-def model_swap_plot(store: Store, model: str) -> str | None:
-    """Argument-swap success rate by relation (and shot) for one model over the store's "mlp" stage."""
-    from factrecall.storage.query import connect
-
-    con = connect(store.root)
+def model_swap_plot(con, model: str) -> bytes | None:
+    """Argument-swap success rate by relation (and shot) for one model over the current "mlp" results
+    (``con``: a store connection)."""
     rows = con.execute("""
         SELECT relation, shot, swap_success, swap_success_lo, swap_success_hi
         FROM function_application WHERE model = ? AND swap_success IS NOT NULL ORDER BY relation, shot""",
@@ -455,7 +401,5 @@ def model_swap_plot(store: Store, model: str) -> str | None:
         by = {r[0]: r for r in rows if r[1] == shot}
         groups[f"shot {shot}"] = tuple(np.array([by[rel][i] if rel in by and by[rel][i] is not None else np.nan
                                                  for rel in relations], dtype=float) for i in (2, 3, 4))
-    path = store.root / "plots" / STAGE / f"model={model}" / "argument_swap_by_relation.png"
-    plots.bars(relations, groups, f"{model}: argument swap success rate (95% interval)", path,
-               ylabel="share of prompts predicting X′'s object")
-    return str(path.relative_to(store.root))
+    return plots.bars(relations, groups, f"{model}: argument swap success rate (95% interval)",
+                      ylabel="share of prompts predicting X′'s object")

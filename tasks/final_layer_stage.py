@@ -1,31 +1,27 @@
 """Step 4 of the mechanism for one (model, relation, shot): the last layer's anti-overconfidence and
-mitigating it (METHOD.md §7).
+mitigating it (docs/METHOD.md §7).
 
-Plain functions (no Prefect): the Prefect flow in `sweep.py` wraps them, tests call them directly.
 One forward pass per batch of clean prompts gives the logit lens across depth, the last layer's
 component DLA and the inputs of the last layer at END; every mitigation (alpha grid x variant) is then
-a re-run of the last layer at END alone (`tasks.final_layer`). Controls: prompts of other relations
-(same shot, same re-run) and the plain-text corpus (whole forward passes with hooks).
-Results are the store's "final_layer" stage: `lens`, `final_components`, `final_layer_summary`,
-`mitigation`, `mitigation_curve`, `mitigation_prompts`, plus PNG plots.
+a re-run of the last layer at END alone (``tasks.final_layer``). Controls: prompts of other relations
+(same shot, same re-run) and the plain-text corpus (whole forward passes with hooks). ``compute`` yields
+one ``Rows`` part for ``lens``, ``final_components``, ``final_layer_summary``, ``mitigation``,
+``mitigation_curve`` and ``mitigation_prompts``, and returns the plots.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Iterator
 
 import numpy as np
-import pyarrow as pa
 import torch
 
-from factrecall.storage.schema import schema
-from factrecall.storage.store import PartitionKey, Store
-from factrecall.tasks import plots
-from factrecall.tasks.capture import capture_batch
-from factrecall.tasks.control_text import corpus_hash, load_passages, passage_ids, text_logprobs
-from factrecall.tasks.final_layer import (
+from . import plots
+from .capture import capture_batch
+from .control_text import corpus_hash, load_passages, passage_ids, text_logprobs
+from .final_layer import (
     LastLayerInputs,
     calibration_split,
     final_layer_dla,
@@ -33,19 +29,16 @@ from factrecall.tasks.final_layer import (
     mitigated_end_resid,
     token_directions,
 )
-from factrecall.tasks.intervals import bootstrap_mean_ci, mean_ci_fields
-from factrecall.tasks.logit_lens import TokenStats, depth_residuals, runner_up, token_stats
-from factrecall.tasks.models import LoadedModel
-from factrecall.tasks.partition_capture import final_norm_of, unembedding
-from factrecall.tasks.path_patching import EndRunner
-from factrecall.tasks.prompts import build_prompts
-from factrecall.tasks.relations import Relation, get_relation
-from factrecall.tasks.tokenization import TokenizedPrompt, length_sorted_batches, tokenize_prompts
-from factrecall.version import code_version
+from .intervals import bootstrap_mean_ci, mean_ci_fields
+from .logit_lens import TokenStats, depth_residuals, runner_up, token_stats
+from .models import LoadedModel
+from .path_patching import EndRunner
+from .prompts import build_prompts
+from .readout import final_norm_of, unembedding
+from .relations import Relation, get_relation
+from .stage_api import Rows, StageInput, StageOutput, StatsConfig, option
+from .tokenization import TokenizedPrompt, length_sorted_batches, tokenize_prompts
 
-from .partition import StageConfig, run_partition, stage_input_hash
-
-STAGE = "final_layer"
 ALPHAS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 #: Other relations whose prompts measure what a mitigation costs elsewhere (one per domain and two more).
 CONTROL_RELATIONS: tuple[str, ...] = ("paper.capital", "lre.country_language", "lre.object_superclass",
@@ -58,11 +51,13 @@ GRID_ROWS = 256  # (prompt, alpha) rows whose full-vocabulary logits are held at
 
 
 @dataclass(frozen=True)
-class FinalLayerConfig(StageConfig):
-    alphas: tuple[float, ...] = ALPHAS
-    calibration_share: float = 0.5
-    control_relations: tuple[str, ...] = CONTROL_RELATIONS
-    control_prompts: int = 8  # per control relation
+class FinalLayerConfig(StatsConfig):
+    alphas: tuple[float, ...] = option(ALPHAS, "Scales tried for the suppressing components (must include 1.0).",
+                                       cli=False)
+    calibration_share: float = option(0.5, "Share of prompts that choose the mitigation.", min=0.05, max=0.95)
+    control_relations: tuple[str, ...] = option(CONTROL_RELATIONS, "Relations whose prompts measure the cost.",
+                                                cli=False)
+    control_prompts: int = option(8, "Prompts per control relation.", min=1)
 
     def __post_init__(self) -> None:
         if not self.alphas or any(not 0.0 <= a <= 1.0 for a in self.alphas) or 1.0 not in self.alphas:
@@ -71,9 +66,10 @@ class FinalLayerConfig(StageConfig):
             raise ValueError(f"calibration_share must be in (0, 1), got {self.calibration_share}")
 
 
-def final_layer_input_hash(lm: LoadedModel, relation: Relation, shot: int, config: FinalLayerConfig) -> str:
-    controls = {name: get_relation(name).content_hash() for name in config.control_relations}
-    return stage_input_hash(lm, relation, shot, config, STAGE, controls=controls, corpus=corpus_hash())
+def extra_inputs(config: FinalLayerConfig) -> dict:
+    """Inputs besides the partition's own: the control relations' data and the plain-text corpus."""
+    return {"controls": {name: get_relation(name).data_hash() for name in config.control_relations},
+            "corpus": corpus_hash()}
 
 
 class RerunMismatchError(RuntimeError):
@@ -217,22 +213,15 @@ def _control_prompts(lm: LoadedModel, relation: Relation, shot: int, config: Fin
     return names, prompts
 
 
-def run_final_layer_analysis(store: Store, lm: LoadedModel, relation: Relation, shot: int,
-                             config: FinalLayerConfig, run_id: str, progress=None, force: bool = False) -> dict:
-    """Compute and commit the "final_layer" stage of one partition; returns a summary dict."""
-    key = PartitionKey(lm.model_id, relation.name, shot)
-    digest = final_layer_input_hash(lm, relation, shot, config)
-    if not force and store.is_committed(key, digest, stage=STAGE):
-        return {"model": key.model, "relation": key.relation, "shot": shot, "status": "skipped"}
-    run_partition(store, lm, relation, shot, config.capture(), run_id)  # the prompts table it joins to
+def compute(inp: StageInput) -> Iterator[Rows]:
+    lm, relation, shot, config, progress = inp.lm, inp.relation, inp.shot, inp.config, inp.progress
     started = time.perf_counter()
     L, H, d = lm.dims.n_layers, lm.dims.n_heads, lm.dims.d_model
     clean = tokenize_prompts(lm.tokenizer, build_prompts(relation, shot, config.seed, max_prompts=config.max_prompts),
                              lm.max_length)
     control_names, control = _control_prompts(lm, relation, shot, config)
     n = len(clean)
-    if progress is not None:
-        progress(total=n + len(control) + 1)
+    progress(total=n + len(control) + 1)
     runner = EndRunner(lm)
     clean_res = clean_pass(lm, runner, clean, config.batch_size, progress)
     calibration = calibration_split(n, config.seed, config.calibration_share)
@@ -251,7 +240,7 @@ def run_final_layer_analysis(store: Store, lm: LoadedModel, relation: Relation, 
                            rows, config.batch_size)
     rerun_error = float(np.abs(grid.logp[:, 0] - clean_res.model_logprob.double().cpu().numpy()).max())
     if rerun_error > RERUN_ATOL:
-        raise RerunMismatchError(f"{key.path()}: the END re-run of the last layer differs from the model's "
+        raise RerunMismatchError(f"{inp.title}: the END re-run of the last layer differs from the model's "
                                  f"log p(answer) by {rerun_error:.2e} (> {RERUN_ATOL}); mitigation not computed")
 
     chosen = {}
@@ -259,36 +248,26 @@ def run_final_layer_analysis(store: Store, lm: LoadedModel, relation: Relation, 
         chosen[variant] = choose_alpha(grid, variant, calibration, config.alphas) if components[variant] else (1.0, 0.0)
 
     control_res = _controls(lm, runner, control, suppressor_heads, chosen, config.batch_size)
-    if progress is not None:
-        progress(advance=len(control))
+    progress(advance=len(control))
     text = _text_control(lm, suppressor_heads, chosen)
-    if progress is not None:
-        progress(advance=1)
+    progress(advance=1)
 
     summary = _summary_row(clean_res, L, H, labels, config)
-    plot_paths = _plots(store, key, clean_res, labels, grid, chosen, calibration, config)
-    summary["plots"] = plot_paths
     summary["seconds"] = time.perf_counter() - started
-    tables = {
-        "lens": _lens_table(d, clean, clean_res, L),
-        "final_components": _components_table(d, clean, clean_res, labels, calibration),
-        "final_layer_summary": pa.Table.from_pylist([summary], schema=schema("final_layer_summary", d)),
-        "mitigation": _mitigation_table(d, grid, chosen, components, calibration, control_res, control_names, text,
-                                        config),
-        "mitigation_curve": _curve_table(d, grid, calibration, config.alphas),
-        "mitigation_prompts": _mitigation_prompts_table(d, clean, grid, chosen, calibration),
-    }
-    with store.open_partition(key, digest, run_id, stage=STAGE) as writer:
-        for name, table in tables.items():
-            writer.write(name, table)
-        writer.commit({"n_prompts": n, "verdict": summary["verdict"], "delta_p": summary["delta_p"],
-                       "suppressors": summary["suppressors"], "rerun_max_error": rerun_error,
-                       "seconds": round(time.perf_counter() - started, 3), "code_version": code_version()})
+    yield Rows({
+        "lens": _lens_columns(clean, clean_res, L),
+        "final_components": _components_columns(clean, clean_res, labels, calibration),
+        "final_layer_summary": [summary],
+        "mitigation": _mitigation_rows(grid, chosen, components, calibration, control_res, control_names, text, config),
+        "mitigation_curve": _curve_rows(grid, calibration, config.alphas),
+        "mitigation_prompts": _mitigation_prompt_rows(clean, grid, chosen, calibration),
+    })
+    figures = _plots(inp.title, clean_res, labels, grid, chosen, calibration, config)
     held_gain = {v: float((grid.p[held, grid.column(v, a)] - grid.p[held, 0]).mean()) for v, (a, _) in chosen.items()}
-    return {"model": key.model, "relation": key.relation, "shot": shot, "status": "written", "n_prompts": n,
-            "verdict": summary["verdict"], "delta_p": summary["delta_p"], "delta_p_lo": summary["delta_p_lo"],
-            "delta_p_hi": summary["delta_p_hi"], "held_out_delta_p": held_gain,
-            "seconds": time.perf_counter() - started}
+    return StageOutput({"n_prompts": n, "verdict": summary["verdict"], "delta_p": summary["delta_p"],
+                        "delta_p_lo": summary["delta_p_lo"], "delta_p_hi": summary["delta_p_hi"],
+                        "suppressors": summary["suppressors"], "held_out_delta_p": held_gain,
+                        "rerun_max_error": rerun_error}, figures)
 
 
 def _controls(lm, runner, control: list[TokenizedPrompt], suppressor_heads, chosen, batch_size) -> dict | None:
@@ -347,41 +326,36 @@ def _split_names(calibration: np.ndarray) -> np.ndarray:
     return np.where(calibration, "calibration", "held_out")
 
 
-def _lens_table(d, clean, res: _Pass, L) -> pa.Table:
+def _lens_columns(clean, res: _Pass, L) -> dict:
     n, depth = len(clean), L + 1
     a, c = res.lens_answer, res.lens_competitor
     flat = lambda t: t.reshape(-1).cpu().numpy()  # noqa: E731  [n, depth] -> rows (prompt, layer)
-    cols = {
+    return {
         "prompt_id": np.repeat([p.prompt.prompt_id for p in clean], depth).astype(np.int32),
         "layer": np.tile(np.arange(-1, L), n).astype(np.int16),
         "p_answer": flat(a.prob), "logit_answer": flat(a.logit), "logprob_answer": flat(a.logprob),
         "rank_answer": flat(a.rank), "p_competitor": flat(c.prob), "logit_competitor": flat(c.logit),
         "rank_competitor": flat(c.rank), "entropy": flat(a.entropy), "top1_token": flat(a.top1),
     }
-    sch = schema("lens", d)
-    return pa.Table.from_arrays([pa.array(cols[f.name]).cast(f.type) for f in sch], schema=sch)
 
 
-def _components_table(d, clean, res: _Pass, labels, calibration) -> pa.Table:
+def _components_columns(clean, res: _Pass, labels, calibration) -> dict:
     n, k = len(clean), len(labels)
-    cols = {
+    return {
         "prompt_id": np.repeat([p.prompt.prompt_id for p in clean], k).astype(np.int32),
         "split": np.repeat(_split_names(calibration), k),
         "component": np.tile([lab.name for lab in labels], n),
         "layer": np.tile([lab.layer for lab in labels], n).astype(np.int16),
-        "head": pa.array(np.tile(np.array([lab.head for lab in labels], dtype=object), n).tolist(), pa.int16()),
+        "head": np.tile(np.array([lab.head for lab in labels], dtype=object), n).tolist(),
         "answer_token": np.repeat(res.answer.cpu().numpy(), k).astype(np.int32),
         "competitor_token": np.repeat(res.competitor.cpu().numpy(), k).astype(np.int32),
         "dla_answer": res.dla_answer.reshape(-1).cpu().numpy(),
         "dla_competitor": res.dla_competitor.reshape(-1).cpu().numpy(),
     }
-    sch = schema("final_components", d)
-    return pa.Table.from_arrays([pa.array(cols[f.name]).cast(f.type) if not isinstance(cols[f.name], pa.Array)
-                                 else cols[f.name] for f in sch], schema=sch)
 
 
-def _mitigation_table(d, grid: _Grid, chosen, components, calibration, control_res, control_names, text,
-                      config: FinalLayerConfig) -> pa.Table:
+def _mitigation_rows(grid: _Grid, chosen, components, calibration, control_res, control_names, text,
+                     config: FinalLayerConfig) -> list[dict]:
     held = ~calibration
     boot = dict(n_boot=config.n_boot, seed=config.seed)
     out = []
@@ -416,10 +390,10 @@ def _mitigation_table(d, grid: _Grid, chosen, components, calibration, control_r
             row |= mean_ci_fields("text_delta_logp", after - text["base"], **boot)
         row["note"] = "; ".join(notes) or None
         out.append(row)
-    return pa.Table.from_pylist(out, schema=schema("mitigation", d))
+    return out
 
 
-def _curve_table(d, grid: _Grid, calibration, alphas) -> pa.Table:
+def _curve_rows(grid: _Grid, calibration, alphas) -> list[dict]:
     out = []
     for variant in VARIANTS:
         for alpha in alphas:
@@ -430,10 +404,10 @@ def _curve_table(d, grid: _Grid, calibration, alphas) -> pa.Table:
                 out.append({"variant": variant, "alpha": alpha, "split": split, "n": int(mask.sum()),
                             "mean_p": float(grid.p[mask, col].mean()), "mean_logp": float(grid.logp[mask, col].mean()),
                             "accuracy": float(grid.correct[mask, col].mean())})
-    return pa.Table.from_pylist(out, schema=schema("mitigation_curve", d))
+    return out
 
 
-def _mitigation_prompts_table(d, clean, grid: _Grid, chosen, calibration) -> pa.Table:
+def _mitigation_prompt_rows(clean, grid: _Grid, chosen, calibration) -> list[dict]:
     out = []
     splits = _split_names(calibration)
     for variant, (alpha, _) in chosen.items():
@@ -443,31 +417,28 @@ def _mitigation_prompts_table(d, clean, grid: _Grid, chosen, calibration) -> pa.
                         "p_before": float(grid.p[i, 0]), "p_after": float(grid.p[i, col]),
                         "logp_before": float(grid.logp[i, 0]), "logp_after": float(grid.logp[i, col]), "correct_before": bool(grid.correct[i, 0]),
                         "correct_after": bool(grid.correct[i, col])})
-    return pa.Table.from_pylist(out, schema=schema("mitigation_prompts", d))
+    return out
 
 
-def _plots(store: Store, key: PartitionKey, res: _Pass, labels, grid: _Grid, chosen, calibration,
-           config: FinalLayerConfig) -> list[str]:
+def _plots(title: str, res: _Pass, labels, grid: _Grid, chosen, calibration,
+           config: FinalLayerConfig) -> dict[str, bytes]:
     """p(answer) by depth (median and interquartile band), last-layer DLA bars, mitigation before/after."""
-    folder = store.root / "plots" / STAGE / key.path()
-    folder.mkdir(parents=True, exist_ok=True)
-    title = f"{key.model} · {key.relation} · shot {key.shot}"
     depth = res.lens_answer.prob.shape[1]
 
     def band(t):
         q = np.quantile(t.double().cpu().numpy(), [0.5, 0.25, 0.75], axis=0)
         return q[0], q[1], q[2]
 
-    paths = [plots.bands(np.arange(-1, depth - 1), {"p(answer)": band(res.lens_answer.prob),
-                                                    "p(competitor)": band(res.lens_competitor.prob)},
-                         f"logit lens at END: median and interquartile band\n{title}", folder / "lens_by_layer.png",
-                         xlabel="layer (-1 = embeddings)", ylabel="probability")]
+    figures = {"lens_by_layer": plots.bands(
+        np.arange(-1, depth - 1), {"p(answer)": band(res.lens_answer.prob), "p(competitor)": band(res.lens_competitor.prob)},
+        f"logit lens at END: median and interquartile band\n{title}", xlabel="layer (-1 = embeddings)",
+        ylabel="probability")}
     boot = dict(n_boot=config.n_boot, seed=config.seed)
     dla_a = bootstrap_mean_ci(res.dla_answer.double().cpu().numpy(), **boot)
     dla_c = bootstrap_mean_ci(res.dla_competitor.double().cpu().numpy(), **boot)
-    paths.append(plots.bars([lab.name for lab in labels], {"onto the answer": dla_a, "onto the competitor": dla_c},
-                            f"last-layer components: mean DLA (95% interval)\n{title}",
-                            folder / "final_layer_dla.png", ylabel="DLA (logit units)"))
+    figures["final_layer_dla"] = plots.bars(
+        [lab.name for lab in labels], {"onto the answer": dla_a, "onto the competitor": dla_c},
+        f"last-layer components: mean DLA (95% interval)\n{title}", ylabel="DLA (logit units)")
     held = ~calibration
     before, after = [], []
     for variant, (alpha, _) in chosen.items():
@@ -476,18 +447,15 @@ def _plots(store: Store, key: PartitionKey, res: _Pass, labels, grid: _Grid, cho
         after.append(bootstrap_mean_ci(grid.p[held, col], **boot))
     names = [f"{v}\nα={chosen[v][0]:g}" + (" (oracle)" if VARIANTS[v] else "") for v in chosen]
     stack = lambda rows: tuple(np.array([r[i] for r in rows], dtype=float) for i in range(3))  # noqa: E731
-    paths.append(plots.bars(names, {"before": stack(before), "after": stack(after)},
-                            f"mitigation on held-out prompts: mean p(answer) (95% interval)\n{title}",
-                            folder / "mitigation.png", ylabel="mean p(answer)"))
-    return [str(Path(p).relative_to(store.root)) for p in paths]
+    figures["mitigation"] = plots.bars(
+        names, {"before": stack(before), "after": stack(after)},
+        f"mitigation on held-out prompts: mean p(answer) (95% interval)\n{title}", ylabel="mean p(answer)")
+    return figures
 
 
-def model_lens_plot(store: Store, model: str) -> str | None:
-    """p(answer) by layer for one model over every committed final-layer partition in the store:
-    median and interquartile band per shot (all relations pooled). Returns the PNG path (store-relative)."""
-    from factrecall.storage.query import connect
-
-    con = connect(store.root)
+def model_lens_plot(con, model: str) -> bytes | None:
+    """p(answer) by layer for one model over the current final-layer results (``con``: a store
+    connection): median and interquartile band per shot (all relations pooled)."""
     rows = con.execute("""
         SELECT shot, layer, median(p_answer), quantile_cont(p_answer, 0.25), quantile_cont(p_answer, 0.75),
                count(DISTINCT relation), count(*)
@@ -500,7 +468,5 @@ def model_lens_plot(store: Store, model: str) -> str | None:
         layers = [r[1] for r in part]
         series[f"shot {shot} ({part[0][5]} relations, {part[0][6]} prompts)"] = tuple(
             np.array([r[i] for r in part], dtype=float) for i in (2, 3, 4))
-    path = store.root / "plots" / STAGE / f"model={model}" / "lens_by_layer.png"
-    plots.bands(np.array(layers), series, f"{model}: p(answer) by layer, median and interquartile band",
-                path, xlabel="layer (-1 = embeddings)", ylabel="p(answer)")
-    return str(path.relative_to(store.root))
+    return plots.bands(np.array(layers), series, f"{model}: p(answer) by layer, median and interquartile band",
+                       xlabel="layer (-1 = embeddings)", ylabel="p(answer)")

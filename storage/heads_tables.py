@@ -1,0 +1,124 @@
+"""Tables of the heads stage (docs/METHOD.md §4) and their encoder.
+
+Effects are path-patching effect% on M = logit(y) - mean vocabulary logit; *_lo/*_hi are bootstrap 95%
+intervals over prompts. Partition columns (model, relation, shot, result_id) come from the store.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from factrecall.tasks.heads_stage import HeadsResult
+
+from .columns import field as _f
+from .columns import list_of, table_from_columns
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "head_prompts": pa.schema([  # per clean prompt x head at END
+        _f("prompt_id", pa.int32()),
+        _f("layer", pa.int16()),
+        _f("head", pa.int16()),
+        _f("attn_to_s", pa.float32()),  # attention weight END -> S
+        _f("dla_subject", pa.float32()),  # DLA of the head's output onto the subject's first token
+        _f("dla_answer", pa.float32()),  # DLA onto the answer token
+        _f("subject_rank", pa.int32()),  # rank of the subject token in the logit lens of the output (0 = top)
+        _f("m_clean", pa.float32()),  # M = logit(y) - mean vocab logit, clean run
+        _f("effect_subject_pct", pa.float32()),  # sender mean over subject-corrupted prompts
+        _f("effect_relation_pct", pa.float32()),  # sender = its output with the relation word corrupted (null if none)
+    ]),
+    "mlp_patching": pa.schema([
+        _f("prompt_id", pa.int32()),
+        _f("layer", pa.int16()),
+        _f("effect_subject_pct", pa.float32()),
+        _f("effect_relation_pct", pa.float32()),
+    ]),
+    "head_summary": pa.schema([  # per head over the partition's clean prompts
+        _f("layer", pa.int16()),
+        _f("head", pa.int16()),
+        _f("n", pa.int32()),
+        _f("mean_attn_to_s", pa.float64()),
+        _f("mean_dla_subject", pa.float64()),
+        _f("mean_dla_answer", pa.float64()),
+        _f("median_subject_rank", pa.float64()),
+        _f("pearson_r", pa.float64()),  # attention END->S vs DLA onto the subject, across prompts
+        _f("r_lo", pa.float64()),
+        _f("r_hi", pa.float64()),
+        _f("effect_pct", pa.float64()),  # 100 (mean M_patched - mean M_clean) / mean M_clean
+        _f("effect_lo", pa.float64()),
+        _f("effect_hi", pa.float64()),
+        _f("effect_relation_pct", pa.float64()),  # same with relation-word corruption (null if none)
+        _f("attn_above_layer_median", pa.bool_()),
+        _f("in_head_set", pa.bool_()),
+        _f("set_order", pa.int16()),  # 1 = largest negative effect in the set; null outside it
+    ]),
+    "head_sets": pa.schema([  # one row per partition: the task-specific head set and the rule that chose it
+        _f("heads", list_of(pa.string())),  # "L{l}.H{h}", in set order
+        _f("n_heads", pa.int32()),
+        _f("rule", pa.string()),  # JSON: coverage, attention filter, effect definition, corruption
+        _f("coverage", pa.float64()),
+        _f("covered_share", pa.float64()),  # share of the candidates' negative effect the set covers
+        _f("covered_share_all", pa.float64()),  # share of all heads' negative effect
+        _f("set_effect_pct", pa.float64()),  # sum of the set's head effects (subject corruption)
+        _f("set_effect_relation_pct", pa.float64()),  # same under relation-word corruption (null if none)
+        _f("n_prompts", pa.int32()),
+        _f("n_corrupt_subject", pa.int32()),
+        _f("n_corrupt_relation", pa.int32()),
+        _f("relation_corruption", pa.string()),  # "word->replacement" pairs used, or why it is missing
+        _f("seconds_patching", pa.float64()),
+        _f("skipped_reason", pa.string()),  # non-null: the analysis was skipped (e.g. fewer than 2 subjects)
+    ]),
+}
+
+
+def encode(r: HeadsResult) -> dict[str, pa.Table]:
+    if r.skipped_reason is not None:
+        return {"head_sets": _set_row({"skipped_reason": r.skipped_reason})}
+    L, H, pid = r.n_layers, r.n_heads, r.prompt_ids
+    n = len(pid)
+    grid = lambda a: np.asarray(a).reshape(-1)  # noqa: E731  [n, L, H] -> rows in (prompt, layer, head) order
+    head_prompts = table_from_columns(SCHEMAS["head_prompts"], {
+        "prompt_id": np.repeat(pid, L * H), "layer": np.tile(np.repeat(np.arange(L), H), n),
+        "head": np.tile(np.arange(H), n * L), "attn_to_s": grid(r.attn).astype(np.float32),
+        "dla_subject": grid(r.dla_subject).astype(np.float32), "dla_answer": grid(r.dla_answer).astype(np.float32),
+        "subject_rank": grid(r.ranks).astype(np.int32), "m_clean": np.repeat(r.m_clean, L * H).astype(np.float32),
+        "effect_subject_pct": grid(r.effect_subject).astype(np.float32),
+        "effect_relation_pct": grid(r.effect_relation).astype(np.float32) if r.effect_relation is not None else None,
+    }, n * L * H)
+    mlp = table_from_columns(SCHEMAS["mlp_patching"], {
+        "prompt_id": np.repeat(pid, L), "layer": np.tile(np.arange(L), n),
+        "effect_subject_pct": r.mlp_effect_subject.reshape(-1),
+        "effect_relation_pct": r.mlp_effect_relation.reshape(-1) if r.mlp_effect_relation is not None else None,
+    }, n * L)
+    return {"head_prompts": head_prompts, "mlp_patching": mlp, "head_summary": _summary(r),
+            "head_sets": _set_row(r.set_row)}
+
+
+def _set_row(values: dict) -> pa.Table:
+    sch = SCHEMAS["head_sets"]
+    row = {name: values.get(name) for name in sch.names}
+    row["heads"] = list(values.get("heads") or [])
+    row["n_heads"] = len(row["heads"])
+    return pa.Table.from_pylist([row], schema=sch)
+
+
+def _summary(r: HeadsResult) -> pa.Table:
+    L, H, n = r.n_layers, r.n_heads, len(r.prompt_ids)
+    (pr, r_lo, r_hi), (effect, lo, hi) = r.pearson, r.effect
+    order = {lh: i + 1 for i, lh in enumerate(r.head_set.heads)}
+    num = lambda x: None if np.isnan(x) else float(x)  # noqa: E731
+    rows = []
+    for l in range(L):
+        for h in range(H):
+            k = l * H + h
+            rows.append(dict(
+                layer=l, head=h, n=n, mean_attn_to_s=float(r.attn[:, l, h].mean()),
+                mean_dla_subject=float(r.dla_subject[:, l, h].mean()), mean_dla_answer=float(r.dla_answer[:, l, h].mean()),
+                median_subject_rank=float(np.median(r.ranks[:, l, h])),
+                pearson_r=num(pr[k]), r_lo=num(r_lo[k]), r_hi=num(r_hi[k]),
+                effect_pct=float(effect[k]), effect_lo=float(lo[k]), effect_hi=float(hi[k]),
+                effect_relation_pct=float(r.effect_relation_pct[k]) if r.effect_relation_pct is not None else None,
+                attn_above_layer_median=bool(r.head_set.above_median[l, h]),
+                in_head_set=(l, h) in order, set_order=order.get((l, h)),
+            ))
+    return pa.Table.from_pylist(rows, schema=SCHEMAS["head_summary"])
