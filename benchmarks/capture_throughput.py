@@ -31,11 +31,11 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
-    from factrecall.flows.partition import CaptureConfig, run_partition
-    from factrecall.storage.store import Store
+    from factrecall.flows.runner import run_stage
+    from factrecall.stages import STAGES
     from factrecall.tasks.capture import capture_batch, right_pad
+    from factrecall.tasks.capture_stage import CaptureConfig, capture_prompts
     from factrecall.tasks.models import load_model
-    from factrecall.tasks.partition_capture import PartitionStats, capture_partition
     from factrecall.tasks.prompts import build_prompts
     from factrecall.tasks.relations import get_relation
     from factrecall.tasks.tokenization import tokenize_prompts
@@ -67,12 +67,12 @@ def main() -> None:
             capture_batch(lm.model, lm.adapter, lm.dims, rows, pad)
 
     def with_tables():
-        for _ in capture_partition(lm, tokenized, args.batch_size, PartitionStats()):
-            pass
+        for part in capture_prompts(lm, tokenized, args.batch_size):
+            STAGES["capture"].encode(part)
 
     def whole_partition():
         with tempfile.TemporaryDirectory() as tmp:
-            run_partition(Store(tmp), lm, relation, 0, CaptureConfig(batch_size=args.batch_size), "bench")
+            run_stage(tmp, "capture", lm, relation, 0, CaptureConfig(batch_size=args.batch_size), "bench", force=True)
 
     def best(fn):
         fn()  # warm-up
@@ -89,7 +89,7 @@ def main() -> None:
     end_only = best(plain_forward_end_logits)
     rows = [("plain HF forward, all logits", base), ("plain HF forward, END logits only", end_only)]
     for name, fn in (("capture (hooks, eager, END)", hooks_only), ("capture + tables + ledger", with_tables),
-                     ("whole partition written to Parquet", whole_partition)):
+                     ("whole partition committed to the store", whole_partition)):
         rows.append((name, best(fn)))
     for name, t in rows:
         print(f"{name:38s} {n / t:9.1f}  {base / t:7.2f}x  {end_only / t:10.2f}x")
@@ -114,8 +114,8 @@ import tempfile, threading, time, psutil, torch
 torch.set_num_threads({threads})
 from factrecall.tasks.models import load_model
 from factrecall.tasks.relations import get_relation
-from factrecall.storage.store import Store
-from factrecall.flows.partition import CaptureConfig, run_partition
+from factrecall.flows.runner import run_stage
+from factrecall.tasks.capture_stage import CaptureConfig
 lm = load_model({model!r}); rel = get_relation('lre.company_hq')
 proc = psutil.Process(); base = proc.memory_info().rss; peak = [base]; stop = [False]
 def sample():
@@ -123,9 +123,9 @@ def sample():
         peak[0] = max(peak[0], proc.memory_info().rss); time.sleep(0.02)
 threading.Thread(target=sample, daemon=True).start()
 with tempfile.TemporaryDirectory() as tmp:
-    r = run_partition(Store(tmp), lm, rel, 0, CaptureConfig(max_prompts={n}, batch_size={batch}), 'bench')
+    r = run_stage(tmp, 'capture', lm, rel, 0, CaptureConfig(max_prompts={n}, batch_size={batch}), 'bench')
 stop[0] = True
-print(peak[0] / 2**20, base / 2**20, r.n_prompts)
+print(peak[0] / 2**20, base / 2**20, r.summary['n_prompts'])
 """
 
 

@@ -27,8 +27,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from factrecall.flows.final_layer import FinalLayerConfig, clean_pass, run_final_layer_analysis
-    from factrecall.storage.store import Store
+    from factrecall.flows.runner import run_stage
+    from factrecall.tasks.final_layer_stage import FinalLayerConfig, clean_pass
     from factrecall.tasks.capture import right_pad
     from factrecall.tasks.final_layer import mitigated_end_resid, mitigation_hooks
     from factrecall.tasks.models import load_model
@@ -40,8 +40,8 @@ def main() -> None:
     lm = load_model(args.model)
     with tempfile.TemporaryDirectory() as root:
         t = time.perf_counter()
-        out = run_final_layer_analysis(Store(root), lm, paper_capital(), 0,
-                                       FinalLayerConfig(max_prompts=args.n, batch_size=args.batch_size), "bench")
+        out = run_stage(root, "final_layer", lm, paper_capital(), 0,
+                        FinalLayerConfig(max_prompts=args.n, batch_size=args.batch_size), "bench").summary
         t_stage = time.perf_counter() - t
     print(f"{lm.model_id}: final-layer stage, paper.capital shot 0, {out['n_prompts']} prompts, {args.threads} threads: "
           f"{t_stage:.1f} s (capture stage included); verdict {out['verdict']}, "

@@ -25,7 +25,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from factrecall.flows.heads import corrupted_means, patch_all
+    from factrecall.tasks.heads_stage import corrupted_means, patch_all
     from factrecall.tasks.capture import capture_batch
     from factrecall.tasks.models import load_model
     from factrecall.tasks.path_patching import EndRunner, full_forward_patch, patch_end, patch_one

@@ -109,6 +109,7 @@ def _run_stage(stage, settings: dict, models: str, relations: str, shots: str, d
     except ValueError as exc:
         _fail(str(exc))
     shot_list = _validate(models, relations, shots, dtype)
+    _print_file_relations(relations)
     configure_prefect()
     from factrecall.flows.stage_flow import stage_flow
 
@@ -148,6 +149,16 @@ def _validate(models: str, relations: str, shots: str, dtype: str) -> list[int]:
     except (ModelLoadError, RelationError) as exc:
         _fail(str(exc))
     return shot_list
+
+
+def _print_file_relations(relations: str) -> None:
+    """Say which name each relation file is stored under (it carries a hash of the file's facts)."""
+    from factrecall.tasks.relations import get_relation, relation_names
+
+    builtin = set(relation_names())
+    for ref in _split(relations):
+        if ref not in builtin:
+            console.print(f"relation {ref} is stored as {get_relation(ref).name}", highlight=False)
 
 
 def _guarded(call):
@@ -308,15 +319,19 @@ def models() -> None:
 
 @app.command()
 def relations(
-    source: Optional[str] = typer.Option(None, help="Only this source: paper | lre | pararel | rome."),
+    files: Optional[list[Path]] = typer.Argument(None, help="Also list these .jsonl relation files, with the names they get."),
+    source: Optional[str] = typer.Option(None, help="Only this source: paper | lre | pararel | rome | user."),
     fmt: str = typer.Option("table", "--format", help="table | csv."),
 ) -> None:
-    """List the built-in relations with their counts."""
+    """List the built-in relations (and any .jsonl files given) with their counts."""
     import polars as pl
 
-    from factrecall.tasks.relations import list_relations
+    from factrecall.tasks.relations import RelationError, list_relations
 
-    df = list_relations()
+    try:
+        df = list_relations([str(f) for f in files or []])
+    except RelationError as exc:
+        _fail(str(exc))
     if source:
         df = df.filter(pl.col("source") == source)
     if fmt == "csv":

@@ -169,10 +169,28 @@ def _ensure_columns(table: DeltaTable, schema: pa.Schema) -> None:
         table.alter.add_columns(DeltaSchema.from_arrow(pa.schema(missing)).fields)
 
 
+_WRITE_TABLES: dict[str, DeltaTable] = {}  # tables this process commits to, kept open between commits
+
+
+def _table_for_write(path: Path) -> DeltaTable | None:
+    """The table at ``path`` brought up to date (cached: re-reading a long log for every commit is slow)."""
+    key = str(path)
+    table = _WRITE_TABLES.get(key)
+    if table is None or not (path / "_delta_log").is_dir():
+        table = open_table(path)
+        if table is None:
+            _WRITE_TABLES.pop(key, None)
+            return None
+        _WRITE_TABLES[key] = table
+    else:
+        table.update_incremental()
+    return table
+
+
 def commit_files(path: Path, schema: pa.Schema, partition_by: tuple[str, ...],
-                 files: list[tuple[str, dict[str, str]]], configuration: dict[str, str] | None = None) -> int:
+                 files: list[tuple[str, dict[str, str]]], configuration: dict[str, str] | None = None) -> None:
     """Add ``files`` (paths relative to ``path``, already written, with their partition values) to the
-    table in one transaction, creating the table on first use; returns the new version.
+    table in one transaction, creating the table on first use.
 
     Concurrent committers are safe: a lost race for a version is retried on the next one (appends never
     conflict), and two processes creating the same table settle on one. ``configuration`` sets the
@@ -183,25 +201,28 @@ def commit_files(path: Path, schema: pa.Schema, partition_by: tuple[str, ...],
     last: Exception | None = None
     for _ in range(_COMMIT_RETRIES):
         try:
-            table = open_table(path)
+            table = _table_for_write(path)
             if table is None:
                 create_table_with_add_actions(str(path), DeltaSchema.from_arrow(schema), actions, mode="append",
                                               partition_by=list(partition_by), configuration=configuration)
             else:
                 _ensure_columns(table, schema)
                 table.create_write_transaction(actions, "append", schema, partition_by=list(partition_by))
-            return open_table(path).version()
+            return
         except (CommitFailedError, DeltaError) as exc:  # lost a race (version or table creation): retry
+            _WRITE_TABLES.pop(str(path), None)
             last = exc
             time.sleep(0.05)
     raise RuntimeError(f"could not commit to table {path.name} after {_COMMIT_RETRIES} tries: {last}")
 
 
-def remove_files(path: Path, schema: pa.Schema, partition_by: tuple[str, ...], files: list[DataFile]) -> int:
+def remove_files(path: Path, schema: pa.Schema, partition_by: tuple[str, ...], files: list[DataFile]) -> None:
     """Remove ``files`` from the table in one transaction (they stay on disk, readable by time travel,
-    until `vacuum`); returns the new version."""
+    until `vacuum`)."""
+    _WRITE_TABLES.pop(str(path), None)
     table = open_table(path)
     now = int(time.time() * 1000)
-    actions = [RemoveAction(f.path, True, now, size=f.size, partition_values=dict(f.partition)) for f in files]
+    actions = [RemoveAction(f.path, True, now, size=f.size,
+                            partition_values={k: None if v is None else str(v) for k, v in f.partition.items()})
+               for f in files]
     table.create_write_transaction(actions, "append", delta_schema(schema), partition_by=list(partition_by))
-    return open_table(path).version()

@@ -189,10 +189,12 @@ def open_store(root: Path | str, as_of: str | None = None) -> StoreView:
     made = producers()
     missing: dict[str, str] = {}
     tables = sorted({t for s in STAGES.values() for t in s.tables})
+    broken = {d.table: d.message() for d in damage if not d.partition}  # tables whose log cannot be read
     for table in tables:
-        ds_all = intact_dataset(store, table, files.get(table, []), committed)
+        ds_all = intact_dataset(store, table, files[table], committed) if table in files else None
         if ds_all is None:
-            missing[table] = f"table {table} is empty: run `{made.get(table, 'factrecall capture')}` first"
+            missing[table] = (broken[table] if table in broken else
+                              f"table {table} is empty: run `{made.get(table, 'factrecall capture')}` first")
             sql = templates["empty_table"].format(table=table, message=missing[table].replace("'", "''"))
             con.execute(sql)
             con.execute(templates["empty_table"].format(table=f"stored.{table}", message=missing[table].replace("'", "''")))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -106,6 +107,7 @@ class Store:
         self.root = Path(root).resolve()
         self.as_of = as_of
         self._versions: dict[str, int] | None = None
+        self._opened: dict = {}
         if as_of is not None:
             self._versions = self._run_versions(as_of)
         elif create:
@@ -122,11 +124,12 @@ class Store:
         return self._versions.get(table, False)
 
     def open(self, table: str):
-        """The Delta table as this store reads it, or None when it does not exist (then)."""
-        version = self.version_of(table)
-        if version is False:
-            return None
-        return delta.open_table(self.table_dir(table), version)
+        """The Delta table as this store reads it, or None when it does not exist (then). Opened once per
+        ``Store`` object and table: a ``Store`` reads one version of the store."""
+        if table not in self._opened:
+            version = self.version_of(table)
+            self._opened[table] = None if version is False else delta.open_table(self.table_dir(table), version)
+        return self._opened[table]
 
     def data_tables(self) -> list[str]:
         """Names of the data tables that exist (folders with a transaction log, not the catalogue)."""
@@ -224,8 +227,11 @@ class Store:
 
     # -- reading results -----------------------------------------------------------------------
     def read(self, rec: ResultRecord, table: str, columns: list[str] | None = None, filters=None) -> pa.Table:
-        """``table``'s rows of result ``rec`` (pyarrow ``filters`` in DNF, e.g. [("layer", ">=", 3)])."""
-        dt = self.open(table)
+        """``table``'s rows of result ``rec`` (pyarrow ``filters`` in DNF, e.g. [("layer", ">=", 3)]). Reads
+        the table's latest version (or the ``as_of`` one): a result committed since this ``Store`` was
+        opened is found."""
+        version = self.version_of(table)
+        dt = None if version is False else delta.open_table(self.table_dir(table), version)
         mine = [f for f in delta.list_files(dt) if f.partition.get("result_id") == rec.result_id] if dt else []
         if not mine:
             raise StoreError(f"result {rec.result_id} ({rec.stage} of {rec.model}/{rec.relation}/shot={rec.shot}) "
@@ -366,8 +372,11 @@ def _file_problem(path: Path, size: int) -> str | None:
 class ResultWriter:
     """Streams one result's tables into Parquet files; ``commit`` makes them a result (see module docstring).
 
-    ``write(table, batch)`` appends a row group to the table's file of this result. Leaving the ``with``
-    block without ``commit`` (or with an exception) deletes the files: nothing becomes visible.
+    ``write(table, batch)`` appends a row group to the table's file of this result. Each table's file is
+    written by its own thread (Parquet encoding releases the GIL), so the tables of a batch are written
+    side by side and overlap the next batch's compute; at most one batch per table waits, which keeps
+    memory bounded. Leaving the ``with`` block without ``commit`` (or with an exception) deletes the
+    files: nothing becomes visible.
     """
 
     def __init__(self, store: Store, stage: str, key: Key, schemas: dict[str, pa.Schema]) -> None:
@@ -382,6 +391,8 @@ class ResultWriter:
         self.partition = {"model": model, "relation": relation, "shot": str(shot), "result_id": self.result_id}
         self._dir = "/".join(f"{k}={v}" for k, v in self.partition.items())
         self._writers: dict[str, tuple[pq.ParquetWriter, str]] = {}
+        self._threads: dict[str, ThreadPoolExecutor] = {}
+        self._pending: dict[str, Future] = {}
         self.rows: dict[str, int] = {}
         self._state = "open"
 
@@ -409,23 +420,43 @@ class ResultWriter:
             path = self.store.table_dir(table) / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             self._writers[table] = (pq.ParquetWriter(path, want, **parquet_options(want)), rel)
+            self._threads[table] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"write-{table}")
             self.rows[table] = 0
+        if table in self._pending:
+            self._pending.pop(table).result()  # the previous batch of this table is written (or raises)
         writer, _ = self._writers[table]
-        writer.write_table(batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch]))
+        data = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        self._pending[table] = self._threads[table].submit(writer.write_table, data)
         self.rows[table] += batch.num_rows
 
     def _close(self) -> None:
+        """Wait for every pending write, close the files and the threads; raises the first write error."""
+        error = None
+        for table, future in list(self._pending.items()):
+            try:
+                future.result()
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after every file is closed
+                error = error or exc
+        self._pending.clear()
         for writer, _ in self._writers.values():
             try:
                 writer.close()
-            except Exception:
-                pass
+            except Exception as exc:  # noqa: BLE001
+                error = error or exc
+        for pool in self._threads.values():
+            pool.shutdown(wait=True)
+        self._threads.clear()
+        if error is not None:
+            raise error
 
     def abort(self) -> None:
         if self._state != "open":
             return
         self._state = "aborted"
-        self._close()
+        try:
+            self._close()
+        except Exception:  # noqa: BLE001 - the files are deleted anyway
+            pass
         for table, (_, rel) in self._writers.items():
             (self.store.table_dir(table) / rel).unlink(missing_ok=True)
 
@@ -437,10 +468,13 @@ class ResultWriter:
         self._state = "committing"
         try:
             rec = make_record(self.result_id, dict(self.rows))
-            for table, (_, rel) in sorted(self._writers.items()):
-                delta.commit_files(self.store.table_dir(table), data_schema(self.schemas[table]), PARTITION_BY,
-                                   [(rel, self.partition)],
-                                   configuration=_TABLE_CONFIG)
+            # The tables are independent transactions: commit them side by side (delta-rs releases the GIL).
+            with ThreadPoolExecutor(max_workers=min(8, len(self._writers) or 1)) as pool:
+                done = [pool.submit(delta.commit_files, self.store.table_dir(table), data_schema(self.schemas[table]),
+                                    PARTITION_BY, [(rel, self.partition)], configuration=_TABLE_CONFIG)
+                        for table, (_, rel) in sorted(self._writers.items())]
+                for future in done:
+                    future.result()
             self.store.add_result(rec)
             self._state = "committed"
             return rec

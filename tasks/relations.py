@@ -546,12 +546,13 @@ def relation_names() -> list[str]:
     return list(_registry())
 
 
-def list_relations():
-    """polars DataFrame of every built-in relation: name, source, domain and counts."""
+def list_relations(files: list[str] = ()):
+    """polars DataFrame of every built-in relation (and of the relation ``files``): name, source, domain
+    and counts."""
     import polars as pl
 
     rows = []
-    for name in _registry():
+    for name in [*_registry(), *files]:
         r = get_relation(name)
         rows.append({"name": r.name, "source": r.source, "domain": r.domain, "n_facts": len(r.facts),
                      "n_templates": len(r.templates), "n_prompts": r.n_prompts, "n_repairs": len(r.repairs)})

@@ -113,3 +113,41 @@ def test_run_rejects_an_unknown_model_and_bad_shots(tmp_path):
     shots = runner.invoke(app, ["capture", "--shots", "0,x", "--store", str(tmp_path / "s")])
     assert shots.exit_code == 2 and "shots" in shots.output
     assert not (tmp_path / "s").exists()
+
+
+def test_stage_commands_offer_every_config_field_of_their_stage():
+    import dataclasses
+
+    from factrecall.stages import STAGES
+
+    for stage in STAGES.values():
+        result = runner.invoke(app, [stage.command, "--help"], env={"COLUMNS": "300"})
+        assert result.exit_code == 0, result.output
+        for f in dataclasses.fields(stage.config):
+            option = "--" + f.name.replace("_", "-")
+            assert (option in result.output) == f.metadata.get("cli", True), (stage.name, option)
+        assert stage.help.split(":")[0] in result.output
+
+
+def test_relation_files_show_the_name_they_are_stored_under(tmp_path):
+    path = tmp_path / "facts.jsonl"
+    path.write_text('{"subject": "France", "object": "Paris", "template": "The capital of {} is"}\n')
+    name = get_relation(str(path)).name
+    result = runner.invoke(app, ["relations", str(path), "--source", "user", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert pl.read_csv(io.StringIO(result.stdout))["name"].to_list() == [name]
+
+
+def test_query_as_of_an_earlier_run(tmp_path):
+    from factrecall.flows.sweep import sweep
+
+    lm_dir = __import__("tiny_models").save_tiny_model_dir("gpt2", tmp_path / "m" / "tiny")
+    first = sweep("capture", [lm_dir], ["paper.capital"], [0], str(tmp_path / "s"), {"max_prompts": 4},
+                  show_progress=False)
+    sweep("capture", [lm_dir], ["paper.capital"], [0], str(tmp_path / "s"), {"max_prompts": 6}, show_progress=False)
+    sql = "SELECT count(*) AS n FROM logits"
+    now = runner.invoke(app, ["query", "--store", str(tmp_path / "s"), "--format", "csv", sql])
+    then = runner.invoke(app, ["query", "--store", str(tmp_path / "s"), "--format", "csv", "--as-of", first["run_id"], sql])
+    assert now.stdout.split() == ["n", "6"] and then.stdout.split() == ["n", "4"]
+    bad = runner.invoke(app, ["query", "--store", str(tmp_path / "s"), "--as-of", "nope", sql])
+    assert bad.exit_code == 2 and "no such run" in bad.output and first["run_id"] in bad.output

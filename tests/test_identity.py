@@ -1,0 +1,154 @@
+"""Results are pinned to their exact inputs (docs/METHOD.md §8): other settings never replace a result,
+analysis stages reuse a compatible capture, a stage whose capture is no longer selected is stale until
+it is recomputed, and ids of files never collide."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from factrecall.flows.runner import ModelHandle, Runner, identity, run_stage
+from factrecall.stages import STAGES
+from factrecall.storage.query import connect
+from factrecall.storage.store import Store
+from factrecall.tasks.capture_stage import CaptureConfig
+from factrecall.tasks.heads_stage import HeadsConfig
+from factrecall.tasks.models import resolve
+from factrecall.tasks.relations import get_relation
+from tiny_models import loaded_tiny_model, save_tiny_model_dir
+
+REL = "paper.capital"
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return loaded_tiny_model("llama")
+
+
+def _count(root, sql):
+    return connect(root).execute(sql).fetchall()[0][0]
+
+
+def test_an_analysis_stage_reuses_a_larger_capture_instead_of_replacing_it(lm, tmp_path):
+    rel = get_relation(REL)
+    cap = run_stage(tmp_path, "capture", lm, rel, 0, CaptureConfig(max_prompts=12))
+    heads = run_stage(tmp_path, "heads", lm, rel, 0, HeadsConfig(max_prompts=5, n_boot=20))
+    con = connect(tmp_path)
+    assert con.execute("SELECT stage, count(*) FROM results GROUP BY stage ORDER BY stage").fetchall() == \
+        [("capture", 1), ("heads", 1)]  # no second capture
+    assert con.execute("SELECT count(*) FROM logits").fetchall()[0][0] == 12  # the 12-prompt capture is still shown
+    assert con.execute("SELECT count(DISTINCT prompt_id), any_value(capture_id) FROM head_prompts").fetchall() == \
+        [(5, cap.result_id)]
+    assert con.execute("SELECT status FROM results WHERE stage = 'heads'").fetchall() == [("current",)]
+    upstream = con.execute(f"SELECT upstream FROM results WHERE result_id = '{heads.result_id}'").fetchall()[0][0]
+    assert [(u["stage"], u["result_id"], u["n_prompts"]) for u in upstream] == [("capture", cap.result_id, 5)]
+    # m_clean (the heads stage's own forward passes) agrees with the shown capture's metric M
+    worst = con.execute("""SELECT max(abs(h.m_clean - l.metric_m)) FROM head_prompts h JOIN logits l
+                           USING (model, relation, shot, prompt_id) WHERE l.variant = 'clean'""").fetchall()[0][0]
+    assert worst < 1e-4
+
+
+def test_an_analysis_stage_reuses_a_capture_with_more_variants(lm, tmp_path):
+    rel = get_relation(REL)
+    run_stage(tmp_path, "capture", lm, rel, 0, CaptureConfig(max_prompts=6, variants=("clean", "subject_corrupt")))
+    run_stage(tmp_path, "heads", lm, rel, 0, HeadsConfig(max_prompts=6, n_boot=20))
+    assert _count(tmp_path, "SELECT count(*) FROM results WHERE stage = 'capture'") == 1
+    assert connect(tmp_path).execute("SELECT variant, count(*) FROM logits GROUP BY ALL ORDER BY ALL").fetchall() == \
+        [("clean", 6), ("subject_corrupt", 6)]  # not recaptured clean-only
+
+
+def test_a_stage_is_stale_when_its_capture_is_no_longer_selected_and_recomputed_next(lm, tmp_path):
+    rel = get_relation(REL)
+    store = Store(tmp_path)
+    run_stage(store, "heads", lm, rel, 1, HeadsConfig(max_prompts=8, n_boot=20))
+    runner = Runner(store, "seed1")
+    with store.writing():
+        runner.run("capture", CaptureConfig(max_prompts=8, seed=1), ModelHandle("x", loaded=lm), rel, 1)
+    (note,) = runner.notes
+    assert "capture now shows result" in note and "seed 1" in note and "seed 0" in note
+    (stale,) = runner.stale_notes()
+    assert stale.startswith(f"stale: heads of {lm.model_id}/{REL}/shot=1") and "factrecall heads" in stale
+    con = connect(tmp_path)
+    assert con.execute("SELECT stage FROM stale").fetchall() == [("heads",)]
+    assert con.execute("SELECT count(*) FROM head_prompts").fetchall()[0][0] == 0  # never shown as current
+    # the next run of the stage (now with seed 1) recomputes it on the selected capture
+    again = run_stage(store, "heads", lm, rel, 1, HeadsConfig(max_prompts=8, n_boot=20, seed=1))
+    assert again.status == "written"
+    con = connect(tmp_path)
+    assert con.execute("SELECT count(*) FROM stale").fetchall()[0][0] == 0
+    joined = con.execute("""SELECT count(*), max(abs(h.m_clean - l.metric_m)) FROM
+                            (SELECT DISTINCT prompt_id, m_clean, model, relation, shot FROM head_prompts) h
+                            JOIN logits l USING (model, relation, shot, prompt_id)""").fetchall()[0]
+    assert joined[0] == 8 and joined[1] < 1e-4
+    # asking for seed 0 again re-selects the seed-0 capture and heads (nothing recomputed), consistently
+    back = run_stage(store, "heads", lm, rel, 1, HeadsConfig(max_prompts=8, n_boot=20))
+    assert back.status == "skipped"
+    con = connect(tmp_path)
+    assert con.execute("SELECT DISTINCT r.seed FROM logits JOIN results r USING (result_id)").fetchall() == [(0,)]
+    assert con.execute("""SELECT max(abs(h.m_clean - l.metric_m)) FROM head_prompts h
+                          JOIN logits l USING (model, relation, shot, prompt_id)""").fetchall()[0][0] < 1e-4
+
+
+def test_dtype_is_part_of_the_model_identity(tmp_path):
+    directory = save_tiny_model_dir("llama", tmp_path / "models" / "tiny")
+    rel = get_relation(REL)
+    for dtype in ("float32", "float16"):
+        handle = ModelHandle(directory, dtype, "cpu", cache_dir=tmp_path / "cache")
+        store = Store(tmp_path / "s")
+        with store.writing():
+            Runner(store, dtype).run("capture", CaptureConfig(max_prompts=4), handle, rel, 0)
+    rows = connect(tmp_path / "s").execute(
+        "SELECT DISTINCT model, dtype FROM model_info ORDER BY model").fetchall()
+    base = rows[0][0]
+    assert rows == [(base, "float32"), (base + ".fp16", "float16")]  # both shown, each described right
+    assert _count(tmp_path / "s", "SELECT count(*) FROM logits") == 8
+
+
+def test_user_files_with_the_same_name_are_two_partitions(lm, tmp_path):
+    paths = []
+    for folder, capital in (("d1", "Paris"), ("d2", "Lyon")):
+        path = tmp_path / folder / "facts.jsonl"
+        path.parent.mkdir()
+        path.write_text("\n".join(json.dumps({"subject": s, "object": o, "template": "The capital of {} is"})
+                                  for s, o in (("France", capital), ("Spain", "Madrid"), ("Italy", "Rome"))) + "\n")
+        paths.append(path)
+    for p in paths:
+        run_stage(tmp_path / "s", "capture", lm, get_relation(str(p)), 0, CaptureConfig())
+    rows = connect(tmp_path / "s").execute(
+        "SELECT relation, count(*), list(DISTINCT object ORDER BY object) FROM prompts GROUP BY relation").fetchall()
+    assert len(rows) == 2 and all(r[0].startswith("user.facts-") for r in rows)
+    assert sorted(r[2] for r in rows) == [["Lyon", "Madrid", "Rome"], ["Madrid", "Paris", "Rome"]]
+
+
+def test_model_files_with_the_same_name_get_different_ids(tmp_path):
+    a = save_tiny_model_dir("llama", tmp_path / "a" / "tiny")
+    b = save_tiny_model_dir("gpt2", tmp_path / "b" / "tiny")
+    ida, idb = resolve(a, tmp_path / "cache")[0], resolve(b, tmp_path / "cache")[0]
+    assert ida != idb and ida.startswith("tiny-") and idb.startswith("tiny-")
+
+
+def test_the_input_hash_covers_the_stage_not_the_repository(lm, monkeypatch):
+    rel = get_relation(REL)
+    handle = ModelHandle("x", loaded=lm)
+    config = HeadsConfig(max_prompts=5)
+    before = identity(STAGES["heads"], config, handle, rel, 0)
+    monkeypatch.setattr("factrecall.version.code_version", lambda: "another+edit")  # any other file changed
+    assert identity(STAGES["heads"], config, handle, rel, 0) == before
+    bumped = dataclasses.replace(STAGES["heads"], version=STAGES["heads"].version + 1)
+    assert identity(bumped, config, handle, rel, 0).input_hash != before.input_hash
+    assert identity(STAGES["heads"], dataclasses.replace(config, batch_size=3), handle, rel, 0) == before
+    assert identity(STAGES["heads"], dataclasses.replace(config, coverage=0.5), handle, rel, 0) != before
+
+
+def test_a_capture_family_ignores_only_the_coverage_settings(lm):
+    rel = get_relation(REL)
+    handle = ModelHandle("x", loaded=lm)
+    cap = STAGES["capture"]
+    base = identity(cap, CaptureConfig(max_prompts=5), handle, rel, 0)
+    wider = identity(cap, CaptureConfig(max_prompts=9, variants=("clean", "subject_corrupt")), handle, rel, 0)
+    other_seed = identity(cap, CaptureConfig(max_prompts=5, seed=1), handle, rel, 0)
+    assert base.family == wider.family != other_seed.family
+    assert base.input_hash != wider.input_hash
+    assert (base.n_prompts, wider.n_prompts) == (5, 9) and identity(cap, CaptureConfig(), handle, rel, 0).n_prompts == 225
