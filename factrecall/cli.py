@@ -163,6 +163,7 @@ def _print_file_relations(relations: str) -> None:
 
 def _guarded(call):
     """Run a flow, turning our input errors into one-line messages."""
+    from factrecall.storage.delta import TableLogError
     from factrecall.storage.store import StoreError
     from factrecall.tasks.adapters import UnsupportedModelError
     from factrecall.tasks.models import ModelLoadError
@@ -171,7 +172,8 @@ def _guarded(call):
 
     try:
         return call()
-    except (ModelLoadError, UnsupportedModelError, RelationError, TokenizationError, StoreError, ValueError) as exc:
+    except (ModelLoadError, UnsupportedModelError, RelationError, TokenizationError, StoreError, TableLogError,
+            ValueError) as exc:
         _fail(str(exc))
 
 

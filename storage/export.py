@@ -7,7 +7,7 @@ from pathlib import Path
 
 from factrecall.tasks.plots import save
 
-from .query import open_store
+from .query import internal_query, open_store
 
 __all__ = ["export_plots"]
 
@@ -21,11 +21,9 @@ def export_plots(root: Path | str, folder: Path, as_of: str | None = None) -> li
     written = []
     try:
         if "plots" not in view.missing:
-            for model, relation, shot, stage, name, png in view.sql(
-                    "SELECT model, relation, shot, stage, name, png FROM plots ORDER BY ALL").fetchall():
+            for model, relation, shot, stage, name, png in view.sql(internal_query("plots_of_current_results")).fetchall():
                 written.append(save(png, folder / stage / model / relation / f"shot={shot}" / f"{name}.png"))
-        models = [m for (m,) in view.sql("SELECT DISTINCT model FROM results WHERE status = 'current' "
-                                         "ORDER BY model").fetchall()]
+        models = [m for (m,) in view.sql(internal_query("models_with_current_results")).fetchall()]
         for stage in STAGES.values():
             for name, draw in stage.model_plots.items():
                 if any(t in view.missing for t in stage.schemas):

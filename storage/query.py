@@ -36,7 +36,8 @@ from .catalog import RESULTS_SCHEMA, Catalog
 from .store import RUNS, Damage, Store, StoreError, intact_dataset
 
 __all__ = [
-    "QueryError", "StoreView", "connect", "list_named_queries", "named_query", "open_store", "query_params",
+    "QueryError", "StoreView", "connect", "internal_query", "list_named_queries", "named_query", "open_store",
+    "query_params",
     "run_query", "view_names",
 ]
 
@@ -240,6 +241,11 @@ def list_named_queries() -> dict[str, str]:
             desc = f"{desc} [requires {_param_syntax(needed)}]".strip()
         out[name] = desc
     return out
+
+
+def internal_query(name: str) -> str:
+    """SQL text of a query the code runs itself (``sql/internal``)."""
+    return _sql_files("internal")[name].strip().rstrip(";")
 
 
 def named_query(name: str) -> str:

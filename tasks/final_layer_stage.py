@@ -456,10 +456,9 @@ def _plots(title: str, res: _Pass, labels, grid: _Grid, chosen, calibration,
 def model_lens_plot(con, model: str) -> bytes | None:
     """p(answer) by layer for one model over the current final-layer results (``con``: a store
     connection): median and interquartile band per shot (all relations pooled)."""
-    rows = con.execute("""
-        SELECT shot, layer, median(p_answer), quantile_cont(p_answer, 0.25), quantile_cont(p_answer, 0.75),
-               count(DISTINCT relation), count(*)
-        FROM lens WHERE model = ? GROUP BY shot, layer ORDER BY shot, layer""", [model]).fetchall()
+    from factrecall.storage.query import internal_query
+
+    rows = con.execute(internal_query("lens_by_shot"), {"model": model}).fetchall()
     if not rows:
         return None
     series, layers = {}, None

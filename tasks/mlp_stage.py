@@ -389,10 +389,9 @@ def _plots(title, layers, head_set, tables) -> dict[str, bytes]:
 def model_swap_plot(con, model: str) -> bytes | None:
     """Argument-swap success rate by relation (and shot) for one model over the current "mlp" results
     (``con``: a store connection)."""
-    rows = con.execute("""
-        SELECT relation, shot, swap_success, swap_success_lo, swap_success_hi
-        FROM function_application WHERE model = ? AND swap_success IS NOT NULL ORDER BY relation, shot""",
-                       [model]).fetchall()
+    from factrecall.storage.query import internal_query
+
+    rows = con.execute(internal_query("swap_by_relation"), {"model": model}).fetchall()
     if not rows:
         return None
     relations = sorted({r[0] for r in rows})

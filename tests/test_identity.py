@@ -152,3 +152,16 @@ def test_a_capture_family_ignores_only_the_coverage_settings(lm):
     assert base.family == wider.family != other_seed.family
     assert base.input_hash != wider.input_hash
     assert (base.n_prompts, wider.n_prompts) == (5, 9) and identity(cap, CaptureConfig(), handle, rel, 0).n_prompts == 225
+
+
+def test_the_next_run_recomputes_a_damaged_result_instead_of_skipping_it(lm, tmp_path):
+    rel = get_relation(REL)
+    first = run_stage(tmp_path, "capture", lm, rel, 0, CaptureConfig(max_prompts=4))
+    (path,) = [p for p in (tmp_path / "heads").rglob("*.parquet") if first.result_id in str(p)]
+    path.write_bytes(path.read_bytes()[:50])
+    again = run_stage(tmp_path, "capture", lm, rel, 0, CaptureConfig(max_prompts=4))
+    assert again.status == "written" and again.result_id != first.result_id
+    con = connect(tmp_path)
+    assert con.execute("SELECT count(*), any_value(result_id) FROM heads").fetchall()[0] == (4 * 3 * 4, again.result_id)
+    assert dict(con.execute("SELECT result_id, status FROM results").fetchall()) == \
+        {first.result_id: "damaged", again.result_id: "current"}
