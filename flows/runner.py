@@ -165,18 +165,23 @@ class Runner:
     # -- one partition ---------------------------------------------------------------------------
     def run(self, stage_name: str, config, model: ModelHandle, relation: Relation, shot: int,
             progress=None, force: bool = False) -> Outcome:
-        """Make sure ``stage_name``'s result for these inputs exists, is current and is selected."""
+        """Make sure ``stage_name``'s result for these inputs exists, is current and is selected, with the
+        upstream results it was computed from (selected together, in one transaction)."""
         stage = STAGES[stage_name]
         key = (model.model_id, relation.name, shot)
         self.touched.add(key)
-        ups = self._ensure_upstream(stage, config, model, relation, shot)
+        chain: list[ResultRecord] = []
+        ups = self._ensure_upstream(stage, config, model, relation, shot, chain)
         ident = identity(stage, config, model, relation, shot)
-        if not force:
-            for rec in self._reusable(key, stage.name, ident):
-                self._select(rec)
-                return Outcome(stage.name, *key, "skipped", rec.result_id, 0.0, rec.summary)
-        rec, seconds = self._compute(stage, config, model, relation, shot, ident, ups, progress)
-        return Outcome(stage.name, *key, "written", rec.result_id, seconds, rec.summary)
+        reusable = None if force else self._first_readable(self._reusable(key, stage.name, ident))
+        if reusable is not None:
+            rec, status, seconds = reusable, "skipped", 0.0
+        else:
+            rec, seconds = self._compute(stage, config, model, relation, shot, ident, ups, progress)
+            status = "written"
+        self._choose(rec, chain)
+        self.store.select(chain, self.run_id)
+        return Outcome(stage.name, *key, status, rec.result_id, seconds, rec.summary)
 
     def _reusable(self, key: Key, stage: str, ident: Identity) -> list[ResultRecord]:
         """Stored intact results with exactly these inputs whose upstream the selection meets (selected first)."""
@@ -186,31 +191,40 @@ class Runner:
                  and self.catalog.intact(r) and self.catalog.upstream_problem(r) is None]
         return sorted(found, key=lambda r: (sel is None or r.result_id != sel.result_id, -r.committed_at.timestamp()))
 
-    def _ensure_upstream(self, stage: Stage, config, model, relation, shot) -> dict[str, tuple[ResultRecord, Requirement]]:
-        """Each upstream stage's result for the requirement derived from ``config``, selected."""
+    def _ensure_upstream(self, stage: Stage, config, model, relation, shot,
+                         chain: list[ResultRecord]) -> dict[str, tuple[ResultRecord, Requirement]]:
+        """Each upstream stage's result for the requirement derived from ``config`` (the selected one if it
+        meets it, else a stored one, else computed), chosen for selection and added to ``chain``."""
         out = {}
         for name in stage.upstream:
             up = STAGES[name]
             up_config = derive_config(up.config, config)
-            ups = self._ensure_upstream(up, up_config, model, relation, shot)  # its own upstream first
+            ups = self._ensure_upstream(up, up_config, model, relation, shot, chain)  # its own upstream first
             ident = identity(up, up_config, model, relation, shot)
             req = ident.requirement(name)
-            found = self.catalog.candidates((model.model_id, relation.name, shot), req)
-            if found:
-                rec = found[0]
-                self._select(rec)
-            else:
-                rec, _ = self._compute(up, up_config, model, relation, shot, ident, ups, None)
+            rec = self._first_readable(self.catalog.candidates((model.model_id, relation.name, shot), req))
+            if rec is None:
+                rec = self._compute(up, up_config, model, relation, shot, ident, ups, None)[0]
+            self._choose(rec, chain)
             out[name] = (rec, req)
         return out
 
-    def _select(self, rec: ResultRecord) -> None:
-        """Make ``rec`` the result its key and stage show (an event in the store), noting what it replaced."""
-        before = self.catalog.selection.get((rec.key, rec.stage))
-        if before == rec.result_id:
-            return
-        self.catalog.select(rec)
-        self.store.select([rec], self.run_id)
+    def _first_readable(self, recs: list[ResultRecord]) -> ResultRecord | None:
+        """The first of ``recs`` whose files' Parquet footers read back (a corrupt file of the right size
+        passes the size check); the others are marked damaged, so they are recomputed, not reused."""
+        for rec in recs:
+            problem = self.store.footer_problem(rec)
+            if problem is None:
+                return rec
+            self.catalog.damaged[rec.result_id] = problem
+        return None
+
+    def _choose(self, rec: ResultRecord, chain: list[ResultRecord]) -> None:
+        """Select ``rec`` in memory (the partition's chain is written to the store at the end of ``run``),
+        noting what it replaces."""
+        if rec not in chain:
+            chain.append(rec)
+        before = self.catalog.select(rec)
         if before is not None and before in self.catalog.results:
             old = self.catalog.results[before]
             self.notes.append(f"{rec.model}/{rec.relation}/shot={rec.shot}: {rec.stage} now shows result "
@@ -253,7 +267,6 @@ class Runner:
 
             rec = writer.commit(record)
         self.catalog.add(rec)
-        self._select(rec)
         return rec, seconds
 
     # -- after a command -------------------------------------------------------------------------

@@ -14,9 +14,11 @@ changed. Its identity:
   that met it.
 
 The *selection* is an append-only log: each command that computes or reuses a result for a key selects
-it. The selected result of (key, stage) is the default one the SQL views show. It is *current* when it
-is intact and each upstream requirement is met by the selected (and itself current) upstream result;
-otherwise it is *stale*, listed in the ``stale`` view and recomputed by the next run of its stage.
+it, together with the upstream results it used (one transaction per partition). The selected result of
+(key, stage) is the default one the SQL views show. It is *current* when it is intact and each upstream
+result it was computed from is exactly the selected (and itself current) result of that stage; otherwise
+it is *stale*, listed in the ``stale`` view and recomputed by the next run of its stage. So the default
+views never join a stage's rows with another capture's, even a content-equivalent one.
 """
 
 from __future__ import annotations
@@ -153,7 +155,7 @@ class Catalog:
             sel = self.selected(rec.key, req.stage)
             if sel is None:
                 return f"no {req.stage} result is selected for this partition"
-            if not req.met_by(sel):
+            if sel.result_id != used:
                 was = self.results.get(used)
                 return (f"it was computed on {req.stage} result {used}"
                         + (f" ({describe(was)})" if was else "")

@@ -50,7 +50,11 @@ _PARAM_SCAN_RE = re.compile(
     re.DOTALL,
 )
 _FORMATS = ("table", "csv", "json", "parquet")
-_SANDBOX = {"enable_external_access": False, "lock_configuration": True}
+# No file access beyond the registered store, no spilling to a temp folder (it would outlive the command),
+# and no way to change either.
+_SANDBOX = {"enable_external_access": False, "temp_directory": "", "lock_configuration": True}
+# DuckDB's message when a registered dataset cannot read one of its files.
+_FILE_ERROR = re.compile(r"registered as '_(?:current|stored)_(\w+)' failed: (?:\w+: )?(.*?'([^']+\.parquet)'.*)")
 _CATALOG_VIEWS = ("results", "stale", "damaged", "runs")
 
 
@@ -130,9 +134,21 @@ class StoreView:
         return self.sql(text, params).pl()
 
     def warnings(self) -> list[str]:
-        """One line per damaged file."""
-        return [f"damaged: {d.message()}; the result is left out of every view and the next run of its stage "
-                f"recomputes it" for d in self.damage]
+        """One line per damaged file, saying what becomes of it."""
+        out = []
+        for d in self.damage:
+            if not d.partition:
+                what = "its table cannot be used until it is repaired" if d.path.endswith("_delta_log") else \
+                    "left out"
+            elif self.catalog.selection.get(((d.partition.get("model"), d.partition.get("relation"),
+                                              int(d.partition.get("shot", -1))),
+                                             getattr(self.catalog.results.get(d.result_id), "stage", None))) \
+                    == d.result_id:
+                what = "its result is left out of every view; the next run of its stage recomputes it"
+            else:
+                what = "its result (not shown by any view) is left out; `factrecall gc` removes it"
+            out.append(f"damaged: {d.message()}; {what}")
+        return out
 
     def close(self) -> None:
         self.con.close()
@@ -171,12 +187,13 @@ def _damaged_table(damage: list[Damage]) -> pa.Table:
     })
 
 
-def open_store(root: Path | str, as_of: str | None = None) -> StoreView:
-    """A sandboxed, read-only view of the store at ``root`` (as it was after run ``as_of``)."""
+def open_store(root: Path | str, as_of: str | None = None, extra_damage: list[Damage] = ()) -> StoreView:
+    """A sandboxed, read-only view of the store at ``root`` (as it was after run ``as_of``);
+    ``extra_damage``: files found unreadable otherwise (left out like any damaged file)."""
     from factrecall.stages import STAGES, producers
 
     store = Store(root, as_of=as_of, create=False)
-    catalog, files, damage = store.verified_catalog()
+    catalog, files, damage = store.verified_catalog(extra_damage)
     current = {r.result_id for r in catalog.current()}
     committed = set(catalog.results) - set(catalog.damaged)
     con = duckdb.connect(":memory:", config=_SANDBOX)
@@ -310,6 +327,16 @@ def _explain(e: duckdb.Error, view: StoreView, sql: str) -> str:
     return "\n".join(lines)
 
 
+def _unreadable_file(e: duckdb.Error, root: Path | str) -> Damage | None:
+    """The store file a failed query could not read, as damage, when DuckDB's message names one."""
+    m = _FILE_ERROR.search(str(e))
+    if not m:
+        return None
+    table, problem, rel = m.group(1), m.group(2), m.group(3)
+    partition = dict(part.split("=", 1) for part in rel.split("/")[:-1] if "=" in part)
+    return Damage(table, str(Path(root).resolve() / table / rel), partition, f"unreadable ({problem.splitlines()[0]})")
+
+
 def run_query(root: Path | str, sql: str, fmt: str = "table", out: Path | None = None,
               params: dict[str, str] | None = None, as_of: str | None = None, warn=None) -> str:
     """Run ``sql`` against the store; return the result as text (or the parquet file's path).
@@ -325,21 +352,26 @@ def run_query(root: Path | str, sql: str, fmt: str = "table", out: Path | None =
     if fmt == "parquet" and out is None:
         raise ValueError("format parquet needs an output path (out)")
     bind = _check_params(sql, params)
-    try:
-        view = open_store(root, as_of)
-    except (StoreError, delta.TableLogError) as exc:
-        raise QueryError(str(exc)) from exc
-    for line in view.warnings():
-        if warn is not None:
-            warn(line)
-    try:
+    found: list[Damage] = []
+    while True:  # a file that fails to read (corrupt, of the right size) is left out, and the query retried
+        try:
+            view = open_store(root, as_of, found)
+        except (StoreError, delta.TableLogError) as exc:
+            raise QueryError(str(exc)) from exc
         try:
             rel = view.sql(sql, bind)
             df = rel.pl() if rel is not None else pl.DataFrame()
+            break
         except duckdb.Error as e:
-            raise QueryError(_explain(e, view, sql)) from e
-    finally:
-        view.close()
+            bad = _unreadable_file(e, root)
+            if bad is None or any(d.path == bad.path for d in found):
+                raise QueryError(_explain(e, view, sql)) from e
+            found.append(bad)
+        finally:
+            view.close()
+    for line in view.warnings():
+        if warn is not None:
+            warn(line)
     if fmt == "parquet":
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)

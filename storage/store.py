@@ -107,7 +107,9 @@ class Store:
         self.root = Path(root).resolve()
         self.as_of = as_of
         self._versions: dict[str, int] | None = None
+        self._as_of_finished = None  # when the as-of run finished: `runs` shows the runs up to it
         self._opened: dict = {}
+        self.meta_damage: list[Damage] = []  # damaged files of the catalogue and run tables (see `scan`)
         if as_of is not None:
             self._versions = self._run_versions(as_of)
         elif create:
@@ -119,7 +121,7 @@ class Store:
 
     def version_of(self, table: str) -> int | None | bool:
         """The version to read: an int (as of a run), None (latest), or False (did not exist then)."""
-        if self._versions is None:
+        if self._versions is None or table == RUNS:  # runs is read whole and filtered by time (see `scan`)
             return None
         return self._versions.get(table, False)
 
@@ -128,7 +130,13 @@ class Store:
         ``Store`` object and table: a ``Store`` reads one version of the store."""
         if table not in self._opened:
             version = self.version_of(table)
-            self._opened[table] = None if version is False else delta.open_table(self.table_dir(table), version)
+            try:
+                self._opened[table] = None if version is False else delta.open_table(self.table_dir(table), version)
+            except delta.TableLogError as exc:
+                if version is not None and _gone(exc):
+                    raise StoreError(f"--as-of {self.as_of}: table {table} at that run's version is no longer "
+                                     "readable: `factrecall gc` deleted the files of earlier versions") from exc
+                raise
         return self._opened[table]
 
     def data_tables(self) -> list[str]:
@@ -140,17 +148,20 @@ class Store:
                       and self.version_of(p.name) is not False)
 
     def versions(self) -> dict[str, int]:
-        """Latest version of every table of the store (data, catalogue and run tables)."""
+        """Latest version of every readable table of the store (data, catalogue and run tables)."""
         out = {}
         for p in sorted(self.root.iterdir()) if self.root.is_dir() else []:
             if (p / "_delta_log").is_dir():
-                table = delta.open_table(p)
+                try:
+                    table = delta.open_table(p)
+                except delta.TableLogError:
+                    continue  # named by the integrity check of every query
                 if table is not None:
                     out[p.name] = table.version()
         return out
 
     def _run_versions(self, run_id: str) -> dict[str, int]:
-        runs = delta.scan(self.table_dir(RUNS))
+        runs = self.scan(RUNS)
         if runs is None:
             raise StoreError(f"--as-of {run_id}: the store at {self.root} has no runs yet")
         match = runs.filter(pc.equal(runs["run_id"], run_id))
@@ -158,26 +169,56 @@ class Store:
             recent = runs.sort_by([("started_at", "descending")])["run_id"].to_pylist()[:5]
             raise StoreError(f"--as-of {run_id}: no such run in {self.root}; recent runs: {', '.join(recent)} "
                              "(`factrecall query \"SELECT run_id, kind, started_at FROM runs\"` lists them all)")
+        self._as_of_finished = match["finished_at"][0].as_py() or match["started_at"][0].as_py()
+        started = match["started_at"][0].as_py()
+        gcs = runs.filter(pc.equal(runs["kind"], "gc"))
+        later = [t for t in gcs["started_at"].to_pylist() if started is not None and t is not None and t > started]
+        if later:
+            raise StoreError(f"--as-of {run_id}: `factrecall gc` ran after that run (at {min(later):%Y-%m-%d %H:%M} "
+                             "UTC) and deleted the files of earlier versions; only later runs can be read as of")
         return json.loads(match["versions"][0].as_py() or "{}")
 
     # -- catalogue ---------------------------------------------------------------------------
     def scan(self, table: str) -> pa.Table | None:
-        """A small table (catalogue, runs) whole, as this store version has it; None if it does not exist."""
-        version = self.version_of(table)
-        if version is False:
+        """A small table (catalogue, runs) whole, as this store version has it; None if it does not exist.
+        A damaged file of it is left out and noted in ``meta_damage``; a log that cannot be read is too
+        (then the table reads as empty). As of a run, ``runs`` holds the runs up to and including it."""
+        try:
+            dt = self.open(table)
+        except delta.TableLogError as exc:
+            self.meta_damage.append(Damage(table, str(self.table_dir(table) / "_delta_log"), {}, f"unreadable: {exc}"))
             return None
-        return delta.scan(self.table_dir(table), version)
+        if dt is None:
+            return None
+        good = []
+        for f in delta.list_files(dt):
+            path = self.table_dir(table) / f.path
+            problem = _file_problem(path, f.size) or _footer_problem(path)
+            if problem:
+                self.meta_damage.append(Damage(table, str(path), {}, f"{problem}; the rows it held are unknown"))
+            else:
+                good.append(f)
+        data = delta.dataset(self.table_dir(table), pa.schema(dt.schema().to_arrow()), good).to_table()
+        if table == RUNS and self._as_of_finished is not None:
+            data = data.filter(pc.less_equal(data["started_at"], self._as_of_finished))
+        return data
 
     def catalog(self, damage: list[Damage] | None = None) -> Catalog:
         """Results and selections of this store version; ``damage`` (from `check`) marks damaged results."""
+        if self.as_of is None:
+            self._opened.clear()
+        return self._catalog(self.scan(RESULTS), self.scan(SELECTIONS), damage)
+
+    @staticmethod
+    def _catalog(results, selections, damage) -> Catalog:
         damaged: dict[str, str] = {}
         for d in damage or []:
             if d.result_id and d.result_id not in damaged:
                 damaged[d.result_id] = d.message()
-        return Catalog.from_tables(self.scan(RESULTS), self.scan(SELECTIONS), damaged)
+        return Catalog.from_tables(results, selections, damaged)
 
     def check(self, tables: Iterable[str] | None = None) -> tuple[dict[str, list[delta.DataFile]], list[Damage]]:
-        """Every table's files at this store version, and the damaged ones (see module docstring)."""
+        """Every data table's intact files at this store version, and the damaged ones (see module docstring)."""
         files: dict[str, list[delta.DataFile]] = {}
         damage: list[Damage] = []
         for name in tables if tables is not None else self.data_tables():
@@ -215,15 +256,39 @@ class Store:
                                       f"incomplete: {have} of its {rows} rows are in the table"))
         return out
 
-    def verified_catalog(self) -> tuple[Catalog, dict[str, list[delta.DataFile]], list[Damage]]:
-        """The catalogue with every damaged result marked, the intact files, and the damage found."""
+    def verified_catalog(self, extra: list[Damage] = ()) -> tuple[Catalog, dict[str, list[delta.DataFile]], list[Damage]]:
+        """The catalogue with every damaged result marked, the intact data files, and the damage found
+        (``extra``: damage found otherwise, e.g. a file a query could not read). The catalogue is read
+        before the data tables, so a result committed meanwhile by another process is simply not seen
+        (its files are already in the data tables when its record is)."""
+        if self.as_of is None:  # the latest versions, now (this object may have written since)
+            self._opened.clear()
+            self.meta_damage = []
+        results, selections = self.scan(RESULTS), self.scan(SELECTIONS)
         files, damage = self.check()
-        catalog = self.catalog(damage)
-        extra = self.record_rows(files, catalog)
-        if extra:
-            damage += extra
-            catalog = self.catalog(damage)
+        damage = list(self.meta_damage) + damage + list(extra)
+        bad = {(d.table, d.path) for d in extra}
+        files = {t: [f for f in fs if (t, str(self.table_dir(t) / f.path)) not in bad] for t, fs in files.items()}
+        catalog = self._catalog(results, selections, damage)
+        more = self.record_rows(files, catalog)
+        if more:
+            damage += more
+            catalog = self._catalog(results, selections, damage)
         return catalog, files, damage
+
+    def footer_problem(self, rec: ResultRecord) -> str | None:
+        """Read the Parquet footer of every file of ``rec`` (a check worth its cost before reusing a result:
+        a file of the right size can still be corrupt); the first problem found, with the file, or None."""
+        for table in rec.tables:
+            version = self.version_of(table)
+            dt = None if version is False else delta.open_table(self.table_dir(table), version)
+            for f in delta.list_files(dt) if dt is not None else []:
+                if f.partition.get("result_id") == rec.result_id:
+                    path = self.table_dir(table) / f.path
+                    problem = _file_problem(path, f.size) or _footer_problem(path)
+                    if problem:
+                        return Damage(table, str(path), f.partition, problem).message()
+        return None
 
     # -- reading results -----------------------------------------------------------------------
     def read(self, rec: ResultRecord, table: str, columns: list[str] | None = None, filters=None) -> pa.Table:
@@ -268,7 +333,7 @@ class Store:
         self._require_writable()
         return ResultWriter(self, stage, key, schemas)
 
-    def _append(self, table: str, schema: pa.Schema, rows: list[dict]) -> int:
+    def _append(self, table: str, schema: pa.Schema, rows: list[dict]) -> None:
         """Append ``rows`` to an unpartitioned table as one file and one transaction."""
         path = self.table_dir(table)
         path.mkdir(parents=True, exist_ok=True)
@@ -276,10 +341,12 @@ class Store:
         data = pa.Table.from_pylist(rows, schema=delta.delta_schema(schema))
         try:
             pq.write_table(data, path / rel, **parquet_options(data.schema))
-            return delta.commit_files(path, schema, (), [(rel, {})], configuration=_TABLE_CONFIG)
         except BaseException:
             (path / rel).unlink(missing_ok=True)
             raise
+        # From here the file stays even if the commit fails or is interrupted: the commit may have landed
+        # (an interrupt is raised only once delta-rs returns). An uncommitted file is an orphan gc deletes.
+        delta.commit_files(path, schema, (), [(rel, {})], configuration=_TABLE_CONFIG)
 
     def add_result(self, rec: ResultRecord) -> None:
         self._require_writable()
@@ -314,7 +381,8 @@ class Store:
     # -- garbage collection --------------------------------------------------------------------
     def gc(self, drop_unselected: bool = False) -> dict:
         """Delete what no current version needs: time-travel history, orphan files of crashed writers,
-        damaged results' files, and (``drop_unselected``) results no key selects. Needs no writer."""
+        damaged results (files and records), and (``drop_unselected``) results that no partition shows
+        and no shown result was computed from. Needs no writer: refused while a command writes."""
         self._require_writable()
         fd = os.open(self.root / "_gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -328,22 +396,28 @@ class Store:
             if drop_unselected:
                 keep = {r.result_id for r in catalog.results.values()
                         if catalog.status(r)[0] in ("current", "stale") or _upstream_of_selected(r, catalog)}
-            removed_results = 0
             for table, fs in files.items():
                 gone = [f for f in fs if f.partition.get("result_id") not in keep]
-                broken = [d for d in damage if d.table == table and d.path.startswith(str(self.table_dir(table)))]
                 gone += [delta.DataFile(os.path.relpath(d.path, self.table_dir(table)), 0, d.partition, None)
-                         for d in broken if os.path.isabs(d.path) and d.partition]
+                         for d in damage if d.table == table and d.partition and os.path.isabs(d.path)]
                 if gone:
                     dt = delta.open_table(self.table_dir(table))
                     delta.remove_files(self.table_dir(table), pa.schema(dt.schema().to_arrow()), PARTITION_BY, gone)
-                    removed_results += len({f.partition.get("result_id") for f in gone})
+            dropped = sorted(set(catalog.results) - keep)
+            if dropped:  # their records go too: a record without rows would read as damaged
+                ids = ", ".join(f"'{rid}'" for rid in dropped)
+                delta.open_table(self.table_dir(RESULTS)).delete(f"result_id IN ({ids})")
             deleted = []
             for p in sorted(self.root.iterdir()):
                 if (p / "_delta_log").is_dir():
                     dt = delta.open_table(p)
                     deleted += dt.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False, full=True)
-            return {"files_deleted": len(deleted), "results_dropped": len(set(catalog.results) - keep)}
+            done = {"files_deleted": len(deleted), "results_dropped": len(dropped)}
+            now = _utcnow()
+            self.write_run({"run_id": now.strftime("%Y%m%dT%H%M%SZ") + "-gc-" + uuid.uuid4().hex[:6], "kind": "gc",
+                            "started_at": now, "finished_at": _utcnow(), "config": {"unselected": drop_unselected},
+                            "timings": done, "store": str(self.root)})
+            return done
         finally:
             os.close(fd)
 
@@ -353,6 +427,19 @@ def _upstream_of_selected(rec: ResultRecord, catalog: Catalog) -> bool:
         if catalog.status(other)[0] in ("current", "stale") and any(rid == rec.result_id for _, rid in other.upstream):
             return True
     return False
+
+
+def _gone(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "not found" in text or "no such file" in text
+
+
+def _footer_problem(path: Path) -> str | None:
+    try:
+        pq.read_metadata(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        return f"unreadable ({str(exc).splitlines()[0]})"
+    return None
 
 
 def _file_problem(path: Path, size: int) -> str | None:

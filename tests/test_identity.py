@@ -165,3 +165,89 @@ def test_the_next_run_recomputes_a_damaged_result_instead_of_skipping_it(lm, tmp
     assert con.execute("SELECT count(*), any_value(result_id) FROM heads").fetchall()[0] == (4 * 3 * 4, again.result_id)
     assert dict(con.execute("SELECT result_id, status FROM results").fetchall()) == \
         {first.result_id: "damaged", again.result_id: "current"}
+
+
+def test_a_stage_is_stale_even_when_the_newly_selected_capture_is_equivalent(lm, tmp_path):
+    """A wider capture of the same family is content-equivalent, but the default views never join rows of
+    two captures: the heads result computed on the 5-prompt capture is stale once the full one is shown."""
+    rel = get_relation(REL)
+    small = run_stage(tmp_path, "capture", lm, rel, 0, CaptureConfig(max_prompts=5))
+    run_stage(tmp_path, "heads", lm, rel, 0, HeadsConfig(max_prompts=5, n_boot=20))
+    wide = run_stage(tmp_path, "capture", lm, rel, 0, CaptureConfig(max_prompts=9))
+    con = connect(tmp_path)
+    (reason,) = [r[0] for r in con.execute("SELECT reason FROM stale WHERE stage = 'heads'").fetchall()]
+    assert small.result_id in reason and wide.result_id in reason
+    assert con.execute("SELECT count(*) FROM head_prompts").fetchall()[0][0] == 0
+    again = run_stage(tmp_path, "heads", lm, rel, 0, HeadsConfig(max_prompts=5, n_boot=20))
+    assert again.status == "written"  # recomputed on the shown capture, which it reuses (no new capture)
+    con = connect(tmp_path)
+    assert con.execute("SELECT DISTINCT capture_id FROM head_prompts").fetchall() == [(wide.result_id,)]
+    assert con.execute("SELECT count(*) FROM results WHERE stage = 'capture'").fetchall()[0][0] == 2
+
+
+def test_a_corrupt_file_of_the_right_size_is_recomputed_not_reused(lm, tmp_path):
+    rel = get_relation(REL)
+    first = run_stage(tmp_path, "capture", lm, rel, 0, CaptureConfig(max_prompts=4))
+    (path,) = [p for p in (tmp_path / "logits").rglob("*.parquet") if first.result_id in str(p)]
+    data = bytearray(path.read_bytes())
+    data[-5:] = b"XXXXX"
+    path.write_bytes(bytes(data))
+    again = run_stage(tmp_path, "capture", lm, rel, 0, CaptureConfig(max_prompts=4))
+    assert again.status == "written" and again.result_id != first.result_id
+    assert connect(tmp_path).execute("SELECT count(*), any_value(result_id) FROM logits").fetchall()[0] == \
+        (4, again.result_id)
+
+
+def test_a_capture_whose_selection_was_interrupted_is_reused_by_the_next_run(lm, tmp_path, monkeypatch):
+    rel = get_relation(REL)
+
+    class Crash(BaseException):
+        pass
+
+    def crash(self, recs, run_id):
+        raise Crash()
+
+    monkeypatch.setattr(Store, "select", crash)
+    with pytest.raises(Crash):
+        run_stage(tmp_path, "capture", lm, rel, 0, CaptureConfig(max_prompts=4))
+    monkeypatch.undo()
+    again = run_stage(tmp_path, "capture", lm, rel, 0, CaptureConfig(max_prompts=4))
+    assert again.status == "skipped"  # the committed result is reused and selected, not written twice
+    con = connect(tmp_path)
+    assert con.execute("SELECT count(*) FROM stored.logits").fetchall()[0][0] == 4
+    assert con.execute("SELECT count(*) FROM logits").fetchall()[0][0] == 4
+
+
+_CONCURRENT = """
+import sys
+sys.path.insert(0, {tests!r})
+from factrecall.flows.runner import run_stage
+from factrecall.tasks.heads_stage import HeadsConfig
+from factrecall.tasks.relations import get_relation
+from tiny_models import loaded_tiny_model
+lm, seed = loaded_tiny_model("llama"), int(sys.argv[2])
+for shot in (0, 1, 2):
+    run_stage(sys.argv[1], "heads", lm, get_relation("paper.capital"), shot, HeadsConfig(max_prompts=5, n_boot=20, seed=seed))
+"""
+
+
+def test_two_concurrent_commands_leave_every_partition_consistent(tmp_path):
+    """Two processes ask for other settings of the same partitions at once; each partition ends up showing
+    one whole, current chain (capture and heads computed on it), whichever process selected last."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "run.py"
+    script.write_text(_CONCURRENT.format(tests=str(Path(__file__).parent)))
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "s"), seed], stderr=subprocess.PIPE)
+             for seed in ("0", "1")]
+    for p in procs:
+        assert p.wait(timeout=600) == 0, p.stderr.read().decode()
+    con = connect(tmp_path / "s")
+    assert con.execute("SELECT count(*) FROM stale").fetchall()[0][0] == 0
+    shown = con.execute("""SELECT h.shot, count(DISTINCT h.capture_id), any_value(h.capture_id) = any_value(l.result_id)
+                           FROM head_prompts h JOIN logits l USING (model, relation, shot, prompt_id)
+                           GROUP BY h.shot ORDER BY h.shot""").fetchall()
+    assert shown == [(0, 1, True), (1, 1, True), (2, 1, True)]
+    assert con.execute("SELECT count(*) FROM results").fetchall()[0][0] == 12  # both settings stay stored

@@ -93,10 +93,11 @@ def test_schema_mismatch_is_an_error(tmp_path):
             w.write("heads", logits([0]))
 
 
-@pytest.mark.parametrize("crash_after", ["files", "logits", "prompts", "record"])
-def test_a_crash_at_any_point_leaves_no_partial_result_and_a_rerun_no_duplicates(tmp_path, monkeypatch, crash_after):
-    """Commit order: every table's transaction (alphabetical), then the result's record, then its
-    selection. Crash after each step; the rerun's result is the only one the views show."""
+@pytest.mark.parametrize("crash", ["before any table", "after one table", "after the record"])
+def test_a_crash_at_any_point_leaves_no_partial_result_and_a_rerun_no_duplicates(tmp_path, monkeypatch, crash):
+    """Commit order: the tables' transactions, then the result's record, then its selection. A crash before
+    any table, between tables (logits committed, prompts not) and after the record: the rerun's result is
+    the only one the views show, and nothing of the crashed one is half visible."""
     store = Store(tmp_path)
     capture(store, OTHER, 4)  # an earlier, untouched partition
     real_commit, real_add = delta.commit_files, Store.add_result
@@ -105,16 +106,13 @@ def test_a_crash_at_any_point_leaves_no_partial_result_and_a_rerun_no_duplicates
         pass
 
     def commit(path, *a, **k):
-        if crash_after == "files":
+        if crash == "before any table" or (crash == "after one table" and Path(path).name == "prompts"):
             raise Crash()
-        version = real_commit(path, *a, **k)
-        if Path(path).name == crash_after:
-            raise Crash()
-        return version
+        return real_commit(path, *a, **k)
 
     def add(self, rec):
         real_add(self, rec)
-        if crash_after == "record":
+        if crash == "after the record":
             raise Crash()
 
     monkeypatch.setattr(delta, "commit_files", commit)
@@ -122,12 +120,17 @@ def test_a_crash_at_any_point_leaves_no_partial_result_and_a_rerun_no_duplicates
     with pytest.raises(Crash):
         capture(store, KEY, 6, tag=1.0)
     monkeypatch.undo()
+    logits_log = delta.open_table(tmp_path / "logits")
+    committed = sum(1 for f in delta.list_files(logits_log) if f.partition["shot"] == 2)
+    assert committed == (0 if crash == "before any table" else 1)  # the state each case means to test
     seen = rows(tmp_path)
-    if crash_after == "record":  # committed but never selected: stored, not shown until selected
-        assert seen == [] and connect(tmp_path).execute("SELECT status FROM results WHERE shot = 2").fetchall() == [("unselected",)]
+    con = connect(tmp_path)
+    if crash == "after the record":  # committed but never selected: stored, not shown until selected
+        assert seen == [] and con.execute("SELECT status FROM results WHERE shot = 2").fetchall() == [("unselected",)]
     else:
         assert seen == []  # nothing of the interrupted result is visible anywhere
-        assert connect(tmp_path).execute("SELECT count(*) FROM stored.logits WHERE shot = 2").fetchall()[0][0] == 0
+        assert con.execute("SELECT count(*) FROM stored.logits WHERE shot = 2").fetchall()[0][0] == 0
+        assert con.execute("SELECT count(*) FROM stored.prompts WHERE shot = 2").fetchall()[0][0] == 0
     rerun = capture(Store(tmp_path), KEY, 6, tag=2.0)
     assert rows(tmp_path) == [(i, 2.0) for i in range(6)]
     assert connect(tmp_path).execute(f"SELECT count(*) FROM logits WHERE result_id = '{rerun.result_id}'").fetchall()[0][0] == 6
@@ -135,6 +138,7 @@ def test_a_crash_at_any_point_leaves_no_partial_result_and_a_rerun_no_duplicates
     Store(tmp_path).gc(drop_unselected=True)  # the crash's leftovers go, the current results stay
     assert len(list((tmp_path / "logits").rglob("*.parquet"))) == 2
     assert rows(tmp_path) == [(i, 2.0) for i in range(6)]
+    assert open_store(tmp_path).warnings() == []  # gc dropped the records of what it deleted
 
 
 _WRITER = textwrap.dedent("""
@@ -186,9 +190,15 @@ def test_as_of_a_run_answers_from_the_store_as_it_was(tmp_path):
         run_query(tmp_path, "SELECT 1", as_of="nope")
     with pytest.raises(Exception, match="read-only"):
         capture(Store(tmp_path, as_of="r1"), KEY, 2)
-    # gc ends time travel: the older version's files are gone
+    # a run sees itself in `runs` as of itself
+    assert [r[0] for r in connect(tmp_path, as_of="r1").execute("SELECT run_id FROM runs").fetchall()] == ["r1"]
+    assert len(connect(tmp_path, as_of="r2").execute("SELECT run_id FROM runs").fetchall()) == 2
+    # gc ends time travel: the older version's files are gone, and --as-of says so in one line
     Store(tmp_path).gc(drop_unselected=True)
     assert rows(tmp_path) == [(i, 2.0) for i in range(3)]
+    with pytest.raises(QueryError, match="gc"):
+        run_query(tmp_path, "SELECT * FROM logits", as_of="r1")
+    assert open_store(tmp_path).warnings() == []
 
 
 # --------------------------------------------------------------------------------- integrity
@@ -198,7 +208,7 @@ def _file_of(root: Path, tbl: str, rec) -> Path:
     return path
 
 
-@pytest.mark.parametrize("damage", ["truncated", "deleted", "unreadable"])
+@pytest.mark.parametrize("damage", ["truncated", "deleted", "unreadable", "corrupt, same size"])
 def test_a_damaged_file_is_named_and_the_rest_stays_queryable(tmp_path, monkeypatch, damage):
     store = Store(tmp_path)
     bad = capture(store, KEY, 6, tag=1.0)
@@ -208,10 +218,21 @@ def test_a_damaged_file_is_named_and_the_rest_stays_queryable(tmp_path, monkeypa
         path.write_bytes(path.read_bytes()[:100])
     elif damage == "deleted":
         path.unlink()
-    else:  # as root, chmod 0 would not stop reading: the check's own probe is told it cannot read
+    elif damage == "unreadable":  # as root, chmod 0 would not stop reading: the check's probe is told so
         real_access = os.access
         monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == path else real_access(p, mode))
+    else:  # the footer's last bytes overwritten: the size check cannot see it, reading the file can
+        data = bytearray(path.read_bytes())
+        data[-5:] = b"XXXXX"
+        path.write_bytes(bytes(data))
+    warned = []
+    assert "4" in run_query(tmp_path, "SELECT count(*) AS n FROM logits", fmt="csv", warn=warned.append)
+    if damage == "corrupt, same size":  # found when a query reads it: left out, the query retried, named
+        (warning,) = warned
+        assert str(path) in warning and "unreadable" in warning and "shot=2" in warning
+        return
     view = open_store(tmp_path)
+    assert warned == view.warnings()
     (warning,) = view.warnings()
     assert str(path) in warning and "model=tiny-gpt2/relation=capital/shot=2" in warning
     assert {"truncated": "truncated", "deleted": "missing", "unreadable": "unreadable"}[damage] in warning
@@ -221,9 +242,6 @@ def test_a_damaged_file_is_named_and_the_rest_stays_queryable(tmp_path, monkeypa
     assert view.sql("SELECT 1").fetchall() == [(1,)]
     assert view.sql("SELECT result_id, status FROM results WHERE shot = 2").fetchall() == [(bad.result_id, "damaged")]
     assert view.sql("SELECT table_name, result_id FROM damaged").fetchall() == [("logits", bad.result_id)]
-    warned = []
-    run_query(tmp_path, "SELECT 1", warn=warned.append)
-    assert warned == view.warnings()
 
 
 def test_an_unreadable_log_names_the_table_and_other_tables_still_work(tmp_path):
@@ -298,3 +316,4 @@ def test_run_manifest_records_the_table_versions(tmp_path):
         store.write_run({"run_id": "r", "kind": "capture", "started_at": "2026-01-01T00:00:00+00:00"})
     versions = json.loads(connect(tmp_path).execute("SELECT versions FROM runs").fetchall()[0][0])
     assert versions["logits"] == 1 and versions["_results"] == 1 and versions["_selections"] == 1
+    assert "runs" not in versions  # its own row is the first version of runs; as-of reads runs up to it
