@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import sys
 import typing
 from pathlib import Path
@@ -19,9 +20,17 @@ from rich.table import Column, Table
 
 from factrecall.paths import configure_prefect, default_store, state_dir
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0],
+                  pretty_exceptions_enable=False)
 console = Console()
 err = Console(stderr=True)
+
+
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks and Prefect's logging "
+                                                                    "(also FACTRECALL_DEBUG=1).")) -> None:
+    if verbose:
+        os.environ["FACTRECALL_DEBUG"] = "1"
 
 EXAMPLE_QUERY = "accuracy_by_shot"
 
@@ -41,8 +50,58 @@ def _shots(text: str) -> list[int]:
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    """The error contract: one line on stderr, exit code 2 (with --verbose, the traceback before it)."""
+    from factrecall.paths import debug
+
+    if debug() and sys.exc_info()[0] is not None:
+        import traceback
+
+        traceback.print_exc()
+    err.print(f"[bold red]error:[/] {' '.join(str(message).split())}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures the user can fix: each one is one line and exit code 2."""
+    from factrecall.flows.preflight import PreflightError
+    from factrecall.paths import PathsError
+    from factrecall.storage.delta import TableLogError
+    from factrecall.storage.query import QueryError
+    from factrecall.storage.store import StoreError
+    from factrecall.tasks.adapters import UnsupportedModelError
+    from factrecall.tasks.models import ModelLoadError
+    from factrecall.tasks.relations import RelationError
+    from factrecall.tasks.tokenization import TokenizationError
+
+    return (PreflightError, PathsError, TableLogError, QueryError, StoreError, UnsupportedModelError, ModelLoadError,
+            RelationError, TokenizationError)
+
+
+def main() -> None:
+    """The `factrecall` command: an expected failure is one line and exit code 2; an unexpected one is one
+    line and exit code 1 (the traceback with --verbose or FACTRECALL_DEBUG=1)."""
+    from factrecall.paths import debug
+
+    try:
+        app()
+    except (SystemExit, typer.Exit):
+        raise
+    except KeyboardInterrupt:
+        err.print("[bold red]error:[/] interrupted; rerun the command to resume (finished partitions are kept)",
+                  highlight=False, soft_wrap=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence of the error contract
+        if isinstance(exc, _expected_errors()):
+            try:
+                _fail(str(exc))
+            except typer.Exit as done:
+                sys.exit(done.exit_code)
+        if debug():
+            raise
+        first = (str(exc).splitlines() or [""])[0]
+        err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {first}; rerun with --verbose "
+                  "(or FACTRECALL_DEBUG=1) for the traceback, and please report it", highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 StoreRoot = Annotated[Optional[Path], typer.Option("--store", help="Store root (default: $FACTRECALL_STORE or .factrecall/store).")]
@@ -58,7 +117,10 @@ _COMMON = {
     "device": (Annotated[Optional[str], typer.Option(help="cpu | cuda (default: cuda when present).")], None),
     "store": (StoreRoot, None),
     "force": (Annotated[bool, typer.Option(help="Recompute even where an identical result is stored.")], False),
-    "progress": (Annotated[bool, typer.Option(help="Show a progress display.")], True),
+    "threads": (Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's choice).")],
+                None),
+    "progress": (Annotated[bool, typer.Option(help="Show progress displays (--no-progress: none at all, "
+                                                   "transformers' included).")], True),
 }
 
 
@@ -100,7 +162,7 @@ def _stage_command(stage):
 
 
 def _run_stage(stage, settings: dict, models: str, relations: str, shots: str, dtype: str, device, store,
-               force: bool, progress: bool, example: bool) -> None:
+               force: bool, threads: int | None, progress: bool, example: bool) -> None:
     """Validate everything, run the stage's flow, print one line per partition, the selection changes,
     stale results, the run summary and a follow-up query."""
     store_root = (store or default_store()).resolve()
@@ -110,11 +172,17 @@ def _run_stage(stage, settings: dict, models: str, relations: str, shots: str, d
         _fail(str(exc))
     shot_list = _validate(models, relations, shots, dtype)
     _print_file_relations(relations)
+    _quiet_libraries(progress)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    warnings = _guarded(lambda: _preflight(stage, settings, models, relations, shot_list, dtype, device, store_root))
     configure_prefect()
     from factrecall.flows.stage_flow import stage_flow
 
     manifest = _guarded(lambda: stage_flow(stage.name, _split(models), _split(relations), shot_list, str(store_root),
-                                           settings, dtype, device, progress, force))
+                                           settings, dtype, device, progress, force, warnings))
     for p in manifest["partitions"]:
         if p["stage"] != stage.name:
             continue
@@ -124,6 +192,8 @@ def _run_stage(stage, settings: dict, models: str, relations: str, shots: str, d
             console.print(f"{where} {line} ({p['seconds']:.0f} s)", highlight=False)
         elif p["summary"].get("skipped_reason"):
             console.print(f"{where} {line}", highlight=False)
+    for warning in manifest.get("warnings", []):
+        err.print(warning, highlight=False, soft_wrap=True)
     _report(manifest, store_root, f"--named {EXAMPLE_QUERY}" if example else None)
     if manifest["partitions"] and stage.hint and not example:
         first = manifest["partitions"][0]
@@ -132,8 +202,32 @@ def _run_stage(stage, settings: dict, models: str, relations: str, shots: str, d
         raise typer.Exit(code=1)
 
 
+def _preflight(stage, settings, models, relations, shots, dtype, device, store_root) -> list[str]:
+    """Everything that can fail before a write, checked before Prefect starts (flows.preflight)."""
+    from factrecall.flows.preflight import preflight
+    from factrecall.flows.runner import ModelHandle
+    from factrecall.tasks.relations import get_relation
+
+    handles = [ModelHandle(ref, dtype, device) for ref in _split(models)]
+    return preflight(stage, stage.config(**settings), handles, [get_relation(r) for r in _split(relations)], shots,
+                     store_root)
+
+
+def _quiet_libraries(progress: bool) -> None:
+    """transformers' warnings off (unless debugging), and with --no-progress its progress bars too."""
+    from factrecall.paths import debug
+
+    if not debug():
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if not progress:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def _validate(models: str, relations: str, shots: str, dtype: str) -> list[int]:
-    """Check every input before Prefect starts or anything is written; returns the shots."""
+    """Check the command line before Prefect starts or anything is written; returns the shots."""
     from factrecall.paths import model_cache_dir
     from factrecall.tasks.models import DTYPES, ModelLoadError, resolve
     from factrecall.tasks.relations import RelationError, get_relation
@@ -141,6 +235,9 @@ def _validate(models: str, relations: str, shots: str, dtype: str) -> list[int]:
     shot_list = _shots(shots)
     if dtype not in DTYPES:
         _fail(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    for option, value, what in (("--models", models, "model"), ("--relations", relations, "relation")):
+        if not _split(value):
+            _fail(f"{option} {value!r} names no {what}; give at least one (comma-separated)")
     try:
         for name in _split(relations):
             get_relation(name)
@@ -158,22 +255,16 @@ def _print_file_relations(relations: str) -> None:
     builtin = set(relation_names())
     for ref in _split(relations):
         if ref not in builtin:
-            console.print(f"relation {ref} is stored as {get_relation(ref).name}", highlight=False)
+            relation = get_relation(ref)
+            repaired = f"; repaired: {', '.join(relation.repairs)}" if relation.repairs else ""
+            console.print(f"relation {ref} is stored as {relation.name}{repaired}", highlight=False, soft_wrap=True)
 
 
 def _guarded(call):
-    """Run a flow, turning our input errors into one-line messages."""
-    from factrecall.storage.delta import TableLogError
-    from factrecall.storage.store import StoreError
-    from factrecall.tasks.adapters import UnsupportedModelError
-    from factrecall.tasks.models import ModelLoadError
-    from factrecall.tasks.relations import RelationError
-    from factrecall.tasks.tokenization import TokenizationError
-
+    """Run a flow, turning our expected errors into one-line messages."""
     try:
         return call()
-    except (ModelLoadError, UnsupportedModelError, RelationError, TokenizationError, StoreError, TableLogError,
-            ValueError) as exc:
+    except _expected_errors() as exc:
         _fail(str(exc))
 
 
@@ -348,4 +439,4 @@ def relations(
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

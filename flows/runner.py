@@ -34,7 +34,17 @@ from factrecall.storage.catalog import Catalog, Key, Requirement, ResultRecord, 
 from factrecall.storage.store import Store
 from factrecall.tasks.capture_stage import LedgerError
 from factrecall.tasks.final_layer_stage import RerunMismatchError
-from factrecall.tasks.models import DTYPES, LoadedModel, load_model, model_key, resolve
+from factrecall.tasks.models import (
+    DTYPES,
+    LoadedModel,
+    ModelLoadError,
+    PreparedModel,
+    load_model,
+    load_tokenizer,
+    model_key,
+    prepare_model,
+    resolve,
+)
 from factrecall.tasks.relations import Relation
 from factrecall.tasks.stage_api import StageInput, StageOutput, hashed_settings
 from factrecall.tasks.upstream_checks import StoreMismatchError
@@ -46,7 +56,8 @@ REFUSALS = (LedgerError, RerunMismatchError, StoreMismatchError)
 
 
 class ModelHandle:
-    """A model reference resolved without loading it (id and file hash), loaded on first ``get``."""
+    """A model reference resolved without loading it (id and file hash); prepared (files local, config
+    checked), its tokenizer and its weights loaded on first need, each once."""
 
     def __init__(self, ref: str, dtype: str = "float32", device: str | None = None, cache_dir: Path | None = None,
                  loaded: LoadedModel | None = None) -> None:
@@ -54,14 +65,15 @@ class ModelHandle:
 
         self.ref, self.dtype, self.device = ref, dtype, device
         self._lm = loaded
+        self._prepared: PreparedModel | None = None
+        self._tokenizer = None
         self.load_seconds = 0.0
         if loaded is not None:
             self.model_id, self.file_sha256, self.source = loaded.model_id, loaded.file_sha256, loaded.source
             self.dtype = str(loaded.dtype).removeprefix("torch.")
+            self._tokenizer = loaded.tokenizer
         else:
             if dtype not in DTYPES:
-                from factrecall.tasks.models import ModelLoadError
-
                 raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
             self._cache_dir = cache_dir or model_cache_dir()
             model_id, _, location, self.file_sha256 = resolve(ref, self._cache_dir)
@@ -71,10 +83,21 @@ class ModelHandle:
     def loaded(self) -> bool:
         return self._lm is not None
 
+    def prepare(self) -> PreparedModel | None:
+        """Make the files local and check the config (None for a model handed in loaded)."""
+        if self._prepared is None and self._lm is None:
+            self._prepared = prepare_model(self.ref, self.dtype, self._cache_dir)
+        return self._prepared
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.prepare())
+        return self._tokenizer
+
     def get(self) -> LoadedModel:
         if self._lm is None:
             t0 = time.perf_counter()
-            self._lm = load_model(self.ref, dtype=self.dtype, device=self.device, cache_dir=self._cache_dir)
+            self._lm = load_model(self.prepare(), device=self.device, tokenizer=self._tokenizer)
             self.load_seconds = time.perf_counter() - t0
         return self._lm
 

@@ -15,12 +15,18 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
+
 from factrecall.paths import configure_prefect
 
 configure_prefect()
 
 from prefect import task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from .prefect_server import install as _watch_prefect_server  # noqa: E402
+
+_watch_prefect_server()
 
 from factrecall.stages import STAGES  # noqa: E402
 from factrecall.storage.store import Store  # noqa: E402
@@ -29,6 +35,7 @@ from factrecall.tasks.models import DTYPES  # noqa: E402
 from factrecall.tasks.relations import get_relation  # noqa: E402
 from factrecall.version import code_version, package_versions  # noqa: E402
 
+from .preflight import preflight  # noqa: E402
 from .progress import Progress  # noqa: E402
 from .runner import REFUSALS, ModelHandle, Runner  # noqa: E402
 
@@ -47,15 +54,18 @@ def partition_task(runner: Runner, stage: str, config, model: ModelHandle, relat
 
 def sweep(stage: str, models: list[str], relations: list[str], shots: list[int], store_root: str,
           settings: dict | None = None, dtype: str = "float32", device: str | None = None,
-          show_progress: bool = True, force: bool = False) -> dict:
-    """Run ``stage`` (and what it needs) for every (model, relation, shot); returns the run manifest."""
+          show_progress: bool = True, force: bool = False, checked: list[str] | None = None) -> dict:
+    """Run ``stage`` (and what it needs) for every (model, relation, shot); returns the run manifest.
+    ``checked``: the warnings of a preflight the caller already ran (the CLI does, before Prefect starts)."""
     spec = STAGES[stage]
     config = spec.config(**(settings or {}))
     run_id = new_run_id()
     started = datetime.now(timezone.utc)
-    store = Store(Path(store_root))
     rels = [get_relation(r) for r in relations]  # bad names fail before any model loads
     handles = [ModelHandle(ref, dtype, device) for ref in models]
+    warnings = checked if checked is not None else preflight(spec, config, handles, rels, list(shots),
+                                                                Path(store_root))  # before any write
+    store = Store(Path(store_root))
     partitions: list[dict] = []
     refused: dict[str, str] = {}
     with store.writing():
@@ -77,17 +87,19 @@ def sweep(stage: str, models: list[str], relations: list[str], shots: list[int],
             "code_version": code_version(), "packages": package_versions(), "python": platform.python_version(),
             "seed": config.seed,
             "config": {"models": models, "relations": relations, "shots": list(shots), "dtype": dtype,
-                       "device": device, "stage": stage, "settings": {k: getattr(config, k) for k in
-                                                                     config.__dataclass_fields__},
+                       "device": device, "threads": torch.get_num_threads(), "stage": stage,
+                       "settings": {k: getattr(config, k) for k in config.__dataclass_fields__},
                        "bos": "tokenizer default", "answer_token": "first token of ' ' + object after the prompt",
                        "padding": "right", "ledger_rtol": ledger_rtol(DTYPES[dtype])},
             "model_sha256": {m.model_id: m.file_sha256 for m in handles},
             "relation_sha256": {r.name: r.content_hash() for r in rels},
+            "relation_repairs": {r.name: list(r.repairs) for r in rels if r.repairs},
             "partitions": partitions, "refused": refused,
             "timings": {f"load:{m.model_id}": round(m.load_seconds, 3) for m in handles if m.loaded},
             "store": str(store.root),
         }
         store.write_run(manifest)
     manifest["notes"] = runner.notes
+    manifest["warnings"] = warnings
     manifest["stale"] = runner.stale_notes()
     return manifest

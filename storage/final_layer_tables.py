@@ -11,7 +11,9 @@ from .columns import ci, encode_rows, list_of
 from .columns import field as _f
 
 SCHEMAS: dict[str, pa.Schema] = {
-    # Logit lens at END per clean prompt and depth (METHOD.md §7). layer -1 = the embeddings (residual entering block 0), layer l = the residual leaving block l; the last layer equals the model's logits. The competitor is the highest-logit token other than the answer entering the last layer.
+    # Logit lens at END per clean prompt and depth (METHOD.md §7). layer -1 = the embeddings (residual
+    # entering block 0), layer l = the residual leaving block l; the last layer equals the model's logits. The
+    # competitor is the highest-logit token other than the answer entering the last layer.
     "lens": pa.schema([
         _f("prompt_id", pa.int32()),
         _f("layer", pa.int16()),
@@ -37,7 +39,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("dla_answer", pa.float32()),
         _f("dla_competitor", pa.float32()),
     ]),
-    # One row per partition: what the last layer does to the answer (deltas = after - before the last layer, i.e. lens at the last layer minus lens at the one below; bootstrap 95% intervals over prompts).
+    # One row per partition: what the last layer does to the answer (deltas = after - before the last layer,
+    # i.e. lens at the last layer minus lens at the one below; bootstrap 95% intervals over prompts).
     "final_layer_summary": pa.schema([
         _f("n", pa.int32()),
         _f("layer", pa.int16()),  # the last layer's index
@@ -57,7 +60,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("verdict", pa.string()),  # "suppresses" | "raises" | "inconclusive"
         _f("seconds", pa.float64()),
     ]),
-    # One row per mitigation variant: components and alpha chosen on the calibration half, effects on the held-out half (after - before, paired, bootstrap 95% intervals), and the cost on controls.
+    # One row per mitigation variant: components and alpha chosen on the calibration half, effects on the
+    # held-out half (after - before, paired, bootstrap 95% intervals), and the cost on controls.
     "mitigation": pa.schema([
         _f("variant", pa.string()),  # "heads" | "mlp_answer" | "mlp_top1"
         _f("oracle", pa.bool_()),  # needs the answer label (an upper bound, not deployable)

@@ -20,7 +20,9 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("label", pa.string()),  # erased (beta <= -0.5) | attenuated | unchanged | amplified (beta > 0) | ""
         _f("in_head_set", pa.bool_()),
     ]),
-    # Per clean prompt and analysed layer: design A's fit, "stands out", and the task-aware component c = m - sum beta o (METHOD.md §5-6). Subject ranks are in the logit lens of the residual before / after the MLP (0 = top); DLA uses the final norm frozen at its real scale.
+    # Per clean prompt and analysed layer: design A's fit, "stands out", and the task-aware component c = m -
+    # sum beta o (METHOD.md §5-6). Subject ranks are in the logit lens of the residual before / after the MLP
+    # (0 = top); DLA uses the final norm frozen at its real scale.
     "regression_prompts": pa.schema([
         _f("prompt_id", pa.int32()),
         _f("layer", pa.int16()),
@@ -38,7 +40,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("c_cosine_answer", pa.float64()),  # cosine(c, W_U[:, answer])
         _f("answer_rank_after", pa.int32()),  # rank of the answer in the lens of the residual leaving the layer
     ]),
-    # Per analysed layer and head over prompts: the distribution of design A's beta (mean with a bootstrap 95% interval, quartiles, label shares) and design B's beta.
+    # Per analysed layer and head over prompts: the distribution of design A's beta (mean with a bootstrap 95%
+    # interval, quartiles, label shares) and design B's beta.
     "regression_heads": pa.schema([
         _f("layer", pa.int16()),
         _f("head", pa.int16()),
@@ -80,7 +83,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("mean_dla_subject_heads", pa.float64()),
         _f("mean_dla_subject_scaled", pa.float64()),
     ]),
-    # Per clean prompt: the head set's outputs at END patched from the twin prompt about X' (same template and demonstrations). eligible = X''s answer token differs from the prompt's.
+    # Per clean prompt: the head set's outputs at END patched from the twin prompt about X' (same template and
+    # demonstrations). eligible = X''s answer token differs from the prompt's.
     "argument_swap": pa.schema([
         _f("prompt_id", pa.int32()),
         _f("swap_subject", pa.string()),
@@ -93,7 +97,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("success", pa.bool_()),  # top-1 after the swap is X''s object
         _f("stayed", pa.bool_()),  # top-1 after the swap is still the original answer
     ]),
-    # One row per partition: the head set used, the layer where c pushes the answer hardest, the causal checks with bootstrap 95% intervals, and the two shares the paper's claims are judged by.
+    # One row per partition: the head set used, the layer where c pushes the answer hardest, the causal checks
+    # with bootstrap 95% intervals, and the two shares the paper's claims are judged by.
     "function_application": pa.schema([
         _f("head_set", list_of(pa.string())),
         _f("layers", list_of(pa.int16())),  # analysed: the first head-set layer to the last layer

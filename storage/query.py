@@ -301,30 +301,32 @@ def _render_table(df: pl.DataFrame, max_rows: int = 200) -> str:
 
 
 def _cell(v) -> str:
+    """A value as the text table shows it: a string with leading or trailing whitespace (or a control
+    character) is quoted, so " Paris" never reads as "Paris"; long values are cut at 60 characters."""
     if v is None:
         return "NULL"
     if isinstance(v, float):
         return f"{v:.6g}"
     s = str(v)
+    if isinstance(v, str) and (s != s.strip() or any(c in s for c in "\n\r\t")):
+        s = repr(s)
     return s if len(s) <= 60 else s[:57] + "..."
 
 
 def _explain(e: duckdb.Error, view: StoreView, sql: str) -> str:
-    """One message for a failed query: what is not allowed, which view is empty, or DuckDB's error."""
+    """One line for a failed query: what is not allowed, which view is empty, or DuckDB's error."""
+    first = (str(e).splitlines() or [""])[0]
     if isinstance(e, duckdb.PermissionException) or "disabled by configuration" in str(e) \
             or "configuration has been locked" in str(e):
         return ("not allowed: queries read the store's views and nothing else (no COPY or EXPORT, no ATTACH, "
-                "no INSTALL/LOAD, no reading or writing files, no settings); "
-                f"DuckDB: {str(e).splitlines()[0]}")
+                f"no INSTALL/LOAD, no reading or writing files, no settings); DuckDB: {first}")
     used = sorted(set(view.missing) & _refs(sql))
-    available = [v for v in view_names() if v not in view.missing]
-    lines = [view.missing[m] for m in used] + [
-        f"DuckDB: {e}",
-        f"hint: available views: {', '.join(available) or '(none)'}",
-    ]
-    if view.missing:
-        lines.append(f"      empty (no rows yet): {', '.join(sorted(view.missing))}")
-    return "\n".join(lines)
+    if used:
+        return "; ".join(view.missing[m] for m in used)
+    if isinstance(e, duckdb.CatalogException):
+        available = [v for v in view_names() if v not in view.missing]
+        return f"DuckDB: {first}; views: {', '.join(available) or '(none)'} (and stored.<table>)"
+    return f"DuckDB: {first} (`factrecall query --list` lists the views and named queries)"
 
 
 def _unreadable_file(e: duckdb.Error, root: Path | str) -> Damage | None:

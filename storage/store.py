@@ -58,7 +58,8 @@ RUNS_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("kind", pa.string()), ("started_at", pa.timestamp("us", tz="UTC")),
     ("finished_at", pa.timestamp("us", tz="UTC")), ("code_version", pa.string()), ("python", pa.string()),
     ("seed", pa.int64()), ("packages", pa.string()), ("config", pa.string()), ("model_sha256", pa.string()),
-    ("relation_sha256", pa.string()), ("partitions", pa.string()), ("refused", pa.string()),
+    ("relation_sha256", pa.string()), ("relation_repairs", pa.string()), ("partitions", pa.string()),
+    ("refused", pa.string()),
     ("timings", pa.string()), ("versions", pa.string()), ("store", pa.string()),
 ])
 

@@ -57,7 +57,7 @@ class PackagedModel:
             return target
         assembler = importlib.import_module(self.module)  # stdlib-only module that joins its chunk packages
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        tmp = target.with_suffix(f".{os.getpid()}.{uuid.uuid4().hex}.tmp")
         try:
             assembler.assemble(tmp)  # verifies the sha256 of the joined file
             os.replace(tmp, target)
@@ -176,7 +176,7 @@ def _dequantise_to_cache(gguf_path: Path, target: Path) -> None:
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         raise ModelLoadError(f"transformers cannot load GGUF {gguf_path}: {exc}") from exc
     adapter_for_config(model.config)  # refuse unsupported architectures before caching
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"  # pid: see remove_stale_temporaries
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "factrecall-source.json").write_text(json.dumps({"gguf": str(gguf_path)}))
@@ -230,50 +230,140 @@ def resolve(ref: str, cache_dir: Path) -> tuple[str, str, Path | str, str | None
     )
 
 
-def load_model(ref: str, dtype: str = "float32", device: str | None = None, cache_dir: Path | None = None) -> LoadedModel:
-    """Load a model and tokenizer ready for capture (eval mode, eager attention)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@dataclass(frozen=True)
+class PreparedModel:
+    """A model reference resolved, its files local and its config checked, weights not loaded yet."""
+
+    ref: str
+    model_id: str  # with the dtype suffix (`model_key`)
+    kind: str  # gguf | dir | hub
+    location: str  # the file, directory or hub name asked for
+    load_from: str  # what transformers loads (the dequantised cache for a GGUF file)
+    file_sha256: str | None
+    dtype: str
+    max_length: int | None  # the model's context length (positions), from its config
+
+
+def prepare_model(ref: str, dtype: str = "float32", cache_dir: Path | None = None) -> PreparedModel:
+    """Resolve ``ref``, dequantise a GGUF file into the cache once, and check that transformers can read
+    its config and that its family is supported: every failure here is a ``ModelLoadError`` or an
+    ``UnsupportedModelError`` with one line to say, before any weights are loaded."""
+    from transformers import AutoConfig
 
     from factrecall.paths import model_cache_dir
 
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     cache_dir = Path(cache_dir) if cache_dir else model_cache_dir()
+    remove_stale_temporaries(cache_dir)
     model_id, kind, location, digest = resolve(ref, cache_dir)
-    model_id = model_key(model_id, dtype)
+    load_from = str(location)
+    if kind == "hub":
+        _check_hub_reachable(ref)
     if kind == "gguf":
         directory = cache_dir / digest
         if not (directory / "config.json").exists():
             _dequantise_to_cache(Path(location), directory)
         load_from = str(directory)
-    elif kind == "dir":
-        load_from = str(location)
-    else:
-        load_from = str(location)
+    try:
+        config = AutoConfig.from_pretrained(load_from)
+    except (OSError, ValueError, KeyError) as exc:
+        hint = (" (the hub is unreachable offline: use a packaged model or a local directory)" if kind == "hub"
+                else "; give a saved HF model directory (config.json and weights)")
+        raise ModelLoadError(f"cannot read the config of {ref!r}: {str(exc).splitlines()[0]}{hint}") from None
+    adapter_for_config(config)
+    if kind == "dir" and digest is None:
+        raise ModelLoadError(f"{location} has a config but no weights (*.safetensors or *.bin); give a saved HF "
+                             "model directory with its weights")
+    n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return PreparedModel(ref, model_key(model_id, dtype), kind, str(location), load_from, digest, dtype,
+                         int(n) if n else None)
+
+
+def load_tokenizer(prepared: PreparedModel):
+    """The model's tokenizer (its pad token set to EOS where it has none)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(prepared.load_from)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load the tokenizer of {prepared.ref!r}: {str(exc).splitlines()[0]}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(ref: str | PreparedModel, dtype: str = "float32", device: str | None = None,
+               cache_dir: Path | None = None, tokenizer=None) -> LoadedModel:
+    """Load a model and tokenizer ready for capture (eval mode, eager attention)."""
+    from transformers import AutoModelForCausalLM
+
+    prepared = ref if isinstance(ref, PreparedModel) else prepare_model(ref, dtype, cache_dir)
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:  # the tokenizer loads in a thread while the weights load (most of both is I/O and parsing)
         with ThreadPoolExecutor(max_workers=1) as pool:
-            tokenizer_future = pool.submit(AutoTokenizer.from_pretrained, load_from)
-            model = AutoModelForCausalLM.from_pretrained(load_from, dtype=DTYPES[dtype], attn_implementation="eager")
-            tokenizer = tokenizer_future.result()
+            tokenizer_future = pool.submit(load_tokenizer, prepared) if tokenizer is None else None
+            model = AutoModelForCausalLM.from_pretrained(prepared.load_from, dtype=DTYPES[prepared.dtype],
+                                                         attn_implementation="eager")
+            tokenizer = tokenizer if tokenizer_future is None else tokenizer_future.result()
     except OSError as exc:
-        hint = " (the hub is unreachable offline: use a packaged model or a local directory)" if kind == "hub" else ""
-        raise ModelLoadError(f"cannot load {ref!r}: {str(exc).splitlines()[0]}{hint}") from exc
+        hint = " (the hub is unreachable offline: use a packaged model or a local directory)" if prepared.kind == "hub" else ""
+        raise ModelLoadError(f"cannot load {prepared.ref!r}: {str(exc).splitlines()[0]}{hint}") from None
     adapter = adapter_for_config(model.config)
     model = model.to(torch_device).eval()
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(
-        model_id=model_id,
-        source=str(location),
-        file_sha256=digest,
+        model_id=prepared.model_id,
+        source=prepared.location,
+        file_sha256=prepared.file_sha256,
         model=model,
         tokenizer=tokenizer,
         adapter=adapter,
         dims=adapter.dims(model.config),
-        dtype=DTYPES[dtype],
+        dtype=DTYPES[prepared.dtype],
         device=torch_device,
     )
+
+
+def _check_hub_reachable(ref: str, timeout: float = 3.0) -> None:
+    """A hub model must be in the local HF cache or the hub must answer (else transformers retries for ~30 s)."""
+    import socket
+
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(ref, "config.json"), str):
+        return
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+    except OSError as exc:
+        raise ModelLoadError(f"cannot load {ref!r}: it is not in the local Hugging Face cache and the hub cannot be "
+                             f"reached ({exc.strerror or exc}); use a packaged model, a local directory or a .gguf "
+                             "file") from None
+
+
+def remove_stale_temporaries(cache_dir: Path) -> list[Path]:
+    """Delete the temporary files and folders of the model cache whose writing process is gone (a kill
+    during a dequantisation or an assembly leaves ``.<name>.<pid>.<uuid>.tmp`` behind); returns them."""
+    removed = []
+    if not cache_dir.is_dir():
+        return removed
+    for path in [*cache_dir.glob(".*.tmp"), *cache_dir.glob("gguf/*.tmp")]:
+        parts = path.name.split(".")
+        pid = next((int(p) for p in parts if p.isdigit()), None)
+        if pid is not None and _alive(pid):
+            continue
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def describe_models() -> list[dict]:
@@ -287,6 +377,7 @@ def describe_models() -> list[dict]:
 
 
 __all__ = [
-    "DEFAULT_MODEL", "LoadedModel", "ModelLoadError", "PACKAGED", "UnsupportedModelError",
-    "describe_models", "load_model", "model_key", "resolve", "sanitize_id",
+    "DEFAULT_MODEL", "LoadedModel", "ModelLoadError", "PACKAGED", "PreparedModel", "UnsupportedModelError",
+    "describe_models", "load_model", "load_tokenizer", "model_key", "prepare_model", "remove_stale_temporaries",
+    "resolve", "sanitize_id",
 ]

@@ -469,8 +469,15 @@ def load_generic_jsonl(path: str | os.PathLike) -> Relation:
     cases: list[tuple[int, int]] = []
     domain: str | None = None
     n_ws = n_dup = 0
-    with p.open(encoding="utf-8") as fh:
-        lines = fh.read().splitlines()
+    first_object: dict[tuple[str, str], tuple[str, int]] = {}  # (subject, template) -> (object, line)
+    try:
+        with p.open(encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except UnicodeDecodeError as exc:
+        line = p.read_bytes()[: exc.start].count(b"\n") + 1
+        raise err(line, f"invalid UTF-8 ({exc.reason} at byte {exc.start})", "Save the file as UTF-8") from None
+    except OSError as exc:
+        raise err(None, f"cannot be read ({exc.strerror})", "Check the path and its permissions") from None
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -503,6 +510,10 @@ def load_generic_jsonl(path: str | os.PathLike) -> Relation:
                           "Use one domain per file")
             domain = d
         fact, template = Fact(s, o), row["template"]
+        seen_as = first_object.setdefault((s.casefold(), template), (o, i))
+        if seen_as[0] != o:
+            raise err(i, f"subject {s!r} with template {template!r} has object {o!r} here but {seen_as[0]!r} "
+                      f"on line {seen_as[1]}", "Keep one object per subject and template (remove or fix one line)")
         n_dup += not _add_case(facts, templates, cases, fact, template)
     if not cases:
         raise err(None, "the file has no facts (it is empty)", _GENERIC_FIX)
