@@ -314,8 +314,15 @@ def _cell(v) -> str:
 
 
 def _explain(e: duckdb.Error, view: StoreView, sql: str) -> str:
-    """One line for a failed query: what is not allowed, which view is empty, or DuckDB's error."""
-    first = (str(e).splitlines() or [""])[0]
+    """One line for a failed query: what is not allowed, which view is empty, or DuckDB's error (its lines
+    up to the quoted query, joined)."""
+    lines = []
+    for line in str(e).splitlines():
+        if line.startswith("LINE "):
+            break
+        if line.strip():
+            lines.append(line.strip())
+    first = "; ".join(lines)
     if isinstance(e, duckdb.PermissionException) or "disabled by configuration" in str(e) \
             or "configuration has been locked" in str(e):
         return ("not allowed: queries read the store's views and nothing else (no COPY or EXPORT, no ATTACH, "

@@ -64,7 +64,8 @@ def test_query_parquet_output(store, tmp_path):
 
 def test_query_errors_are_one_clear_message(store, tmp_path):
     bad = runner.invoke(app, ["query", "--store", str(store), "SELECT nope FROM logits"])
-    assert bad.exit_code == 2 and "nope" in bad.output and "logits" in bad.output
+    assert bad.exit_code == 2 and "nope" in bad.output and "p_answer" in bad.output  # the candidate columns
+    assert bad.output.count("\n") == 1  # one line
     missing = runner.invoke(app, ["query", "--store", str(tmp_path / "absent"), "SELECT 1"])
     assert missing.exit_code == 2 and "no store" in missing.output and "factrecall capture" in missing.output
     both = runner.invoke(app, ["query", "--store", str(store)])
