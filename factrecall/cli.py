@@ -199,7 +199,7 @@ def _run_stage(stage, settings: dict, models: str, relations: str, shots: str, d
         first = manifest["partitions"][0]
         console.print("\n" + stage.hint.format(model=first["model"], relation=first["relation"]), highlight=False)
     if manifest["refused"]:
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=2)
 
 
 def _preflight(stage, settings, models, relations, shots, dtype, device, store_root) -> list[str]:
@@ -281,7 +281,7 @@ def _report(manifest: dict, store_root: Path, example: str | None) -> None:
     console.print(f"run {manifest['run_id']}: {written} partition(s) written, {skipped} unchanged (skipped)")
     console.print(f"store: {store_root}")
     for model, reason in manifest["refused"].items():
-        err.print(f"[bold red]refused[/] {model}: {reason}", highlight=False)
+        err.print(f"[bold red]error:[/] refused {model}: {' '.join(reason.split())}", highlight=False, soft_wrap=True)
     if example and written + skipped:
         console.print(f"\nexample query `factrecall query {example}`:")
         print(run_query(store_root, named_query(EXAMPLE_QUERY), warn=lambda line: err.print(line, highlight=False)))

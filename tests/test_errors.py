@@ -244,3 +244,14 @@ def test_a_stale_temporary_folder_in_the_model_cache_is_removed(tmp_path):
         (folder / "model.safetensors").write_bytes(b"x" * 100)
     assert remove_stale_temporaries(cache) == [stale]
     assert not stale.exists() and live.exists()
+
+
+def test_a_prompt_longer_than_the_model_is_one_line_before_anything_is_written(store, tmp_path, model_dir):
+    before = fingerprint(store)
+    path = tmp_path / "long.jsonl"
+    template = "Once upon a time " * 80 + "the capital of {} is"
+    path.write_text(json.dumps({"subject": "France", "object": "Paris", "template": template}) + "\n")
+    result = factrecall("capture", "--models", model_dir, "--relations", path, "--store", store, "--no-progress",
+                        home=tmp_path / "home")
+    one_line_error(result, "tokens, more than max_length=256")
+    assert fingerprint(store) == before
