@@ -139,7 +139,7 @@ def encode(part: CaptureBatch | CaptureModel) -> dict[str, pa.Table]:
 
 def _batch_tables(b: CaptureBatch) -> dict[str, pa.Table]:
     batch, cap, s, d = b.prompts, b.cap, b.summary, b.d_model
-    n, L, H = len(batch), b.n_layers, b.n_heads
+    n, L = len(batch), b.n_layers
     pid = np.array([p.prompt.prompt_id for p in batch], dtype=np.int32)
     variant = [p.prompt.variant for p in batch]
     ledger_error = torch.stack([led.error for led in b.ledgers.values()], 1).max(1).values

@@ -25,9 +25,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
@@ -39,7 +37,9 @@ import pyarrow.parquet as pq
 
 from . import delta
 from .catalog import RESULTS_SCHEMA, SELECTIONS_SCHEMA, Catalog, Key, ResultRecord
+from .integrity import Damage, file_problem, footer_problem, is_gone
 from .parquet import parquet_options
+from .writer import PARTITION_BY, TABLE_CONFIG, ResultWriter, SchemaMismatchError, check_id
 
 try:  # POSIX advisory locks (gc against writers); without them gc cannot tell and refuses nothing
     import fcntl
@@ -48,11 +48,7 @@ except ImportError:  # pragma: no cover - non-POSIX
 
 __all__ = ["Damage", "PARTITION_BY", "ResultWriter", "SchemaMismatchError", "Store", "StoreError", "check_id"]
 
-#: Partition columns of every data table (their values live in the log, not in the files).
-PARTITION_BY: tuple[str, ...] = ("model", "relation", "shot", "result_id")
 RESULTS, SELECTIONS, RUNS = "_results", "_selections", "runs"
-_ID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
-_TABLE_CONFIG = {"delta.enableExpiredLogCleanup": "false"}  # time travel lasts until `factrecall gc`
 
 RUNS_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("kind", pa.string()), ("started_at", pa.timestamp("us", tz="UTC")),
@@ -64,41 +60,12 @@ RUNS_SCHEMA = pa.schema([
 ])
 
 
-class SchemaMismatchError(ValueError):
-    """A batch's schema differs from the schema its table declares."""
-
-
 class StoreError(RuntimeError):
     """A store that cannot be used as asked (unknown run for --as-of, a locked store, ...)."""
 
 
-def check_id(what: str, value: str) -> str:
-    """A partition value: letters, digits, '_', '.', '-' (it becomes a folder name)."""
-    if not isinstance(value, str) or not value or not set(value) <= _ID_CHARS or value in (".", ".."):
-        raise ValueError(f"invalid {what} {value!r}: must match [A-Za-z0-9_.-]+ (and not be '.' or '..')")
-    return value
-
-
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-@dataclass(frozen=True)
-class Damage:
-    """A file of a table version that is missing, truncated or unreadable (or a table whose log is)."""
-
-    table: str
-    path: str
-    partition: dict
-    problem: str
-
-    @property
-    def result_id(self) -> str | None:
-        return self.partition.get("result_id")
-
-    def message(self) -> str:
-        where = "/".join(f"{k}={self.partition[k]}" for k in ("model", "relation", "shot") if k in self.partition)
-        return f"{self.table} file {self.path} ({where}) is {self.problem}"
 
 
 class Store:
@@ -134,7 +101,7 @@ class Store:
             try:
                 self._opened[table] = None if version is False else delta.open_table(self.table_dir(table), version)
             except delta.TableLogError as exc:
-                if version is not None and _gone(exc):
+                if version is not None and is_gone(exc):
                     raise StoreError(f"--as-of {self.as_of}: table {table} at that run's version is no longer "
                                      "readable: `factrecall gc` deleted the files of earlier versions") from exc
                 raise
@@ -194,7 +161,7 @@ class Store:
         good = []
         for f in delta.list_files(dt):
             path = self.table_dir(table) / f.path
-            problem = _file_problem(path, f.size) or _footer_problem(path)
+            problem = file_problem(path, f.size) or footer_problem(path)
             if problem:
                 self.meta_damage.append(Damage(table, str(path), {}, f"{problem}; the rows it held are unknown"))
             else:
@@ -232,7 +199,7 @@ class Store:
                 continue
             good = []
             for f in delta.list_files(table):
-                problem = _file_problem(self.table_dir(name) / f.path, f.size)
+                problem = file_problem(self.table_dir(name) / f.path, f.size)
                 if problem:
                     damage.append(Damage(name, str(self.table_dir(name) / f.path), f.partition, problem))
                 else:
@@ -286,7 +253,7 @@ class Store:
             for f in delta.list_files(dt) if dt is not None else []:
                 if f.partition.get("result_id") == rec.result_id:
                     path = self.table_dir(table) / f.path
-                    problem = _file_problem(path, f.size) or _footer_problem(path)
+                    problem = file_problem(path, f.size) or footer_problem(path)
                     if problem:
                         return Damage(table, str(path), f.partition, problem).message()
         return None
@@ -303,7 +270,7 @@ class Store:
             raise StoreError(f"result {rec.result_id} ({rec.stage} of {rec.model}/{rec.relation}/shot={rec.shot}) "
                              f"has no {table!r} rows in the store")
         for f in mine:
-            problem = _file_problem(self.table_dir(table) / f.path, f.size)
+            problem = file_problem(self.table_dir(table) / f.path, f.size)
             if problem:
                 raise StoreError(f"{table} file {self.table_dir(table) / f.path} is {problem}")
         data = delta.dataset(self.table_dir(table), pa.schema(dt.schema().to_arrow()), mine)
@@ -347,7 +314,7 @@ class Store:
             raise
         # From here the file stays even if the commit fails or is interrupted: the commit may have landed
         # (an interrupt is raised only once delta-rs returns). An uncommitted file is an orphan gc deletes.
-        delta.commit_files(path, schema, (), [(rel, {})], configuration=_TABLE_CONFIG)
+        delta.commit_files(path, schema, (), [(rel, {})], configuration=TABLE_CONFIG)
 
     def add_result(self, rec: ResultRecord) -> None:
         self._require_writable()
@@ -428,154 +395,6 @@ def _upstream_of_selected(rec: ResultRecord, catalog: Catalog) -> bool:
         if catalog.status(other)[0] in ("current", "stale") and any(rid == rec.result_id for _, rid in other.upstream):
             return True
     return False
-
-
-def _gone(exc: Exception) -> bool:
-    text = str(exc).lower()
-    return "not found" in text or "no such file" in text
-
-
-def _footer_problem(path: Path) -> str | None:
-    try:
-        pq.read_metadata(path)
-    except (OSError, pa.ArrowInvalid) as exc:
-        return f"unreadable ({str(exc).splitlines()[0]})"
-    return None
-
-
-def _file_problem(path: Path, size: int) -> str | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return "missing"
-    except OSError as exc:
-        return f"unreadable ({exc.strerror})"
-    if st.st_size != size:
-        return f"truncated or changed ({st.st_size} bytes; the table's log says {size})"
-    if not os.access(path, os.R_OK):
-        return "unreadable (no read permission)"
-    return None
-
-
-class ResultWriter:
-    """Streams one result's tables into Parquet files; ``commit`` makes them a result (see module docstring).
-
-    ``write(table, batch)`` appends a row group to the table's file of this result. Each table's file is
-    written by its own thread (Parquet encoding releases the GIL), so the tables of a batch are written
-    side by side and overlap the next batch's compute; at most one batch per table waits, which keeps
-    memory bounded. Leaving the ``with`` block without ``commit`` (or with an exception) deletes the
-    files: nothing becomes visible.
-    """
-
-    def __init__(self, store: Store, stage: str, key: Key, schemas: dict[str, pa.Schema]) -> None:
-        self.store, self.stage, self.key = store, stage, key
-        model, relation, shot = key
-        check_id("model", model)
-        check_id("relation", relation)
-        if isinstance(shot, bool) or not isinstance(shot, int) or shot < 0:
-            raise ValueError(f"invalid shot {shot!r}: must be a non-negative int")
-        self.result_id = uuid.uuid4().hex[:16]
-        self.schemas = {t: delta.delta_schema(s) for t, s in schemas.items()}
-        self.partition = {"model": model, "relation": relation, "shot": str(shot), "result_id": self.result_id}
-        self._dir = "/".join(f"{k}={v}" for k, v in self.partition.items())
-        self._writers: dict[str, tuple[pq.ParquetWriter, str]] = {}
-        self._threads: dict[str, ThreadPoolExecutor] = {}
-        self._pending: dict[str, Future] = {}
-        self.rows: dict[str, int] = {}
-        self._state = "open"
-
-    def __enter__(self) -> "ResultWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if self._state == "open":
-            self.abort()
-
-    def write(self, table: str, batch: pa.RecordBatch | pa.Table) -> None:
-        if self._state != "open":
-            raise RuntimeError(f"result {self.result_id} is {self._state}; cannot write")
-        if table not in self.schemas:
-            raise ValueError(f"stage {self.stage} writes no table {table!r}; it writes {sorted(self.schemas)}")
-        want = self.schemas[table]
-        if not batch.schema.equals(want, check_metadata=False):
-            try:
-                batch = batch.cast(want)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
-                raise SchemaMismatchError(f"{table}: batch schema differs from the table's\nexpected:\n{want}\n"
-                                          f"got:\n{batch.schema}") from exc
-        if table not in self._writers:
-            rel = f"{self._dir}/part-{uuid.uuid4().hex}.parquet"
-            path = self.store.table_dir(table) / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._writers[table] = (pq.ParquetWriter(path, want, **parquet_options(want)), rel)
-            self._threads[table] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"write-{table}")
-            self.rows[table] = 0
-        if table in self._pending:
-            self._pending.pop(table).result()  # the previous batch of this table is written (or raises)
-        writer, _ = self._writers[table]
-        data = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-        self._pending[table] = self._threads[table].submit(writer.write_table, data)
-        self.rows[table] += batch.num_rows
-
-    def _close(self) -> None:
-        """Wait for every pending write, close the files and the threads; raises the first write error."""
-        error = None
-        for table, future in list(self._pending.items()):
-            try:
-                future.result()
-            except Exception as exc:  # noqa: BLE001 - re-raised below, after every file is closed
-                error = error or exc
-        self._pending.clear()
-        for writer, _ in self._writers.values():
-            try:
-                writer.close()
-            except Exception as exc:  # noqa: BLE001
-                error = error or exc
-        for pool in self._threads.values():
-            pool.shutdown(wait=True)
-        self._threads.clear()
-        if error is not None:
-            raise error
-
-    def abort(self) -> None:
-        if self._state != "open":
-            return
-        self._state = "aborted"
-        try:
-            self._close()
-        except Exception:  # noqa: BLE001 - the files are deleted anyway
-            pass
-        for table, (_, rel) in self._writers.items():
-            (self.store.table_dir(table) / rel).unlink(missing_ok=True)
-
-    def commit(self, make_record) -> ResultRecord:
-        """Commit every table's file, then the record ``make_record(result_id, rows)`` (the commit point)."""
-        if self._state != "open":
-            raise RuntimeError(f"result {self.result_id} is {self._state}; cannot commit")
-        self._close()
-        self._state = "committing"
-        try:
-            rec = make_record(self.result_id, dict(self.rows))
-            # The tables are independent transactions: commit them side by side (delta-rs releases the GIL).
-            with ThreadPoolExecutor(max_workers=min(8, len(self._writers) or 1)) as pool:
-                done = [pool.submit(delta.commit_files, self.store.table_dir(table), data_schema(self.schemas[table]),
-                                    PARTITION_BY, [(rel, self.partition)], configuration=_TABLE_CONFIG)
-                        for table, (_, rel) in sorted(self._writers.items())]
-                for future in done:
-                    future.result()
-            self.store.add_result(rec)
-            self._state = "committed"
-            return rec
-        finally:
-            if self._state != "committed":
-                self._state = "aborted"  # committed table files without a record stay invisible; gc removes them
-
-
-def data_schema(file_schema: pa.Schema) -> pa.Schema:
-    """A data table's full schema: the partition columns, then the file's columns."""
-    return pa.schema([pa.field("model", pa.string()), pa.field("relation", pa.string()),
-                      pa.field("shot", pa.int32()), pa.field("result_id", pa.string()),
-                      *delta.delta_schema(file_schema)])
 
 
 def intact_dataset(store: Store, table: str, files: list[delta.DataFile], result_ids: set[str] | None) -> ds.Dataset | None:

@@ -216,7 +216,7 @@ def _control_prompts(lm: LoadedModel, relation: Relation, shot: int, config: Fin
 def compute(inp: StageInput) -> Iterator[Rows]:
     lm, relation, shot, config, progress = inp.lm, inp.relation, inp.shot, inp.config, inp.progress
     started = time.perf_counter()
-    L, H, d = lm.dims.n_layers, lm.dims.n_heads, lm.dims.d_model
+    L, H = lm.dims.n_layers, lm.dims.n_heads
     clean = tokenize_prompts(lm.tokenizer, build_prompts(relation, shot, config.seed, max_prompts=config.max_prompts),
                              lm.max_length)
     control_names, control = _control_prompts(lm, relation, shot, config)

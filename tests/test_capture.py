@@ -349,7 +349,7 @@ def test_capture_commits_nothing_when_ledger_breaks(tmp_path):
 def test_capture_partition_tables(family):
     lm = make_lm(family)
     prompts = list(sample_prompts(family))
-    n, L, H, d = len(prompts), lm.dims.n_layers, lm.dims.n_heads, lm.dims.d_model
+    n, L, H = len(prompts), lm.dims.n_layers, lm.dims.n_heads
     parts, output = drain(capture_prompts(lm, prompts, batch_size=3))
     assert len(parts) == -(-n // 3) + 1  # the batches, then the model's unembedding and info
     stage = STAGES["capture"]

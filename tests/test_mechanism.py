@@ -4,7 +4,6 @@ X' = X, the stage's tables end to end (no Prefect), and on smollm2-135m the task
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 

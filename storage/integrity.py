@@ -1,0 +1,58 @@
+"""What is damaged in a store: a file a table's log names that is missing, truncated, unreadable or corrupt
+(docs/METHOD.md §8), described with the table, the file and the partition it belongs to."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = ["Damage", "file_problem", "footer_problem", "is_gone"]
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A file of a table version that is missing, truncated or unreadable (or a table whose log is)."""
+
+    table: str
+    path: str
+    partition: dict
+    problem: str
+
+    @property
+    def result_id(self) -> str | None:
+        return self.partition.get("result_id")
+
+    def message(self) -> str:
+        where = "/".join(f"{k}={self.partition[k]}" for k in ("model", "relation", "shot") if k in self.partition)
+        return f"{self.table} file {self.path} ({where}) is {self.problem}"
+
+
+def is_gone(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "not found" in text or "no such file" in text
+
+
+def footer_problem(path: Path) -> str | None:
+    try:
+        pq.read_metadata(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        return f"unreadable ({str(exc).splitlines()[0]})"
+    return None
+
+
+def file_problem(path: Path, size: int) -> str | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if st.st_size != size:
+        return f"truncated or changed ({st.st_size} bytes; the table's log says {size})"
+    if not os.access(path, os.R_OK):
+        return "unreadable (no read permission)"
+    return None
