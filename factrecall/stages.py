@@ -59,7 +59,8 @@ def _fmt(x) -> str:
 
 
 def _final_line(s: dict) -> str:
-    gains = ", ".join(f"{v} {g:+.3f}" for v, g in s["held_out_delta_p"].items())
+    gains = ", ".join(f"{v.split(' ')[0]} {g:+.3f}" for v, g in s["held_out_delta_p"].items()
+                      if v.endswith("(cost_bounded)") or v.startswith("mlp_answer_oracle"))
     return (f"last layer {s['verdict']} (Δp {s['delta_p']:+.3f} [{_fmt(s['delta_p_lo'])}, {_fmt(s['delta_p_hi'])}]); "
             f"held-out Δp: {gains}")
 
@@ -77,17 +78,18 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         coverage_fields=("max_prompts", "variants"),
     ),
     Stage(
-        name="heads", version=1, config=heads_stage.HeadsConfig, upstream=("capture",),
+        name="heads", version=2, config=heads_stage.HeadsConfig, upstream=("capture",),
         compute=heads_stage.compute, schemas=heads_tables.SCHEMAS, encode=heads_tables.encode,
         help="Step 1: argument-passing heads — head statistics, exact path patching, head sets and plots.",
         code=("factrecall.tasks.heads_stage", "factrecall.tasks.head_stats", "factrecall.tasks.path_patching",
               "factrecall.storage.heads_tables"),
         line=lambda s: (f"skipped — {s['skipped_reason']}" if s.get("skipped_reason") else
-                        f"head set {', '.join(s['head_set']) or '(empty)'} (patching {s['seconds_patching']:.0f} s)"),
+                        s["no_heads_reason"] if s.get("no_heads_reason") else
+                        f"head set {', '.join(s['head_set'])} (patching {s['seconds_patching']:.0f} s)"),
         hint="factrecall query --named argument_heads --param model={model} --param relation={relation}",
     ),
     Stage(
-        name="mlp", version=1, config=mlp_stage.MlpConfig, upstream=("capture", "heads"),
+        name="mlp", version=2, config=mlp_stage.MlpConfig, upstream=("capture", "heads"),
         compute=mlp_stage.compute, schemas=mlp_tables.SCHEMAS, encode=mlp_tables.encode,
         help="Steps 2-3: the MLP as an activation over the heads (regressions) and the task-aware component.",
         code=("factrecall.tasks.mlp_stage", "factrecall.tasks.mlp_regression", "factrecall.tasks.end_edits",
@@ -99,7 +101,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         model_plots={"argument_swap_by_relation": mlp_stage.model_swap_plot},
     ),
     Stage(
-        name="final_layer", version=1, config=final_layer_stage.FinalLayerConfig, upstream=("capture",),
+        name="final_layer", version=2, config=final_layer_stage.FinalLayerConfig, upstream=("capture",),
         compute=final_layer_stage.compute, schemas=final_layer_tables.SCHEMAS, encode=final_layer_tables.encode,
         help="Step 4: does the last layer suppress the answer, which components do it, and what mitigating costs.",
         code=("factrecall.tasks.final_layer_stage", "factrecall.tasks.final_layer", "factrecall.tasks.control_text",

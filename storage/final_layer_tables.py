@@ -54,7 +54,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("entropy_before", pa.float64()),
         _f("entropy_after", pa.float64()),
         *ci("delta_entropy"),
-        _f("suppressors", list_of(pa.string())),  # components with negative mean DLA onto the answer
+        _f("suppressors", list_of(pa.string())),  # components whose DLA onto the answer is significantly negative
+        _f("n_components_tested", pa.int32()),  # last-layer components tested (the Bonferroni m)
         _f("suppression_dla", pa.float64()),  # sum of the suppressors' mean DLA onto the answer
         _f("claim_holds", pa.bool_()),  # delta_p_hi < 0: the last layer lowers p(answer) (the paper's claim)
         _f("verdict", pa.string()),  # "suppresses" | "raises" | "inconclusive"
@@ -63,12 +64,14 @@ SCHEMAS: dict[str, pa.Schema] = {
     # One row per mitigation variant: components and alpha chosen on the calibration half, effects on the
     # held-out half (after - before, paired, bootstrap 95% intervals), and the cost on controls.
     "mitigation": pa.schema([
-        _f("variant", pa.string()),  # "heads" | "mlp_answer" | "mlp_top1"
-        _f("oracle", pa.bool_()),  # needs the answer label (an upper bound, not deployable)
+        _f("variant", pa.string()),  # "heads" | "mlp_answer_oracle" | "mlp_top1"
+        _f("choice", pa.string()),  # "unconstrained" | "cost_bounded" (alpha whose text cost is within the bound)
+        _f("oracle", pa.bool_()),  # needs the answer label: not deployable, not an upper bound of the others
         _f("components", list_of(pa.string())),
         _f("alpha", pa.float64()),
         _f("split_seed", pa.int64()),
         _f("calibration_share", pa.float64()),
+        _f("text_cost_bound", pa.float64()),  # nats per token on the calibration passages (cost_bounded rows)
         _f("n_calibration", pa.int32()),
         _f("n_held_out", pa.int32()),
         _f("calibration_delta_logp", pa.float64()),
@@ -85,8 +88,9 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("n_control", pa.int32()),
         *ci("control_delta_logp"),
         *ci("control_delta_acc"),
-        _f("n_text_tokens", pa.int32()),
-        *ci("text_delta_logp"),  # mean over the control corpus' next tokens; null for oracle variants
+        _f("n_text_tokens", pa.int32()),  # next tokens of the held-out text passages
+        _f("calibration_text_delta_logp", pa.float64()),  # mean change of log p per token, calibration passages
+        *ci("text_delta_logp"),  # the same on the held-out passages (the reported cost); null for the oracle
         _f("note", pa.string()),
     ]),
     # Every alpha of the grid per variant and split (the choice is made on "calibration").
@@ -98,12 +102,14 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("mean_p", pa.float64()),
         _f("mean_logp", pa.float64()),
         _f("accuracy", pa.float64()),
+        _f("text_delta_logp", pa.float64()),  # mean change of log p per token on this split's text passages
     ]),
     # Per prompt and variant at the chosen alpha.
     "mitigation_prompts": pa.schema([
         _f("prompt_id", pa.int32()),
         _f("split", pa.string()),
         _f("variant", pa.string()),
+        _f("choice", pa.string()),
         _f("alpha", pa.float64()),
         _f("p_before", pa.float32()),
         _f("p_after", pa.float32()),

@@ -12,7 +12,7 @@ import pyarrow as pa
 from factrecall.tasks.heads_stage import HeadsResult
 
 from .columns import field as _f
-from .columns import list_of, table_from_columns
+from .columns import VECTOR, list_of, table_from_columns, vectors
 
 SCHEMAS: dict[str, pa.Schema] = {
     "head_prompts": pa.schema([  # per clean prompt x head at END
@@ -47,15 +47,38 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("effect_pct", pa.float64()),  # 100 (mean M_patched - mean M_clean) / mean M_clean
         _f("effect_lo", pa.float64()),
         _f("effect_hi", pa.float64()),
+        _f("effect_se", pa.float64()),  # bootstrap standard error of effect_pct
+        _f("effect_simul_lo", pa.float64()),  # simultaneous interval over the partition's heads (Bonferroni)
+        _f("effect_simul_hi", pa.float64()),
+        _f("significant", pa.bool_()),  # effect_simul_hi < 0: the head's effect is significantly negative
         _f("effect_relation_pct", pa.float64()),  # same with relation-word corruption (null if none)
-        _f("attn_above_layer_median", pa.bool_()),
+        _f("attention_passes", pa.bool_()),  # mean attention END->S above its layer's median and the floor
         _f("in_head_set", pa.bool_()),
         _f("set_order", pa.int16()),  # 1 = largest negative effect in the set; null outside it
     ]),
+    "corrupt_prompts": pa.schema([  # every corrupted prompt the patching used: the senders' inputs
+        _f("prompt_id", pa.int32()),  # the clean prompt it corrupts (its source)
+        _f("variant", pa.string()),  # "subject_corrupt" (averaged into the sender means) | "relation_corrupt"
+        _f("query_subject", pa.string()),
+        _f("relation_word", pa.string()),  # "word->replacement" for relation_corrupt
+        _f("text", pa.string()),
+        _f("input_ids", list_of(pa.int32())),
+        _f("answer_token_id", pa.int32()),  # the clean answer: still the target
+    ]),
+    "sender_means": pa.schema([  # each sender's replacement output at END: the mean over subject_corrupt
+        _f("layer", pa.int16()),
+        _f("head", pa.int16()),  # null for the MLP
+        _f("sender", pa.string()),  # "L{l}.H{h}" (raw head output, before any sandwich norm) | "L{l}.mlp"
+        _f("n", pa.int32()),  # prompts averaged
+        _f("mean", VECTOR),
+    ]),
     "head_sets": pa.schema([  # one row per partition: the task-specific head set and the rule that chose it
-        _f("heads", list_of(pa.string())),  # "L{l}.H{h}", in set order
+        _f("heads", list_of(pa.string())),  # "L{l}.H{h}", in set order (empty: no argument-passing heads)
         _f("n_heads", pa.int32()),
-        _f("rule", pa.string()),  # JSON: coverage, attention filter, effect definition, corruption
+        _f("no_heads_reason", pa.string()),  # why the set is empty (null when it is not)
+        _f("n_tested", pa.int32()),  # heads tested (the Bonferroni m)
+        _f("n_significant", pa.int32()),  # heads whose effect is significantly below 0
+        _f("rule", pa.string()),  # JSON: coverage, attention filter and floor, level, correction, effect definition
         _f("coverage", pa.float64()),
         _f("covered_share", pa.float64()),  # share of the candidates' negative effect the set covers
         _f("covered_share_all", pa.float64()),  # share of all heads' negative effect
@@ -91,7 +114,29 @@ def encode(r: HeadsResult) -> dict[str, pa.Table]:
         "effect_relation_pct": r.mlp_effect_relation.reshape(-1) if r.mlp_effect_relation is not None else None,
     }, n * L)
     return {"head_prompts": head_prompts, "mlp_patching": mlp, "head_summary": _summary(r),
-            "head_sets": _set_row(r.set_row)}
+            "head_sets": _set_row(r.set_row), "corrupt_prompts": _corrupt_prompts(r.corrupted),
+            "sender_means": _sender_means(r)}
+
+
+def _corrupt_prompts(corrupted) -> pa.Table:
+    rows = [dict(prompt_id=t.prompt.source_prompt_id, variant=t.prompt.variant, query_subject=t.prompt.query_subject,
+                 relation_word=t.prompt.relation_word, text=t.prompt.text, input_ids=list(t.input_ids),
+                 answer_token_id=t.answer_token_id) for t in corrupted]
+    return pa.Table.from_pylist(rows, schema=SCHEMAS["corrupt_prompts"])
+
+
+def _sender_means(r: HeadsResult) -> pa.Table:
+    heads = r.means.head_raw.detach().float().cpu().numpy()  # [L, H, d]
+    mlps = r.means.mlp_out.detach().float().cpu().numpy()  # [L, d]
+    L, H, d = heads.shape
+    n = sum(t.prompt.variant == "subject_corrupt" for t in r.corrupted)
+    return table_from_columns(SCHEMAS["sender_means"], {
+        "layer": [l for l in range(L) for _ in range(H + 1)],
+        "head": [h if h < H else None for _ in range(L) for h in range(H + 1)],
+        "sender": [f"L{l}.H{h}" if h < H else f"L{l}.mlp" for l in range(L) for h in range(H + 1)],
+        "n": [n] * (L * (H + 1)),
+        "mean": vectors(np.concatenate([heads, mlps[:, None]], 1).reshape(-1, d), d),
+    }, L * (H + 1))
 
 
 def _set_row(values: dict) -> pa.Table:
@@ -104,7 +149,7 @@ def _set_row(values: dict) -> pa.Table:
 
 def _summary(r: HeadsResult) -> pa.Table:
     L, H, n = r.n_layers, r.n_heads, len(r.prompt_ids)
-    (pr, r_lo, r_hi), (effect, lo, hi) = r.pearson, r.effect
+    (pr, r_lo, r_hi), (effect, lo, hi, se, simul_lo, simul_hi) = r.pearson, r.effect
     order = {lh: i + 1 for i, lh in enumerate(r.head_set.heads)}
     num = lambda x: None if np.isnan(x) else float(x)  # noqa: E731
     rows = []
@@ -117,8 +162,10 @@ def _summary(r: HeadsResult) -> pa.Table:
                 median_subject_rank=float(np.median(r.ranks[:, l, h])),
                 pearson_r=num(pr[k]), r_lo=num(r_lo[k]), r_hi=num(r_hi[k]),
                 effect_pct=float(effect[k]), effect_lo=float(lo[k]), effect_hi=float(hi[k]),
+                effect_se=float(se[k]), effect_simul_lo=float(simul_lo[k]), effect_simul_hi=float(simul_hi[k]),
+                significant=bool(r.head_set.significant[l, h]),
                 effect_relation_pct=float(r.effect_relation_pct[k]) if r.effect_relation_pct is not None else None,
-                attn_above_layer_median=bool(r.head_set.above_median[l, h]),
+                attention_passes=bool(r.head_set.above_median[l, h]),
                 in_head_set=(l, h) in order, set_order=order.get((l, h)),
             ))
     return pa.Table.from_pylist(rows, schema=SCHEMAS["head_summary"])

@@ -7,7 +7,7 @@ import pyarrow as pa
 
 from factrecall.tasks.stage_api import Rows
 
-from .columns import encode_rows, list_of
+from .columns import ci, encode_rows, list_of
 from .columns import field as _f
 
 SCHEMAS: dict[str, pa.Schema] = {
@@ -84,7 +84,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("mean_dla_subject_scaled", pa.float64()),
     ]),
     # Per clean prompt: the head set's outputs at END patched from the twin prompt about X' (same template and
-    # demonstrations). eligible = X''s answer token differs from the prompt's.
+    # demonstrations), and the same swap from a random set of as many heads (the chance rate).
     "argument_swap": pa.schema([
         _f("prompt_id", pa.int32()),
         _f("swap_subject", pa.string()),
@@ -93,9 +93,13 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("answer_token", pa.int32()),
         _f("top1_before", pa.int32()),
         _f("top1_after", pa.int32()),
-        _f("eligible", pa.bool_()),
-        _f("success", pa.bool_()),  # top-1 after the swap is X''s object
-        _f("stayed", pa.bool_()),  # top-1 after the swap is still the original answer
+        _f("random_heads", list_of(pa.string())),  # the random head set of this prompt's chance swap
+        _f("top1_random", pa.int32()),  # top-1 after swapping the random heads
+        _f("eligible", pa.bool_()),  # the answer was top-1 before, X''s object was not (and they differ)
+        _f("success", pa.bool_()),  # eligible and X''s object is top-1 after the head-set swap
+        _f("chance_success", pa.bool_()),  # eligible and X''s object is top-1 after the random swap
+        _f("answer_was_top1", pa.bool_()),
+        _f("stayed", pa.bool_()),  # the answer was top-1 before and still is after the head-set swap
     ]),
     # One row per partition: the head set used, the layer where c pushes the answer hardest, the causal checks
     # with bootstrap 95% intervals, and the two shares the paper's claims are judged by.
@@ -116,13 +120,11 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("removal_delta_p", pa.float64()),
         _f("removal_delta_p_lo", pa.float64()),
         _f("removal_delta_p_hi", pa.float64()),
-        _f("swap_n", pa.int32()),
-        _f("swap_success", pa.float64()),
-        _f("swap_success_lo", pa.float64()),
-        _f("swap_success_hi", pa.float64()),
-        _f("swap_stayed", pa.float64()),
-        _f("swap_stayed_lo", pa.float64()),
-        _f("swap_stayed_hi", pa.float64()),
+        _f("swap_n", pa.int32()),  # eligible prompts (argument_swap.eligible)
+        *ci("swap_success"),
+        *ci("swap_chance"),  # the same swap from random head sets of the same size
+        _f("swap_stayed_n", pa.int32()),  # prompts whose answer was top-1 before
+        *ci("swap_stayed"),
         _f("share_head_layers_r2_ge_half", pa.float64()),
         _f("share_set_heads_amplified", pa.float64()),
         _f("seconds", pa.float64()),

@@ -336,6 +336,19 @@ def _explain(e: duckdb.Error, view: StoreView, sql: str) -> str:
     return f"DuckDB: {first} (`factrecall query --list` lists the views and named queries)"
 
 
+def _check_param_values(view: StoreView, params: dict[str, str]) -> None:
+    """A query that found nothing: say so when a model, relation or shot parameter names nothing stored,
+    with the values that exist (one line)."""
+    for name in ("model", "relation", "shot"):
+        if name not in params:
+            continue
+        values = [str(v) for (v,) in view.sql(f"SELECT DISTINCT {name} FROM results WHERE status = 'current' "
+                                              f"ORDER BY {name}").fetchall()]
+        if params[name] not in values:
+            raise QueryError(f"--param {name}={params[name]} matches nothing in the store; "
+                             f"{name}s with results: {', '.join(values) or '(none)'}")
+
+
 def _unreadable_file(e: duckdb.Error, root: Path | str) -> Damage | None:
     """The store file a failed query could not read, as damage, when DuckDB's message names one."""
     m = _FILE_ERROR.search(str(e))
@@ -370,6 +383,8 @@ def run_query(root: Path | str, sql: str, fmt: str = "table", out: Path | None =
         try:
             rel = view.sql(sql, bind)
             df = rel.pl() if rel is not None else pl.DataFrame()
+            if df.height == 0 and bind:
+                _check_param_values(view, bind)
             break
         except duckdb.Error as e:
             bad = _unreadable_file(e, root)

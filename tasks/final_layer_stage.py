@@ -29,7 +29,7 @@ from .final_layer import (
     mitigated_end_resid,
     token_directions,
 )
-from .intervals import bootstrap_mean_ci, mean_ci_fields
+from .intervals import bootstrap_mean_ci, mean_ci_fields, significantly_negative
 from .logit_lens import TokenStats, depth_residuals, runner_up, token_stats
 from .models import LoadedModel
 from .path_patching import EndRunner
@@ -43,8 +43,15 @@ ALPHAS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 #: Other relations whose prompts measure what a mitigation costs elsewhere (one per domain and two more).
 CONTROL_RELATIONS: tuple[str, ...] = ("paper.capital", "lre.country_language", "lre.object_superclass",
                                       "lre.adj_antonym", "lre.word_sentiment", "lre.name_gender")
-#: Mitigation variants: name -> needs the answer label (oracle).
-VARIANTS: dict[str, bool] = {"heads": False, "mlp_answer": True, "mlp_top1": False}
+#: Mitigation variants: name -> needs the answer label (oracle: scales the MLP along the answer's own
+#: direction; not deployable, and not an upper bound of the others, which scale other components).
+VARIANTS: dict[str, bool] = {"heads": False, "mlp_answer_oracle": True, "mlp_top1": False}
+#: How alpha is chosen on the calibration half: the best mean log p(answer), or the best among the alphas
+#: whose plain-text cost on the calibration passages stays within `text_cost_bound` (deployable variants).
+CHOICES: tuple[str, ...] = ("unconstrained", "cost_bounded")
+#: The (variant, choice) rows of a partition's mitigation table: the oracle has no text cost to bound.
+MITIGATION_ROWS: tuple[tuple[str, str], ...] = tuple((v, c) for v, oracle in VARIANTS.items() for c in CHOICES
+                                                     if not (oracle and c == "cost_bounded"))
 # The fast END re-run of the last layer must reproduce the model's log p(answer) (float32 arithmetic).
 RERUN_ATOL = 1e-3
 GRID_ROWS = 256  # (prompt, alpha) rows whose full-vocabulary logits are held at once
@@ -58,6 +65,8 @@ class FinalLayerConfig(StatsConfig):
     control_relations: tuple[str, ...] = option(CONTROL_RELATIONS, "Relations whose prompts measure the cost.",
                                                 cli=False)
     control_prompts: int = option(8, "Prompts per control relation.", min=1)
+    text_cost_bound: float = option(0.02, "Largest plain-text cost (mean drop of log p per token, nats, on the "
+                                          "calibration passages) a cost-bounded mitigation may have.", min=0.0)
 
     def __post_init__(self) -> None:
         if not self.alphas or any(not 0.0 <= a <= 1.0 for a in self.alphas) or 1.0 not in self.alphas:
@@ -228,11 +237,13 @@ def compute(inp: StageInput) -> Iterator[Rows]:
     held = ~calibration
 
     labels = final_layer_labels(L, H)
-    mean_dla_cal = clean_res.dla_answer[torch.as_tensor(calibration, device=lm.device)].mean(0)
-    suppressor_heads = [h for h in range(H) if mean_dla_cal[h] < 0]
-    mlp_suppresses = bool(mean_dla_cal[H + 1] < 0)
+    # suppressors on the calibration half: components whose DLA onto the answer is significantly negative
+    cal_dla = clean_res.dla_answer[torch.as_tensor(calibration, device=lm.device)].double().cpu().numpy()
+    suppressing, _ = significantly_negative(cal_dla, config.n_boot, config.seed)
+    suppressor_heads = [h for h in range(H) if suppressing[h]]
+    mlp_suppresses = bool(suppressing[H + 1])
     components = {"heads": [labels[h].name for h in suppressor_heads],
-                  "mlp_answer": [labels[H + 1].name] if mlp_suppresses else [],
+                  "mlp_answer_oracle": [labels[H + 1].name] if mlp_suppresses else [],
                   "mlp_top1": [labels[H + 1].name] if mlp_suppresses else []}
     # only variants with something to scale get alpha rows (the others stay at alpha = 1, row 0)
     rows = [(v, a) for v in VARIANTS if components[v] for a in config.alphas if a != 1.0]
@@ -243,13 +254,11 @@ def compute(inp: StageInput) -> Iterator[Rows]:
         raise RerunMismatchError(f"{inp.title}: the END re-run of the last layer differs from the model's "
                                  f"log p(answer) by {rerun_error:.2e} (> {RERUN_ATOL}); mitigation not computed")
 
-    chosen = {}
-    for variant in VARIANTS:
-        chosen[variant] = choose_alpha(grid, variant, calibration, config.alphas) if components[variant] else (1.0, 0.0)
+    text = TextControl(lm, suppressor_heads, config.seed)
+    chosen = choose_mitigations(grid, components, calibration, config, text)
 
     control_res = _controls(lm, runner, control, suppressor_heads, chosen, config.batch_size)
     progress(advance=len(control))
-    text = _text_control(lm, suppressor_heads, chosen)
     progress(advance=1)
 
     summary = _summary_row(clean_res, L, H, labels, config)
@@ -259,11 +268,12 @@ def compute(inp: StageInput) -> Iterator[Rows]:
         "final_components": _components_columns(clean, clean_res, labels, calibration),
         "final_layer_summary": [summary],
         "mitigation": _mitigation_rows(grid, chosen, components, calibration, control_res, control_names, text, config),
-        "mitigation_curve": _curve_rows(grid, calibration, config.alphas),
+        "mitigation_curve": _curve_rows(grid, calibration, config.alphas, text),
         "mitigation_prompts": _mitigation_prompt_rows(clean, grid, chosen, calibration),
     })
     figures = _plots(inp.title, clean_res, labels, grid, chosen, calibration, config)
-    held_gain = {v: float((grid.p[held, grid.column(v, a)] - grid.p[held, 0]).mean()) for v, (a, _) in chosen.items()}
+    held_gain = {f"{v} ({c})": float((grid.p[held, grid.column(v, a)] - grid.p[held, 0]).mean())
+                 for (v, c), (a, _) in chosen.items()}
     return StageOutput({"n_prompts": n, "verdict": summary["verdict"], "delta_p": summary["delta_p"],
                         "delta_p_lo": summary["delta_p_lo"], "delta_p_hi": summary["delta_p_hi"],
                         "suppressors": summary["suppressors"], "held_out_delta_p": held_gain,
@@ -275,24 +285,66 @@ def _controls(lm, runner, control: list[TokenizedPrompt], suppressor_heads, chos
     if not control:
         return None
     res = clean_pass(lm, runner, control, batch_size)
-    rows = [(v, a) for v, (a, _) in chosen.items() if a != 1.0]
+    rows = sorted({(v, a) for (v, _), (a, _) in chosen.items() if a != 1.0})
     grid = mitigation_grid(lm, runner, res.inputs, res.answer, res.top1, suppressor_heads, rows, batch_size)
     return {"grid": grid, "n": len(control)}
 
 
-def _text_control(lm, suppressor_heads, chosen) -> dict:
-    """Next-token log p over the plain-text corpus, before and after each deployable variant."""
-    rows = passage_ids(lm, load_passages())
-    base, top1 = text_logprobs(lm, rows)
-    out = {"base": base.double().numpy()}
-    alpha_h = chosen["heads"][0]
-    if alpha_h != 1.0:
-        scale = torch.ones(lm.dims.n_heads)
-        scale[suppressor_heads] = alpha_h
-        out["heads"] = text_logprobs(lm, rows, head_scale=scale)[0].double().numpy()
-    alpha_m = chosen["mlp_top1"][0]
-    if alpha_m != 1.0:
-        out["mlp_top1"] = text_logprobs(lm, rows, mlp_alpha=alpha_m, mlp_tokens=top1)[0].double().numpy()
+class TextControl:
+    """Next-token log p over the plain-text corpus with and without a deployable mitigation. The passages
+    are split (seeded) into a calibration half, which a cost-bounded choice of alpha may look at, and a
+    held-out half, on which the cost is reported."""
+
+    def __init__(self, lm, suppressor_heads: list[int], seed: int) -> None:
+        self.lm, self.suppressor_heads = lm, suppressor_heads
+        rows = passage_ids(lm, load_passages())
+        split = calibration_split(len(rows), seed)
+        self.rows = {"calibration": [r for r, c in zip(rows, split) if c],
+                     "held_out": [r for r, c in zip(rows, split) if not c]}
+        self.base, self.top1 = {}, {}
+        for name, rs in self.rows.items():
+            lp, top1 = text_logprobs(lm, rs)
+            self.base[name], self.top1[name] = lp.double().numpy(), top1
+        self._cache: dict = {}
+
+    def n_tokens(self, split: str) -> int:
+        return len(self.base[split])
+
+    def delta(self, variant: str, alpha: float, split: str) -> np.ndarray:
+        """Change of log p per text token (after - before) under ``variant`` at ``alpha``."""
+        if alpha == 1.0:
+            return np.zeros_like(self.base[split])
+        key = (variant, alpha, split)
+        if key not in self._cache:
+            if variant == "heads":
+                scale = torch.ones(self.lm.dims.n_heads)
+                scale[self.suppressor_heads] = alpha
+                after = text_logprobs(self.lm, self.rows[split], head_scale=scale)[0]
+            elif variant == "mlp_top1":
+                after = text_logprobs(self.lm, self.rows[split], mlp_alpha=alpha, mlp_tokens=self.top1[split])[0]
+            else:
+                raise ValueError(f"{variant} has no plain-text cost (it needs the answer label)")
+            self._cache[key] = after.double().numpy() - self.base[split]
+        return self._cache[key]
+
+
+def choose_mitigations(grid: _Grid, components: dict, calibration: np.ndarray, config: FinalLayerConfig,
+                       text: TextControl) -> dict[tuple[str, str], tuple[float, float]]:
+    """(variant, choice) -> (alpha, calibration gain in mean log p): unconstrained for every variant, and
+    cost-bounded for the deployable ones (alphas whose calibration-passage text cost exceeds the bound
+    are not allowed; alpha = 1, no change, always is)."""
+    out = {}
+    for variant, oracle in VARIANTS.items():
+        if not components[variant]:
+            out[(variant, "unconstrained")] = (1.0, 0.0)
+            if not oracle:
+                out[(variant, "cost_bounded")] = (1.0, 0.0)
+            continue
+        out[(variant, "unconstrained")] = choose_alpha(grid, variant, calibration, config.alphas)
+        if not oracle:
+            allowed = tuple(a for a in config.alphas
+                            if a == 1.0 or text.delta(variant, a, "calibration").mean() >= -config.text_cost_bound)
+            out[(variant, "cost_bounded")] = choose_alpha(grid, variant, calibration, allowed)
     return out
 
 
@@ -312,9 +364,10 @@ def _summary_row(res: _Pass, L: int, H: int, labels, config: FinalLayerConfig) -
     row |= {"entropy_before": float(e_b.mean()), "entropy_after": float(e_a.mean())}
     row |= mean_ci_fields("delta_entropy", e_a - e_b, **boot)
     mean_dla = arr(res.dla_answer.mean(0))
-    suppressors = [labels[i].name for i in np.argsort(mean_dla) if mean_dla[i] < 0]
-    row["suppressors"] = suppressors
-    row["suppression_dla"] = float(mean_dla[mean_dla < 0].sum())
+    suppressing, _ = significantly_negative(arr(res.dla_answer), config.n_boot, config.seed)
+    row["suppressors"] = [labels[i].name for i in np.argsort(mean_dla) if suppressing[i]]
+    row["n_components_tested"] = len(labels)
+    row["suppression_dla"] = float(mean_dla[suppressing].sum())
     hi, lo = row["delta_p_hi"], row["delta_p_lo"]
     row["claim_holds"] = bool(hi is not None and hi < 0)
     row["verdict"] = ("suppresses" if row["claim_holds"] else
@@ -354,16 +407,38 @@ def _components_columns(clean, res: _Pass, labels, calibration) -> dict:
     }
 
 
-def _mitigation_rows(grid: _Grid, chosen, components, calibration, control_res, control_names, text,
-                     config: FinalLayerConfig) -> list[dict]:
+def _note(variant: str, choice: str, alpha: float, components, chosen, config: FinalLayerConfig) -> str | None:
+    """Why a mitigation row is what it is, where that is not obvious (every no-op row says why)."""
+    notes = []
+    if VARIANTS[variant]:
+        notes.append("oracle: scales the MLP along the answer's own direction, so it needs the label; not "
+                     "deployable, and not an upper bound of the other variants (they scale other components); "
+                     "no plain-text cost")
+    if not components[variant]:
+        notes.append("no component's DLA onto the answer is significantly negative on the calibration half: "
+                     "nothing to scale")
+    elif alpha == 1.0 and choice == "unconstrained":
+        notes.append("alpha = 1 (no change): no smaller alpha raised the calibration mean log p(answer)")
+    elif alpha == 1.0:
+        free = chosen[(variant, "unconstrained")][0]
+        notes.append("alpha = 1 (no change): " + (
+            f"every alpha < 1 that raised the calibration log p cost more than {config.text_cost_bound:g} nats "
+            f"per token on the calibration text (the unconstrained choice is alpha = {free:g})" if free != 1.0 else
+            "no smaller alpha raised the calibration mean log p(answer)"))
+    return "; ".join(notes) or None
+
+
+def _mitigation_rows(grid: _Grid, chosen, components, calibration, control_res, control_names,
+                     text: TextControl, config: FinalLayerConfig) -> list[dict]:
     held = ~calibration
     boot = dict(n_boot=config.n_boot, seed=config.seed)
     out = []
-    for variant, oracle in VARIANTS.items():
-        alpha, cal_gain = chosen[variant]
+    for (variant, choice), (alpha, cal_gain) in chosen.items():
+        oracle = VARIANTS[variant]
         col = grid.column(variant, alpha)
-        row = {"variant": variant, "oracle": oracle, "components": components[variant], "alpha": alpha,
-               "split_seed": config.seed, "calibration_share": config.calibration_share,
+        row = {"variant": variant, "choice": choice, "oracle": oracle, "components": components[variant],
+               "alpha": alpha, "split_seed": config.seed, "calibration_share": config.calibration_share,
+               "text_cost_bound": None if choice == "unconstrained" else config.text_cost_bound,
                "n_calibration": int(calibration.sum()), "n_held_out": int(held.sum()),
                "calibration_delta_logp": cal_gain,
                "p_before": float(grid.p[held, 0].mean()), "p_after": float(grid.p[held, col].mean()),
@@ -372,9 +447,6 @@ def _mitigation_rows(grid: _Grid, chosen, components, calibration, control_res, 
         row |= mean_ci_fields("delta_p", grid.p[held, col] - grid.p[held, 0], **boot)
         row |= mean_ci_fields("delta_acc", grid.correct[held, col].astype(float) - grid.correct[held, 0], **boot)
         row |= mean_ci_fields("delta_logp", grid.logp[held, col] - grid.logp[held, 0], **boot)
-        notes = []
-        if not components[variant]:
-            notes.append("no suppressing component on the calibration half: nothing to scale")
         row["control_relations"] = control_names
         if control_res is not None:
             cg = control_res["grid"]
@@ -382,20 +454,18 @@ def _mitigation_rows(grid: _Grid, chosen, components, calibration, control_res, 
             row["n_control"] = control_res["n"]
             row |= mean_ci_fields("control_delta_logp", cg.logp[:, ccol] - cg.logp[:, 0], **boot)
             row |= mean_ci_fields("control_delta_acc", cg.correct[:, ccol].astype(float) - cg.correct[:, 0], **boot)
-        row["n_text_tokens"] = len(text["base"])
-        if oracle:
-            notes.append("oracle (uses the answer label): no plain-text control")
-        else:
-            after = text.get(variant, text["base"])
-            row |= mean_ci_fields("text_delta_logp", after - text["base"], **boot)
-        row["note"] = "; ".join(notes) or None
+        row["n_text_tokens"] = text.n_tokens("held_out")
+        if not oracle:
+            row["calibration_text_delta_logp"] = float(text.delta(variant, alpha, "calibration").mean())
+            row |= mean_ci_fields("text_delta_logp", text.delta(variant, alpha, "held_out"), **boot)
+        row["note"] = _note(variant, choice, alpha, components, chosen, config)
         out.append(row)
     return out
 
 
-def _curve_rows(grid: _Grid, calibration, alphas) -> list[dict]:
+def _curve_rows(grid: _Grid, calibration, alphas, text: TextControl) -> list[dict]:
     out = []
-    for variant in VARIANTS:
+    for variant, oracle in VARIANTS.items():
         for alpha in alphas:
             if alpha != 1.0 and (variant, alpha) not in grid.rows:
                 continue  # a variant with nothing to scale has only alpha = 1
@@ -403,19 +473,21 @@ def _curve_rows(grid: _Grid, calibration, alphas) -> list[dict]:
             for split, mask in (("calibration", calibration), ("held_out", ~calibration)):
                 out.append({"variant": variant, "alpha": alpha, "split": split, "n": int(mask.sum()),
                             "mean_p": float(grid.p[mask, col].mean()), "mean_logp": float(grid.logp[mask, col].mean()),
-                            "accuracy": float(grid.correct[mask, col].mean())})
+                            "accuracy": float(grid.correct[mask, col].mean()),
+                            "text_delta_logp": None if oracle else float(text.delta(variant, alpha, split).mean())})
     return out
 
 
 def _mitigation_prompt_rows(clean, grid: _Grid, chosen, calibration) -> list[dict]:
     out = []
     splits = _split_names(calibration)
-    for variant, (alpha, _) in chosen.items():
+    for (variant, choice), (alpha, _) in chosen.items():
         col = grid.column(variant, alpha)
         for i, p in enumerate(clean):
-            out.append({"prompt_id": p.prompt.prompt_id, "split": str(splits[i]), "variant": variant, "alpha": alpha,
-                        "p_before": float(grid.p[i, 0]), "p_after": float(grid.p[i, col]),
-                        "logp_before": float(grid.logp[i, 0]), "logp_after": float(grid.logp[i, col]), "correct_before": bool(grid.correct[i, 0]),
+            out.append({"prompt_id": p.prompt.prompt_id, "split": str(splits[i]), "variant": variant,
+                        "choice": choice, "alpha": alpha, "p_before": float(grid.p[i, 0]),
+                        "p_after": float(grid.p[i, col]), "logp_before": float(grid.logp[i, 0]),
+                        "logp_after": float(grid.logp[i, col]), "correct_before": bool(grid.correct[i, 0]),
                         "correct_after": bool(grid.correct[i, col])})
     return out
 
@@ -441,11 +513,11 @@ def _plots(title: str, res: _Pass, labels, grid: _Grid, chosen, calibration,
         f"last-layer components: mean DLA (95% interval)\n{title}", ylabel="DLA (logit units)")
     held = ~calibration
     before, after = [], []
-    for variant, (alpha, _) in chosen.items():
+    for (variant, _), (alpha, _) in chosen.items():
         col = grid.column(variant, alpha)
         before.append(bootstrap_mean_ci(grid.p[held, 0], **boot))
         after.append(bootstrap_mean_ci(grid.p[held, col], **boot))
-    names = [f"{v}\nα={chosen[v][0]:g}" + (" (oracle)" if VARIANTS[v] else "") for v in chosen]
+    names = [f"{v}\n{c.replace('_', '-')} α={a:g}" for (v, c), (a, _) in chosen.items()]
     stack = lambda rows: tuple(np.array([r[i] for r in rows], dtype=float) for i in range(3))  # noqa: E731
     figures["mitigation"] = plots.bars(
         names, {"before": stack(before), "after": stack(after)},

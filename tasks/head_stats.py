@@ -43,15 +43,26 @@ def ratio_effect(m_patched: np.ndarray, m_clean: np.ndarray) -> np.ndarray:
 
 
 def bootstrap_ratio_effect(m_patched: np.ndarray, m_clean: np.ndarray, n_boot: int = 1000, seed: int = 0,
-                           level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """effect% = 100 (mean M_patched - mean M_clean) / mean M_clean with its interval.
+                           level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """effect% = 100 (mean M_patched - mean M_clean) / mean M_clean with its percentile interval and the
+    bootstrap standard error.
 
-    `m_patched [n, ...]`, `m_clean [n]`; returns (effect, lo, hi), each shaped like `m_patched[0]`.
+    `m_patched [n, ...]`, `m_clean [n]`; returns (effect, lo, hi, se), each shaped like `m_patched[0]`.
     """
     point = ratio_effect(m_patched, m_clean)
     draws = np.stack([ratio_effect(m_patched[i], m_clean[i]) for i in bootstrap_indices(len(m_clean), n_boot, seed)])
     alpha = (1 - level) / 2
-    return point, np.quantile(draws, alpha, axis=0), np.quantile(draws, 1 - alpha, axis=0)
+    return point, np.quantile(draws, alpha, axis=0), np.quantile(draws, 1 - alpha, axis=0), draws.std(0, ddof=1)
+
+
+def simultaneous_interval(point: np.ndarray, se: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Bonferroni-simultaneous normal intervals over all `point.size` estimates: point ± z se with
+    z = Φ⁻¹(1 - (1 - level) / (2 m)); together they cover every true value with probability ≥ level."""
+    from statistics import NormalDist
+
+    m = max(1, point.size)
+    z = NormalDist().inv_cdf(1 - (1 - level) / (2 * m))
+    return point - z * se, point + z * se
 
 
 @torch.inference_mode()
@@ -76,13 +87,19 @@ def logit_lens_rank(vectors: torch.Tensor, token_ids: torch.Tensor, w_u: torch.T
 
 @dataclass(frozen=True)
 class HeadSetRule:
-    """METHOD.md §4: the smallest set of heads, by patching effect, that covers `coverage` of the
-    total negative effect and whose attention END -> S is above the layer median."""
+    """docs/METHOD.md §4: candidates are heads whose patching effect is significantly negative (the upper end
+    of its simultaneous interval below 0) and whose mean attention END -> S is above both its layer's median
+    and an absolute floor; the set is the smallest group of candidates, most negative first, that covers
+    `coverage` of the candidates' summed negative effect. No candidate: no argument-passing heads."""
 
     coverage: float = 0.8
-    attention_filter: str = "mean attention END->S above the median of its layer"
+    attention_floor: float = 0.05
+    level: float = 0.95
+    correction: str = ("Bonferroni over the partition's heads: effect ± z·se, z = Φ⁻¹(1 − (1 − level)/(2·m)), "
+                       "se = bootstrap standard error over prompts")
+    attention_filter: str = "mean attention END->S above the median of its layer and at least attention_floor"
     effect: str = "100 (mean M_patched - mean M_clean) / mean M_clean, sender = mean over subject-corrupted prompts"
-    candidates: str = "heads passing the attention filter with a negative effect; total = their summed effect"
+    candidates: str = "heads passing the attention filter whose simultaneous interval lies below 0"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -91,15 +108,19 @@ class HeadSetRule:
 @dataclass
 class HeadSet:
     heads: list[tuple[int, int]]  # in order of decreasing |negative effect|
-    above_median: np.ndarray  # [L, H] bool
+    above_median: np.ndarray  # [L, H] bool: attention above the layer median and the floor
+    significant: np.ndarray  # [L, H] bool: simultaneous interval below 0
     covered_share: float  # share of the candidates' total negative effect covered
     covered_share_all: float  # share of every head's total negative effect covered
 
 
-def select_head_set(effect: np.ndarray, attention: np.ndarray, rule: HeadSetRule = HeadSetRule()) -> HeadSet:
-    """Apply the rule to per-head `effect [L, H]` (effect%) and mean `attention [L, H]` (END -> S)."""
-    above = attention > np.median(attention, axis=1, keepdims=True)
-    candidates = [(l, h) for l, h in zip(*np.nonzero(above & (effect < 0)))]
+def select_head_set(effect: np.ndarray, attention: np.ndarray, rule: HeadSetRule = HeadSetRule(),
+                    effect_hi: np.ndarray | None = None) -> HeadSet:
+    """Apply the rule to per-head `effect [L, H]` (effect%), mean `attention [L, H]` (END -> S) and the
+    upper ends `effect_hi [L, H]` of the simultaneous intervals (None: every negative effect counts)."""
+    above = (attention > np.median(attention, axis=1, keepdims=True)) & (attention >= rule.attention_floor)
+    significant = (effect_hi < 0) if effect_hi is not None else (effect < 0)
+    candidates = [(l, h) for l, h in zip(*np.nonzero(above & significant & (effect < 0)))]
     candidates.sort(key=lambda lh: (effect[lh], lh))  # most negative first, ties by position
     total = -sum(effect[lh] for lh in candidates)
     total_all = -effect[effect < 0].sum()
@@ -112,6 +133,7 @@ def select_head_set(effect: np.ndarray, attention: np.ndarray, rule: HeadSetRule
     return HeadSet(
         heads=chosen,
         above_median=above,
+        significant=significant,
         covered_share=float(covered / total) if total > 0 else 0.0,
         covered_share_all=float(covered / total_all) if total_all > 0 else 0.0,
     )

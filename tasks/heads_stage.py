@@ -27,6 +27,7 @@ from .head_stats import (
     pearson,
     ratio_effect,
     select_head_set,
+    simultaneous_interval,
 )
 from .models import LoadedModel
 from .path_patching import EndRunner, PatchResult, SenderMeans, patch_end
@@ -42,6 +43,8 @@ __all__ = ["HeadsConfig", "HeadsResult", "compute", "corrupted_means", "patch_al
 @dataclass(frozen=True)
 class HeadsConfig(StatsConfig):
     coverage: float = option(0.8, "Share of the candidates' negative effect the head set covers.", min=0.01, max=1.0)
+    attention_floor: float = option(0.05, "Least mean attention END->S of a head-set head (besides its layer's "
+                                          "median).", min=0.0, max=1.0)
 
 
 @dataclass
@@ -62,11 +65,13 @@ class HeadsResult:
     mlp_effect_subject: np.ndarray | None = None  # [n, L]
     mlp_effect_relation: np.ndarray | None = None
     pearson: tuple | None = None  # (r, lo, hi), each [L*H]
-    effect: tuple | None = None  # (effect, lo, hi), each [L*H]
+    effect: tuple | None = None  # (effect, lo, hi, se, simultaneous lo, simultaneous hi), each [L*H]
     effect_relation_pct: np.ndarray | None = None  # [L*H]
     head_set: HeadSet | None = None
     rule: HeadSetRule | None = None
     set_row: dict = field(default_factory=dict)
+    corrupted: list = field(default_factory=list)  # the corrupted prompts (tokenized): the senders' inputs
+    means: SenderMeans | None = None  # the senders' replacement outputs: means over the subject-corrupted prompts
 
 
 def corrupted_means(lm: LoadedModel, prompts: list[TokenizedPrompt], batch_size: int) -> SenderMeans:
@@ -171,17 +176,23 @@ def compute(inp: StageInput) -> Iterator[HeadsResult]:
     eff_s, eff_s_mlp = (t.numpy() for t in subj.effect_pct())
     eff_r, eff_r_mlp = (t.numpy() for t in patched[1].effect_pct()) if corrupt_relation else (None, None)
     m_clean = subj.m_clean.double().numpy()
-    effect, lo, hi = bootstrap_ratio_effect(subj.m_heads.double().numpy().reshape(n, L * H), m_clean,
-                                            config.n_boot, config.seed)
+    effect, lo, hi, se = bootstrap_ratio_effect(subj.m_heads.double().numpy().reshape(n, L * H), m_clean,
+                                                config.n_boot, config.seed)
+    rule = HeadSetRule(coverage=config.coverage, attention_floor=config.attention_floor)
+    simul_lo, simul_hi = simultaneous_interval(effect, se, rule.level)
     effect_rel = (ratio_effect(patched[1].m_heads.double().numpy().reshape(n, L * H), m_clean)
                   if corrupt_relation else None)
     r = pearson(attn.reshape(n, -1), dla_subject.reshape(n, -1))
     r_lo, r_hi = bootstrap_pearson_ci(attn.reshape(n, -1), dla_subject.reshape(n, -1), config.n_boot, config.seed)
-    rule = HeadSetRule(coverage=config.coverage)
-    head_set = select_head_set(effect.reshape(L, H), attn.mean(0), rule)
+    head_set = select_head_set(effect.reshape(L, H), attn.mean(0), rule, simul_hi.reshape(L, H))
     names = [f"L{l}.H{h}" for l, h in head_set.heads]
+    no_heads = None if names else (
+        f"no argument-passing heads: none of the {L * H} heads has a patching effect significantly below 0 "
+        f"({int(head_set.significant.sum())} significant) while attending to S above its layer's median and "
+        f"{rule.attention_floor:g}")
     set_row = dict(
-        heads=names, rule=rule.to_json(), coverage=rule.coverage,
+        heads=names, rule=rule.to_json(), coverage=rule.coverage, no_heads_reason=no_heads,
+        n_significant=int(head_set.significant.sum()), n_tested=L * H,
         covered_share=head_set.covered_share, covered_share_all=head_set.covered_share_all,
         set_effect_pct=float(sum(effect.reshape(L, H)[lh] for lh in head_set.heads)),
         set_effect_relation_pct=(float(sum(effect_rel.reshape(L, H)[lh] for lh in head_set.heads))
@@ -190,11 +201,12 @@ def compute(inp: StageInput) -> Iterator[HeadsResult]:
         relation_corruption=relation_note, seconds_patching=seconds_patching)
     yield HeadsResult(
         L, H, np.array([p.prompt.prompt_id for p in clean], dtype=np.int32), None, attn, dla_subject, dla_answer,
-        ranks, m_clean, eff_s, eff_r, eff_s_mlp, eff_r_mlp, (r, r_lo, r_hi), (effect, lo, hi), effect_rel,
-        head_set, rule, set_row)
+        ranks, m_clean, eff_s, eff_r, eff_s_mlp, eff_r_mlp, (r, r_lo, r_hi), (effect, lo, hi, se, simul_lo, simul_hi),
+        effect_rel, head_set, rule, set_row, corrupt_subject + corrupt_relation, subject_means)
     figures = _plots(inp.title, effect.reshape(L, H), attn.mean(0), attn, dla_subject, r.reshape(L, H),
                      head_set.heads)
-    return StageOutput({"n_prompts": n, "head_set": names, "seconds_patching": round(seconds_patching, 3)}, figures)
+    return StageOutput({"n_prompts": n, "head_set": names, "no_heads_reason": no_heads,
+                        "seconds_patching": round(seconds_patching, 3)}, figures)
 
 
 def _plots(title, effect, mean_attn, attn, dla_subject, r, head_set) -> dict[str, bytes]:

@@ -39,3 +39,17 @@ def mean_ci_fields(prefix: str, values, n_boot: int = 1000, seed: int = 0) -> di
     mean, lo, hi = bootstrap_mean_ci(v, n_boot, seed)
     num = lambda x: None if np.isnan(x) else float(x)  # noqa: E731
     return {prefix: float(mean), f"{prefix}_lo": num(lo), f"{prefix}_hi": num(hi)}
+
+
+def significantly_negative(values: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                           level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Which columns of `values [n, k]` have a mean significantly below 0, and the upper ends of their
+    simultaneous intervals: mean + z se over the k columns tested (Bonferroni, z = Φ⁻¹(1 − (1 − level)/(2k)),
+    se = bootstrap standard error of the mean). Returns (mask [k], upper [k])."""
+    from statistics import NormalDist
+
+    x = np.asarray(values, dtype=np.float64)
+    k = x.shape[1]
+    se = x[bootstrap_indices(x.shape[0], n_boot, seed)].mean(1).std(0, ddof=1) if x.shape[0] > 1 else np.full(k, np.inf)
+    upper = x.mean(0) + NormalDist().inv_cdf(1 - (1 - level) / (2 * max(1, k))) * se
+    return upper < 0, upper

@@ -60,8 +60,8 @@ def parse_head(name: str, n_layers: int, n_heads: int) -> tuple[int, int]:
 
 def upstream_head_set(heads, n_layers: int, n_heads: int) -> tuple[list[tuple[int, int]], str | None]:
     """The head set of the upstream heads result and why it is missing (None when there is one)."""
-    row = heads.read("head_sets", ["heads", "skipped_reason"]).to_pylist()[0]
-    return [parse_head(h, n_layers, n_heads) for h in row["heads"] or []], row["skipped_reason"]
+    row = heads.read("head_sets", ["heads", "skipped_reason", "no_heads_reason"]).to_pylist()[0]
+    return [parse_head(h, n_layers, n_heads) for h in row["heads"] or []], row["skipped_reason"] or row["no_heads_reason"]
 
 
 @dataclass
@@ -112,31 +112,53 @@ def _object_of(relation: Relation, subject: str) -> str:
 
 
 def argument_swap(lm: LoadedModel, relation: Relation, clean: list[TokenizedPrompt],
-                  twins: list[TokenizedPrompt], head_set: list[tuple[int, int]], batch_size: int) -> dict:
+                  twins: list[TokenizedPrompt], head_set: list[tuple[int, int]], batch_size: int,
+                  seed: int = 0) -> dict:
     """Patch the head set's outputs at END from the twin prompt about X' (same template and
-    demonstrations, another subject); record the top-1 before and after, and X''s answer token.
+    demonstrations, another subject); record the top-1 before and after, and X''s answer token. The same
+    swap from a random set of as many heads (drawn per prompt, seeded) gives the chance rate.
 
     `twins[i]` is clean[i]'s twin; with twins == clean nothing changes.
     """
     swap_prompts = [dataclasses.replace(t.prompt, object=_object_of(relation, t.prompt.query_subject)) for t in twins]
     swap_tokens = [p.answer_token_id for p in tokenize_prompts(lm.tokenizer, swap_prompts, lm.max_length)]
-    n = len(clean)
-    out = {k: np.zeros(n, dtype=np.int64) for k in ("top1_before", "top1_after")}
+    n, L, H = len(clean), lm.dims.n_layers, lm.dims.n_heads
+    rng = np.random.default_rng(seed)
+    random_sets = [rng.choice(L * H, size=len(head_set), replace=False) for _ in range(n)]  # flat head indices
+    out = {k: np.zeros(n, dtype=np.int64) for k in ("top1_before", "top1_after", "top1_random")}
+    chosen = torch.zeros(L, H, dtype=torch.bool)
+    for l, h in head_set:
+        chosen[l, h] = True
     for idx, batch in length_sorted_batches(clean, batch_size):
         ids = [list(p.input_ids) for p in batch]
         cap = capture_batch(lm.model, lm.adapter, lm.dims, ids, lm.pad_id)
         twin = capture_batch(lm.model, lm.adapter, lm.dims, [list(twins[i].input_ids) for i in idx], lm.pad_id)
-        edits = {}
-        for l, h in head_set:
-            delta = twin.head_raw[:, l, h] - cap.head_raw[:, l, h]
-            edits[("out_proj", l)] = edits.get(("out_proj", l), 0) + delta
-        after = end_logits_with_edits(lm, ids, edits)
+        diff = twin.head_raw - cap.head_raw  # [B, L, H, d]
+        random_mask = torch.zeros(len(idx), L, H, dtype=torch.bool)
+        for row, i in enumerate(idx):
+            random_mask[row].view(-1)[torch.from_numpy(random_sets[i])] = True
+        for key, mask in (("top1_after", chosen.expand(len(idx), L, H)), ("top1_random", random_mask)):
+            m = mask.to(diff.device)
+            edits = {("out_proj", l): (m[:, l, :, None] * diff[:, l]).sum(1) for l in range(L) if m[:, l].any()}
+            out[key][idx] = end_logits_with_edits(lm, ids, edits).argmax(-1).cpu().numpy()
         out["top1_before"][idx] = cap.logits.argmax(-1).cpu().numpy()
-        out["top1_after"][idx] = after.argmax(-1).cpu().numpy()
     out["swap_token"] = np.array(swap_tokens)
     out["swap_subject"] = [t.prompt.query_subject for t in twins]
     out["swap_object"] = [p.object for p in swap_prompts]
+    out["random_heads"] = [[f"L{k // H}.H{k % H}" for k in sorted(s)] for s in random_sets]
     return out
+
+
+def swap_outcomes(swap: dict, answer: np.ndarray) -> dict[str, np.ndarray]:
+    """Per prompt: ``eligible`` = the answer was top-1 before and X''s object was not (and they differ);
+    ``success`` / ``chance`` = eligible and X''s object is top-1 after the head-set swap / the random swap;
+    ``was_top1`` = the answer was top-1 before; ``stayed`` = it still is after the head-set swap."""
+    before, token = swap["top1_before"], swap["swap_token"]
+    was_top1 = before == answer
+    eligible = was_top1 & (token != answer) & (before != token)
+    return {"eligible": eligible, "success": eligible & (swap["top1_after"] == token),
+            "chance": eligible & (swap["top1_random"] == token), "was_top1": was_top1,
+            "stayed": was_top1 & (swap["top1_after"] == answer)}
 
 
 def compute(inp: StageInput) -> Iterator[Rows]:
@@ -175,7 +197,7 @@ def compute(inp: StageInput) -> Iterator[Rows]:
                                 layers[best_k] if best_k is not None else None, config.batch_size)
     inp.progress(advance=n)
     # causal check 2: argument swap with the twin about another subject
-    swap = argument_swap(lm, relation, clean, twins, head_set, config.batch_size)
+    swap = argument_swap(lm, relation, clean, twins, head_set, config.batch_size, config.seed)
     inp.progress(advance=n)
 
     tables = _tables(clean, layers, head_set, per_layer, best_k, removal, swap, config)
@@ -319,15 +341,15 @@ def _tables(clean, layers, head_set, r: dict, best_k, removal, swap, config) -> 
                     "mean_dla_subject_heads": float(np.mean(r["dla_subject_heads"][:, k])),
                     "mean_dla_subject_scaled": float(np.nanmean(r["dla_subject_scaled"][:, k]))}
         layer_rows.append(row)
-    eligible = swap["swap_token"] != np.array([p.answer_token_id for p in clean])
     answer = np.array([p.answer_token_id for p in clean])
-    success = swap["top1_after"] == swap["swap_token"]
-    stayed = swap["top1_after"] == answer
+    o = swap_outcomes(swap, answer)
     t_swap = {
         "prompt_id": pid, "swap_subject": swap["swap_subject"], "swap_object": swap["swap_object"],
         "swap_token": swap["swap_token"].astype(np.int32), "answer_token": answer.astype(np.int32),
         "top1_before": swap["top1_before"].astype(np.int32), "top1_after": swap["top1_after"].astype(np.int32),
-        "eligible": eligible, "success": success, "stayed": stayed,
+        "random_heads": swap["random_heads"], "top1_random": swap["top1_random"].astype(np.int32),
+        "eligible": o["eligible"], "success": o["success"], "chance_success": o["chance"],
+        "answer_was_top1": o["was_top1"], "stayed": o["stayed"],
     }
     best = layers[best_k] if best_k is not None else None
     appears = next((layers[k] for k, row in enumerate(layer_rows) if (row.get("answer_top1_share_in_c") or 0) >= 0.5),
@@ -344,9 +366,11 @@ def _tables(clean, layers, head_set, r: dict, best_k, removal, swap, config) -> 
         fa |= {"removal_n": int(ok.sum()), "removal_p_before": float(np.mean(removal["p_before"][ok])),
                "removal_p_after": float(np.mean(removal["p_after"][ok]))}
         fa |= mean_ci_fields("removal_delta_p", removal["p_after"][ok] - removal["p_before"][ok], config.n_boot, config.seed)
-    fa |= {"swap_n": int(eligible.sum())}
-    fa |= mean_ci_fields("swap_success", success[eligible].astype(float), config.n_boot, config.seed)
-    fa |= mean_ci_fields("swap_stayed", stayed[eligible].astype(float), config.n_boot, config.seed)
+    eligible, was_top1 = o["eligible"], o["was_top1"]
+    fa |= {"swap_n": int(eligible.sum()), "swap_stayed_n": int(was_top1.sum())}
+    fa |= mean_ci_fields("swap_success", o["success"][eligible].astype(float), config.n_boot, config.seed)
+    fa |= mean_ci_fields("swap_chance", o["chance"][eligible].astype(float), config.n_boot, config.seed)
+    fa |= mean_ci_fields("swap_stayed", o["stayed"][was_top1].astype(float), config.n_boot, config.seed)
     head_layers = sorted({l for l, _ in head_set})
     hl = [k for k, l in enumerate(layers) if l in head_layers]
     med = [layer_rows[k].get("median_r2") for k in hl]
@@ -358,19 +382,39 @@ def _tables(clean, layers, head_set, r: dict, best_k, removal, swap, config) -> 
             "regression_layers": layer_rows, "argument_swap": t_swap, "function_application": [fa]}
 
 
+BETA_PLOT_HEADS = 24  # heads shown by name in the β plot; the rest are summarised in one bar
+
+
+def beta_plot(rows: list[dict], title: str, top: int = BETA_PLOT_HEADS) -> bytes:
+    """β per head (regression_heads rows): the head-set heads and the others with the largest |mean β|, up
+    to ``top`` bars, then one bar for every other head (the median of their mean β, interquartile range
+    as its interval), so the figure stays readable whatever the number of heads."""
+    nz = lambda v: np.nan if v is None else v  # noqa: E731
+    strength = lambda h: (not h["in_head_set"], -abs(nz(h.get("mean_beta")) if h.get("mean_beta") is not None else 0))  # noqa: E731
+    shown = sorted(sorted(rows, key=strength)[:top], key=lambda h: (h["layer"], h["head"]))
+    rest = [h for h in rows if h not in shown and h.get("mean_beta") is not None]
+    cats = [f"L{h['layer']}.H{h['head']}" + ("*" if h["in_head_set"] else "") for h in shown]
+    a = {k: [nz(h.get(k)) for h in shown] for k in ("mean_beta", "mean_beta_lo", "mean_beta_hi")}
+    b = [nz(h["pooled_beta"]) for h in shown]
+    if rest:
+        q25, med, q75 = np.quantile([h["mean_beta"] for h in rest], [0.25, 0.5, 0.75])
+        cats.append(f"other {len(rest)}\n(median, IQR)")
+        a = {"mean_beta": a["mean_beta"] + [med], "mean_beta_lo": a["mean_beta_lo"] + [q25],
+             "mean_beta_hi": a["mean_beta_hi"] + [q75]}
+        b.append(np.nan)
+    return plots.bars(
+        cats, {"mean β (design A)": tuple(np.array(a[k], dtype=float) for k in ("mean_beta", "mean_beta_lo", "mean_beta_hi")),
+               "β (design B)": tuple(np.array(b, dtype=float) for _ in range(3))},
+        f"MLP over the head layer's heads: β per head (95% interval; * = head set)\n{title}",
+        ylabel="β (−1 erases, > 0 amplifies)")
+
+
 def _plots(title, layers, head_set, tables) -> dict[str, bytes]:
     """beta per head of the head layers (bars with intervals), R^2 by layer, push by layer."""
     heads = tables["regression_heads"]
     head_layers = sorted({l for l, _ in head_set})
-    rows = [h for h in heads if h["layer"] in head_layers]
+    figures = {"beta_by_head": beta_plot([h for h in heads if h["layer"] in head_layers], title)}
     nz = lambda v: np.nan if v is None else v  # noqa: E731
-    cats = [f"L{h['layer']}.H{h['head']}" + ("*" if h["in_head_set"] else "") for h in rows]
-    figures = {"beta_by_head": plots.bars(
-        cats, {"mean β (design A)": tuple(np.array([nz(h.get(k)) for h in rows], dtype=float)
-                                          for k in ("mean_beta", "mean_beta_lo", "mean_beta_hi")),
-               "β (design B)": tuple(np.array([nz(h["pooled_beta"]) for h in rows], dtype=float) for _ in range(3))},
-        f"MLP over the head layer's heads: β per head (95% interval; * = head set)\n{title}",
-        ylabel="β (−1 erases, > 0 amplifies)")}
     lrows = tables["regression_layers"]
     x = np.array(layers)
     arr = lambda k: np.array([nz(row.get(k)) for row in lrows], dtype=float)  # noqa: E731

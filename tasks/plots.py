@@ -28,6 +28,7 @@ from matplotlib.patches import Rectangle
 __all__ = ["bands", "bars", "heatmap", "save", "scatter"]
 
 _DPI = 110
+MAX_WIDTH_IN = 16.0  # bar charts never get wider than this (1760 px): callers summarise beyond ~30 bars
 _MARK_COLOR = "black"
 
 
@@ -188,7 +189,8 @@ def bands(x: Sequence[float], series: dict[str, tuple], title: str, xlabel: str 
 
 def _bars_figure(categories: Sequence[str], groups: dict[str, tuple], title: str, ylabel: str) -> Figure:
     cats = [str(c) for c in categories]
-    fig = Figure(figsize=(max(7.0, 0.55 * len(cats) * max(1, len(groups)) + 2), 4.4), dpi=_DPI, layout="constrained")
+    width = min(MAX_WIDTH_IN, max(7.0, 0.55 * len(cats) * max(1, len(groups)) + 2))
+    fig = Figure(figsize=(width, 4.4), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     cmap = mpl.colormaps["tab10"]

@@ -152,3 +152,14 @@ def test_query_as_of_an_earlier_run(tmp_path):
     assert now.stdout.split() == ["n", "6"] and then.stdout.split() == ["n", "4"]
     bad = runner.invoke(app, ["query", "--store", str(tmp_path / "s"), "--as-of", "nope", sql])
     assert bad.exit_code == 2 and "no such run" in bad.output and first["run_id"] in bad.output
+
+
+def test_a_named_query_parameter_that_matches_nothing_says_what_exists(store):
+    sql = "SELECT * FROM logits WHERE model = $model AND relation = $relation"
+    result = runner.invoke(app, ["query", "--store", str(store), sql,
+                                 "--param", "model=no-such-model", "--param", "relation=paper.capital"])
+    assert result.exit_code == 2
+    assert "model=no-such-model matches nothing" in result.output and "tiny-gpt2" in result.output
+    found = runner.invoke(app, ["query", "--store", str(store), "--format", "csv", sql,
+                                "--param", "model=tiny-gpt2", "--param", "relation=paper.capital"])
+    assert found.exit_code == 0 and found.stdout.count("\n") == 1 + 2 * 15

@@ -171,3 +171,43 @@ def test_choose_alpha_maximises_calibration_log_p_and_prefers_less_intervention_
     cal = np.array([True, True, False])
     assert choose_alpha(grid, "heads", cal, (0.0, 0.5, 1.0)) == (0.5, pytest.approx(1.0))
     assert choose_alpha(grid, "mlp_top1", cal, (0.0, 0.5, 1.0)) == (1.0, 0.0)  # no gain: leave it alone
+
+
+def test_a_component_whose_interval_crosses_zero_is_not_a_suppressor():
+    from factrecall.tasks.intervals import significantly_negative
+
+    rng = np.random.default_rng(3)
+    dla = np.stack([rng.normal(-1.0, 0.5, 80),   # clearly suppressing
+                    rng.normal(0.0, 1.0, 80) - 0.15,  # negative mean, interval across 0 (gemma's L17.mlp case)
+                    rng.normal(0.5, 0.5, 80)], 1)
+    mask, upper = significantly_negative(dla, n_boot=400, seed=0)
+    assert dla[:, 1].mean() < 0  # a rule on the mean alone would call it a suppressor
+    assert mask.tolist() == [True, False, False] and upper[0] < 0 < upper[1]
+
+
+def test_a_mitigation_whose_only_gain_costs_too_much_text_is_not_chosen_under_the_bound():
+    from factrecall.tasks.final_layer_stage import FinalLayerConfig, choose_mitigations
+
+    rows = [("heads", 0.0), ("heads", 0.5), ("mlp_top1", 0.0), ("mlp_top1", 0.5),
+            ("mlp_answer_oracle", 0.0), ("mlp_answer_oracle", 0.5)]
+    # calibration log p per row (column 0 = no change): heads gains most at alpha 0, a little at 0.5;
+    # mlp_top1 gains only at 0; the oracle gains nothing
+    logp = np.array([[-2.0, -0.5, -1.8, -1.0, -2.0, -2.0, -2.0]] * 4)
+    grid = _Grid(rows, logp, np.exp(logp), logp > -1.2)
+    cal = np.array([True, True, False, False])
+
+    class Text:  # plain-text cost per (variant, alpha): heads at 0 and mlp_top1 at 0 and 0.5 cost too much
+        cost = {("heads", 0.0): -1.2, ("heads", 0.5): -0.01, ("mlp_top1", 0.0): -1.21, ("mlp_top1", 0.5): -0.3}
+
+        def delta(self, variant, alpha, split):
+            return np.full(10, 0.0 if alpha == 1.0 else self.cost[(variant, alpha)])
+
+    config = FinalLayerConfig(alphas=(0.0, 0.5, 1.0), text_cost_bound=0.02)
+    components = {"heads": ["L2.H0"], "mlp_answer_oracle": ["L2.mlp"], "mlp_top1": ["L2.mlp"]}
+    chosen = choose_mitigations(grid, components, cal, config, Text())
+    assert chosen[("heads", "unconstrained")][0] == 0.0  # the largest calibration gain, whatever it costs
+    assert chosen[("heads", "cost_bounded")][0] == 0.5  # the best gain within the text-cost bound
+    assert chosen[("mlp_top1", "unconstrained")][0] == 0.0
+    assert chosen[("mlp_top1", "cost_bounded")] == (1.0, 0.0)  # every gain costs too much: no change
+    assert chosen[("mlp_answer_oracle", "unconstrained")] == (1.0, 0.0)  # no gain: left alone
+    assert ("mlp_answer_oracle", "cost_bounded") not in chosen  # the oracle has no text cost to bound

@@ -7,7 +7,7 @@ import pytest
 
 from factrecall.flows.runner import run_stage
 from factrecall.storage.query import connect, named_query, run_query
-from factrecall.tasks.final_layer_stage import VARIANTS, FinalLayerConfig
+from factrecall.tasks.final_layer_stage import MITIGATION_ROWS, VARIANTS, FinalLayerConfig
 from factrecall.tasks.relations import get_relation
 from tiny_models import loaded_tiny_model
 
@@ -33,8 +33,8 @@ def test_tables_cover_every_prompt_layer_and_component(analysed):
     con = connect(root)
     assert _one(con, "SELECT count(*), min(layer), max(layer) FROM lens") == (N * (L + 1), -1, L - 1)
     assert _one(con, "SELECT count(*), count(DISTINCT component) FROM final_components") == (N * (H + 2), H + 2)
-    assert _one(con, "SELECT count(*) FROM mitigation")[0] == len(VARIANTS)
-    assert _one(con, "SELECT count(*) FROM mitigation_prompts")[0] == N * len(VARIANTS)
+    assert _one(con, "SELECT count(*) FROM mitigation")[0] == len(MITIGATION_ROWS) == 2 * len(VARIANTS) - 1
+    assert _one(con, "SELECT count(*) FROM mitigation_prompts")[0] == N * len(MITIGATION_ROWS)
 
 
 def test_lens_at_the_last_layer_is_the_captured_model_output(analysed):
@@ -82,11 +82,12 @@ def test_split_is_disjoint_and_the_same_in_every_table(analysed):
 def test_mitigation_rows_agree_with_the_per_prompt_rows_and_the_curve(analysed):
     root, _, _ = analysed
     con = connect(root)
-    for variant in VARIANTS:
-        alpha, p_before, p_after, delta_p = _one(
-            con, f"SELECT alpha, p_before, p_after, delta_p FROM mitigation WHERE variant = '{variant}'")
+    for variant, choice in MITIGATION_ROWS:
+        where = f"variant = '{variant}' AND choice = '{choice}'"
+        alpha, p_before, p_after, delta_p, note = _one(
+            con, f"SELECT alpha, p_before, p_after, delta_p, note FROM mitigation WHERE {where}")
         per_prompt = _one(con, f"""SELECT avg(p_before), avg(p_after) FROM mitigation_prompts
-                                   WHERE variant = '{variant}' AND split = 'held_out'""")
+                                   WHERE {where} AND split = 'held_out'""")
         assert per_prompt == pytest.approx((p_before, p_after), abs=1e-6)
         assert delta_p == pytest.approx(p_after - p_before, abs=1e-9)
         curve = _one(con, f"""SELECT mean_p FROM mitigation_curve
@@ -98,23 +99,27 @@ def test_mitigation_rows_agree_with_the_per_prompt_rows_and_the_curve(analysed):
         assert unchanged == pytest.approx(p_before, abs=1e-9)
         # a variant with nothing to scale keeps alpha = 1 and has no other alpha on its curve
         components, n_alphas = _one(con, f"""SELECT m.components, (SELECT count(DISTINCT alpha) FROM mitigation_curve
-                                             WHERE variant = '{variant}') FROM mitigation m WHERE variant = '{variant}'""")
+                                             WHERE variant = '{variant}') FROM mitigation m WHERE {where}""")
         assert n_alphas == (len(CONFIG.alphas) if components else 1)
         if not components:
             assert alpha == 1.0 and delta_p == 0.0
+        if alpha == 1.0:  # every no-op row says why
+            assert note and ("nothing to scale" in note or "alpha = 1" in note)
 
 
 def test_controls_and_plots_are_recorded(analysed):
     root, _, _ = analysed
     con = connect(root)
-    rows = con.sql("SELECT variant, oracle, control_relations, n_control, n_text_tokens, text_delta_logp, note "
-                   "FROM mitigation ORDER BY variant").fetchall()
-    for variant, oracle, controls, n_control, n_text, text_delta, note in rows:
+    rows = con.sql("SELECT variant, oracle, control_relations, n_control, n_text_tokens, text_delta_logp, note, "
+                   "choice, text_cost_bound, calibration_text_delta_logp FROM mitigation ORDER BY variant").fetchall()
+    for variant, oracle, controls, n_control, n_text, text_delta, note, choice, bound, cal_text in rows:
         assert "paper.capital" not in controls and len(controls) == len(CONFIG.control_relations) - 1
         assert n_control == 2 * len(controls) and n_text > 100
         assert (text_delta is None) == oracle
         if oracle:
-            assert "oracle" in note
+            assert "oracle" in note and "not an upper bound" in note and choice == "unconstrained"
+        if choice == "cost_bounded":  # the bound holds where it was chosen (the calibration passages)
+            assert bound == CONFIG.text_cost_bound and cal_text >= -bound
     plots = dict(con.sql("SELECT name, png FROM plots WHERE stage = 'final_layer'").fetchall())
     assert set(plots) == {"lens_by_layer", "final_layer_dla", "mitigation"}
     assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for png in plots.values())
@@ -164,6 +169,6 @@ def test_per_model_query_pools_prompts(analysed):
     assert row["n_prompts"] == N and row["delta_p"] == pytest.approx(sum(dp) / N)
     assert row["delta_p_lo"] <= row["delta_p"] <= row["delta_p_hi"]
     gains = [r[0] for r in con.sql("SELECT p_after - p_before FROM mitigation_prompts "
-                                   "WHERE variant = 'heads' AND split = 'held_out'").fetchall()]
+                                   "WHERE variant = 'heads' AND choice = 'cost_bounded' AND split = 'held_out'").fetchall()]
     assert row["gain_heads"] == pytest.approx(sum(gains) / len(gains))
     assert row["n_partitions"] == 1 and row["n_suppresses"] + row["n_raises"] + row["n_inconclusive"] == 1

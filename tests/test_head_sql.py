@@ -92,11 +92,14 @@ def _head_tables(relation: str, shot: int, rng, with_relation: bool) -> tuple[di
         pearson_r=[r[lh] for lh in heads], r_lo=[r[lh] - 0.1 for lh in heads], r_hi=[r[lh] + 0.1 for lh in heads],
         effect_pct=[effect[lh] for lh in heads], effect_lo=[effect[lh] - 2 for lh in heads],
         effect_hi=[effect[lh] + 2 for lh in heads], effect_relation_pct=[eff_rel[lh] for lh in heads],
-        attn_above_layer_median=[True] * len(heads), in_head_set=[lh in order for lh in heads],
+        effect_se=[1.0] * len(heads), effect_simul_lo=[effect[lh] - 4 for lh in heads],
+        effect_simul_hi=[effect[lh] + 4 for lh in heads], significant=[effect[lh] + 4 < 0 for lh in heads],
+        attention_passes=[True] * len(heads), in_head_set=[lh in order for lh in heads],
         set_order=[order.get(lh) for lh in heads],
     ))
     sets = _table("head_sets", dict(
-        heads=[[name(*lh) for lh in chosen]], n_heads=[len(chosen)], rule=[json.dumps({"coverage": 0.8})],
+        heads=[[name(*lh) for lh in chosen]], n_heads=[len(chosen)], no_heads_reason=[None],
+        n_tested=[N_LAYERS * N_HEADS], n_significant=[len(chosen)], rule=[json.dumps({"coverage": 0.8})],
         coverage=[0.8], covered_share=[0.8], covered_share_all=[0.7],
         set_effect_pct=[sum(effect[lh] for lh in chosen)],
         set_effect_relation_pct=[sum(eff_rel[lh] for lh in chosen) if with_relation else None],
@@ -232,8 +235,9 @@ def test_parameter_errors(synth):
         run_query(root, "SELECT $n::INTEGER AS n", params={"n": 3})
     # Values are strings; SQL casts them.
     assert json.loads(run_query(root, "SELECT $n::INTEGER + 1 AS n", fmt="json", params={"n": "41"})) == [{"n": 42}]
-    # Values are bound, not spliced: quotes are data.
-    assert _df(root, "argument_heads", model="m1' OR '1'='1", relation="capital").height == 0
+    # Values are bound, not spliced: quotes are data (and a model named so is not in the store).
+    with pytest.raises(QueryError, match="model=m1' OR '1'='1 matches nothing.*models with results: m1, m2"):
+        _df(root, "argument_heads", model="m1' OR '1'='1", relation="capital")
 
 
 # -- named queries ------------------------------------------------------------------------------------
@@ -264,7 +268,8 @@ def test_argument_heads(synth, relation):
         heads = con.execute("SELECT heads FROM head_sets WHERE model = ? AND relation = ? AND shot = ?",
                             [MODEL, relation, s]).fetchone()[0]
         assert heads == df.filter(pl.col("shot") == s)["head_name"].to_list()
-    assert _df(root, "argument_heads", model="nope", relation=relation).height == 0
+    with pytest.raises(QueryError, match="model=nope matches nothing"):
+        _df(root, "argument_heads", model="nope", relation=relation)
 
 
 def test_top_heads_patching(synth):

@@ -11,6 +11,7 @@ from factrecall.tasks.head_stats import (
     HeadSetRule,
     bootstrap_pearson_ci,
     bootstrap_ratio_effect,
+    simultaneous_interval,
     jaccard,
     logit_lens_rank,
     pearson,
@@ -43,10 +44,59 @@ def test_bootstrap_pearson_interval_matches_a_plain_loop():
 def test_bootstrap_ratio_effect_point_and_interval():
     m_clean = RNG.uniform(5, 10, size=30)
     m_patched = m_clean[:, None] * np.array([0.5, 1.0, 1.2]) + RNG.normal(scale=0.1, size=(30, 3))
-    point, lo, hi = bootstrap_ratio_effect(m_patched, m_clean, n_boot=200, seed=2)
+    point, lo, hi, se = bootstrap_ratio_effect(m_patched, m_clean, n_boot=200, seed=2)
     np.testing.assert_allclose(point, 100 * (m_patched.mean(0) - m_clean.mean()) / m_clean.mean())
     assert point[0] == pytest.approx(-50, abs=2) and point[2] == pytest.approx(20, abs=2)
     assert (lo <= point).all() and (point <= hi).all()
+    assert (se > 0).all() and se[0] == pytest.approx((hi[0] - lo[0]) / (2 * 1.96), rel=0.3)
+
+
+def test_simultaneous_intervals_widen_with_the_number_of_heads():
+    from statistics import NormalDist
+
+    point, se = np.zeros(270), np.ones(270)
+    lo, hi = simultaneous_interval(point, se)
+    z = NormalDist().inv_cdf(1 - 0.05 / (2 * 270))
+    np.testing.assert_allclose(hi, z)
+    np.testing.assert_allclose(lo, -z)
+    assert z > 3.7  # far wider than the 1.96 of one interval
+    assert simultaneous_interval(np.zeros(1), np.ones(1))[1][0] == pytest.approx(1.96, abs=0.01)
+
+
+def _patched(n_prompts: int, n_heads: int, planted: dict, rng) -> tuple[np.ndarray, np.ndarray]:
+    """M per prompt: clean around 5, patched = clean + noise, minus a planted drop for some heads."""
+    m_clean = rng.normal(5.0, 1.0, n_prompts)
+    m_patched = m_clean[:, None] + rng.normal(0.0, 0.05, (n_prompts, n_heads))
+    for head, drop in planted.items():
+        m_patched[:, head] -= drop + rng.normal(0, 0.05, n_prompts)
+    return m_patched, m_clean
+
+
+def test_noise_only_head_effects_give_no_head_set():
+    rng = np.random.default_rng(7)
+    L, H = 30, 9
+    m_patched, m_clean = _patched(60, L * H, {}, rng)
+    effect, _, _, se = bootstrap_ratio_effect(m_patched, m_clean, n_boot=300, seed=0)
+    _, hi = simultaneous_interval(effect, se)
+    attention = rng.uniform(0, 1, (L, H))
+    hs = select_head_set(effect.reshape(L, H), attention, HeadSetRule(), hi.reshape(L, H))
+    assert (effect < 0).sum() > 50  # plenty of negative noise an unfiltered rule would have taken
+    assert select_head_set(effect.reshape(L, H), attention, HeadSetRule()).heads  # the unfiltered rule does
+    assert hs.heads == [] and not hs.significant.any()
+
+
+def test_a_planted_strong_head_is_found_and_weak_attention_is_not_enough():
+    rng = np.random.default_rng(8)
+    L, H = 30, 9
+    m_patched, m_clean = _patched(60, L * H, {4 * H + 2: 1.0, 20 * H + 5: 1.0}, rng)  # L4.H2, L20.H5 drop M by 1
+    effect, _, _, se = bootstrap_ratio_effect(m_patched, m_clean, n_boot=300, seed=0)
+    _, hi = simultaneous_interval(effect, se)
+    attention = rng.uniform(0.0, 0.02, (L, H))  # every head attends little...
+    attention[4, 2] = 0.6  # ...except L4.H2; L20.H5 is above its layer median only by a hair
+    attention[20, 5] = 0.03
+    hs = select_head_set(effect.reshape(L, H), attention, HeadSetRule(), hi.reshape(L, H))
+    assert hs.significant[4, 2] and hs.significant[20, 5] and hs.significant.sum() == 2
+    assert hs.heads == [(4, 2)]  # L20.H5 fails the absolute attention floor (0.05)
 
 
 def test_head_set_rule_on_hand_made_effects():

@@ -111,3 +111,21 @@ def test_smollm2_head_set_lowers_m_more_than_random_heads(smollm2, smollm2_heads
     print(f"head set {summary['head_set']}: M drop {set_drop:.3f}; random sets: max {max(random_drops):.3f}, "
           f"mean {np.mean(random_drops):.3f} (n={n_prompts} prompts, 20 random sets)")
     assert set_drop > max(random_drops)
+
+
+def test_the_corrupted_prompts_and_sender_means_are_stored_and_re_derive_the_means(analysed):
+    """The means path patching used can be recomputed from the stored corrupted prompts alone."""
+    root, lm, _ = analysed
+    con = connect(root)
+    rows = con.sql("SELECT variant, prompt_id, text, input_ids FROM corrupt_prompts ORDER BY variant, prompt_id").pl()
+    subject = rows.filter(rows["variant"] == "subject_corrupt")
+    assert subject.height == N and subject["prompt_id"].to_list() == list(range(N))
+    clean_texts = dict(con.sql("SELECT prompt_id, text FROM prompts WHERE variant = 'clean'").fetchall())
+    assert all(t != clean_texts[i] for i, t in zip(subject["prompt_id"], subject["text"]))
+    cap = capture_batch(lm.model, lm.adapter, lm.dims, [list(ids) for ids in subject["input_ids"]], lm.pad_id)
+    L, H = lm.dims.n_layers, lm.dims.n_heads
+    stored = con.sql("SELECT layer, head, n, mean FROM sender_means ORDER BY layer, head NULLS LAST").fetchall()
+    assert len(stored) == L * (H + 1) and {r[2] for r in stored} == {N}
+    for layer, head, _, mean in stored:
+        want = cap.mlp_out[:, layer].mean(0) if head is None else cap.head_raw[:, layer, head].mean(0)
+        np.testing.assert_allclose(np.array(mean), want.numpy(), atol=1e-5)

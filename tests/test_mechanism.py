@@ -3,6 +3,8 @@ X' = X, the stage's tables end to end (no Prefect), and on smollm2-135m the task
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -133,11 +135,34 @@ def test_head_names_are_checked_against_the_model():
 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory):
+    """The mlp stage on a tiny random model. Random weights carry no significant head effect, so the
+    heads stage's rule is relaxed here (every head with a negative effect is a candidate, no attention
+    floor) to give the stage a head set to work on; the rule itself is tested in test_head_stats."""
+    from factrecall.tasks import heads_stage
+
+    real = heads_stage.select_head_set
+
+    def unfiltered(effect, attention, rule, effect_hi=None):
+        return real(effect, attention, dataclasses.replace(rule, attention_floor=0.0), None)
+
     root = tmp_path_factory.mktemp("mlp")
     lm = loaded_tiny_model("gemma3")
-    outcome = run_stage(root, "mlp", lm, get_relation("paper.capital"), 0,
-                        MlpConfig(max_prompts=N, n_boot=50, batch_size=5), "t")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(heads_stage, "select_head_set", unfiltered)
+        outcome = run_stage(root, "mlp", lm, get_relation("paper.capital"), 0,
+                            MlpConfig(max_prompts=N, n_boot=50, batch_size=5), "t")
     return root, lm, outcome
+
+
+def test_on_random_weights_the_rule_finds_no_argument_passing_heads_and_mlp_says_so(tmp_path):
+    lm = loaded_tiny_model("gemma3")
+    outcome = run_stage(tmp_path, "mlp", lm, get_relation("paper.capital"), 0,
+                        MlpConfig(max_prompts=N, n_boot=50, batch_size=5), "t")
+    assert outcome.summary["skipped_reason"].startswith("no argument-passing heads")
+    con = connect(tmp_path)
+    assert con.sql("SELECT skipped_reason FROM function_application").fetchall()[0][0].startswith(
+        "no argument-passing heads")
+    assert "regression_betas" in open_store(tmp_path).missing  # nothing was regressed on noise
 
 
 def _capture(root, lm) -> ResultReader:
@@ -224,9 +249,18 @@ def test_queries_answer_the_issue_questions_and_rerun_is_skipped(analysed):
     plots = dict(connect(root).sql("SELECT name, png FROM plots WHERE stage = 'mlp'").fetchall())
     assert set(plots) == {"beta_by_head", "r2_by_layer", "push_by_layer"}
     assert all(png[:4] == b"\x89PNG" for png in plots.values())
+    # a random model never ranks the answer first, so no prompt is eligible for the swap: no plot
     view = open_store(root)
-    assert model_swap_plot(view.con, lm.model_id)[:4] == b"\x89PNG"
-    assert model_swap_plot(view.con, "no-such-model") is None
+    assert view.sql("SELECT swap_n, swap_success FROM function_application").fetchall() == [(0, None)]
+    assert model_swap_plot(view.con, lm.model_id) is None
+    import duckdb  # the per-model plot over swap rates, drawn from a hand-made function_application table
+
+    con = duckdb.connect()
+    con.execute("""CREATE TABLE function_application AS SELECT * FROM (VALUES
+        ('m', 'r1', 0, 0.5, 0.3, 0.7), ('m', 'r2', 0, 0.2, 0.1, 0.4), ('m', 'r1', 1, 0.6, 0.4, 0.8))
+        AS t(model, relation, shot, swap_success, swap_success_lo, swap_success_hi)""")
+    assert model_swap_plot(con, "m")[:4] == b"\x89PNG"
+    assert model_swap_plot(con, "no-such-model") is None
 
 
 @pytest.mark.integration
@@ -253,3 +287,19 @@ def test_mechanism_claims_pool_the_rows(analysed):
     assert row["share_amplified"] == pytest.approx(labels.count("amplified") / len(labels))
     n, success = _one(con, "SELECT count(*), avg(success::INTEGER) FROM argument_swap WHERE eligible")
     assert row["n_swap"] == n and row["swap_success"] == pytest.approx(success)
+
+
+def test_swap_outcomes_count_only_prompts_where_the_swap_can_succeed():
+    from factrecall.tasks.mlp_stage import swap_outcomes
+
+    answer = np.array([10, 10, 10, 10, 10])
+    swap = {"top1_before": np.array([10, 20, 10, 10, 30]),  # prompt 1: X''s object already top-1 before
+            "swap_token": np.array([20, 20, 20, 10, 20]),   # prompt 3: X' has the same answer
+            "top1_after": np.array([20, 20, 10, 10, 20]),
+            "top1_random": np.array([10, 20, 20, 10, 20])}
+    o = swap_outcomes(swap, answer)
+    assert o["eligible"].tolist() == [True, False, True, False, False]
+    assert o["success"].tolist() == [True, False, False, False, False]  # prompt 1's "success" was there before
+    assert o["chance"].tolist() == [False, False, True, False, False]
+    assert o["was_top1"].tolist() == [True, False, True, True, False]
+    assert o["stayed"].tolist() == [False, False, True, True, False]  # only over prompts whose answer was top-1

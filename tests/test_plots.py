@@ -142,3 +142,22 @@ def test_bands_lines_and_shape_checks(tmp_path):
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["p(answer)"]
     with pytest.raises(ValueError, match="x's shape"):
         plots.bands(x, {"bad": (mid[:3], lo[:3], hi[:3])}, "t")
+
+
+def test_a_beta_plot_of_300_heads_stays_within_its_size_bound(monkeypatch):
+    from factrecall.tasks.mlp_stage import BETA_PLOT_HEADS, beta_plot
+
+    rng = np.random.default_rng(0)
+    rows = [{"layer": l, "head": h, "in_head_set": (l, h) in {(3, 1), (7, 4)}, "mean_beta": float(b),
+             "mean_beta_lo": float(b) - 0.1, "mean_beta_hi": float(b) + 0.1, "pooled_beta": float(b)}
+            for (l, h), b in zip([(l, h) for l in range(20) for h in range(15)], rng.normal(0, 1, 300))]
+    img = _image(beta_plot(rows, "300 heads"))
+    assert img.shape[1] <= 16 * 110 and img.shape[0] <= 6 * 110  # at most 1760 x 660 px
+    # the set heads, the strongest others, and one bar summarising the rest
+    shown = {}
+    real = plots._bars_figure
+    monkeypatch.setattr(plots, "_bars_figure", lambda cats, *a: shown.setdefault("cats", list(cats)) and real(cats, *a))
+    beta_plot(rows, "300 heads")
+    cats = shown["cats"]
+    assert len(cats) == BETA_PLOT_HEADS + 1 and cats[-1].startswith("other 276")
+    assert "L3.H1*" in cats and "L7.H4*" in cats

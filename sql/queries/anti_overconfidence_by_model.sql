@@ -2,8 +2,10 @@
 -- METHOD.md §7. delta_p = p(answer) at the last layer minus the lens entering it. Pooled means weigh
 -- every prompt the same; their 95% intervals are normal approximations (mean ± 1.96 standard errors
 -- over prompts; each partition's own bootstrap intervals are in final_layer_summary and mitigation).
--- gain_* = held-out p_after - p_before at each partition's chosen alpha; mlp_answer is an oracle.
--- text_delta_logp_*: mean over partitions of the plain-text cost (mean log p per next token).
+-- gain_* = held-out p_after - p_before at each partition's chosen alpha: the cost-bounded choice for the
+-- deployable variants (heads, mlp_top1), the unconstrained one for the oracle (mlp_answer_oracle, which
+-- needs the label). text_delta_logp_*: mean over partitions of the held-out plain-text cost (mean change of
+-- log p per next token) of the cost-bounded choice.
 WITH d AS (
     SELECT a.model, a.p_answer - b.p_answer AS dp
     FROM lens AS a
@@ -28,7 +30,9 @@ verdicts AS (
 g AS (
     SELECT model, variant, count(*) AS n, avg(p_after - p_before) AS gain,
            1.96 * stddev_samp(p_after - p_before) / sqrt(count(*)) AS half
-    FROM mitigation_prompts WHERE split = 'held_out' GROUP BY model, variant
+    FROM mitigation_prompts
+    WHERE split = 'held_out' AND choice = CASE WHEN variant = 'mlp_answer_oracle' THEN 'unconstrained' ELSE 'cost_bounded' END
+    GROUP BY model, variant
 ),
 gains AS (
     SELECT model, max(n) AS n_held_out,
@@ -36,8 +40,8 @@ gains AS (
            max(half) FILTER (WHERE variant = 'heads') AS gain_heads_pm,
            max(gain) FILTER (WHERE variant = 'mlp_top1') AS gain_mlp_top1,
            max(half) FILTER (WHERE variant = 'mlp_top1') AS gain_mlp_top1_pm,
-           max(gain) FILTER (WHERE variant = 'mlp_answer') AS gain_mlp_answer_oracle,
-           max(half) FILTER (WHERE variant = 'mlp_answer') AS gain_mlp_answer_oracle_pm
+           max(gain) FILTER (WHERE variant = 'mlp_answer_oracle') AS gain_mlp_answer_oracle,
+           max(half) FILTER (WHERE variant = 'mlp_answer_oracle') AS gain_mlp_answer_oracle_pm
     FROM g GROUP BY model
 ),
 costs AS (
@@ -46,7 +50,7 @@ costs AS (
            avg(text_delta_logp) FILTER (WHERE variant = 'mlp_top1') AS text_delta_logp_mlp_top1,
            avg(control_delta_logp) FILTER (WHERE variant = 'heads') AS control_delta_logp_heads,
            avg(control_delta_logp) FILTER (WHERE variant = 'mlp_top1') AS control_delta_logp_mlp_top1
-    FROM mitigation GROUP BY model
+    FROM mitigation WHERE choice = 'cost_bounded' GROUP BY model
 )
 SELECT v.model, v.n_partitions, v.n_suppresses, v.n_raises, v.n_inconclusive,
        p.n_prompts, p.delta_p, p.delta_p_lo, p.delta_p_hi, p.share_dropped,

@@ -1,8 +1,10 @@
 -- Do the paper's step 2-3 claims hold per model: share of head-layer MLPs with median R^2 >= 0.5, share of argument-passing heads amplified or erased, argument-swap success, push and removal of c
 -- METHOD.md §5-6. Pooled over the model's analysed partitions (skipped ones have no rows):
 -- head-layer MLPs = (partition, layer) pairs whose layer holds a head-set head; argument-passing heads
--- = (partition, head) pairs of the head sets, labelled by their median beta; swap success over every
--- eligible prompt (95% interval: normal approximation, mean ± 1.96 standard errors); n_push_positive
+-- = (partition, head) pairs of the head sets, labelled by their median beta; swap success (and the chance
+-- rate of random head sets) over every eligible prompt (the answer top-1 before, X''s object not; 95%
+-- interval: normal approximation, mean ± 1.96 standard errors); swap_stayed over prompts whose answer was
+-- top-1 before; n_push_positive
 -- counts partitions whose push interval at the best layer lies above 0.
 WITH layers AS (
     SELECT model, count(*) AS n_head_layer_mlps,
@@ -18,10 +20,14 @@ heads AS (
     FROM regression_heads WHERE in_head_set GROUP BY model
 ),
 swap AS (
-    SELECT model, count(*) AS n_swap, avg(success::INTEGER) AS swap_success,
-           1.96 * sqrt(avg(success::INTEGER) * (1 - avg(success::INTEGER)) / count(*)) AS swap_success_pm,
-           avg(stayed::INTEGER) AS swap_stayed
-    FROM argument_swap WHERE eligible GROUP BY model
+    SELECT model, count(*) FILTER (WHERE eligible) AS n_swap,
+           avg(success::INTEGER) FILTER (WHERE eligible) AS swap_success,
+           1.96 * sqrt(avg(success::INTEGER) FILTER (WHERE eligible)
+                       * (1 - avg(success::INTEGER) FILTER (WHERE eligible)) / count(*) FILTER (WHERE eligible))
+               AS swap_success_pm,
+           avg(chance_success::INTEGER) FILTER (WHERE eligible) AS swap_chance,
+           avg(stayed::INTEGER) FILTER (WHERE answer_was_top1) AS swap_stayed
+    FROM argument_swap GROUP BY model
 ),
 parts AS (
     SELECT model, count(*) AS n_partitions, avg(push) AS mean_push,
@@ -31,7 +37,7 @@ parts AS (
 )
 SELECT p.model, p.n_partitions, l.n_head_layer_mlps, l.share_head_layer_mlps_r2_ge_half, l.median_r2_head_layers,
        h.n_argument_heads, h.share_amplified, h.share_erased, h.share_attenuated,
-       s.n_swap, s.swap_success, s.swap_success_pm, s.swap_stayed,
+       s.n_swap, s.swap_success, s.swap_success_pm, s.swap_chance, s.swap_stayed,
        p.mean_push, p.n_push_positive, p.mean_removal_delta_p
 FROM parts AS p
 LEFT JOIN layers AS l USING (model)

@@ -3,7 +3,8 @@
 SELECT model, relation, shot, layer, head,
        'L' || layer || '.H' || head AS head_name,
        effect_pct, effect_lo, effect_hi, effect_relation_pct,
-       mean_attn_to_s, attn_above_layer_median, in_head_set,
+       effect_simul_lo, effect_simul_hi, significant,
+       mean_attn_to_s, attention_passes, in_head_set,
        row_number() OVER (PARTITION BY model, relation, shot
                           ORDER BY effect_pct ASC, layer, head) AS "rank"
 FROM head_summary
