@@ -11,7 +11,10 @@ Conventions
   relation (seeded; prefers a subject whose object differs and that is not a demonstration subject).
   The target object stays the clean one.
 - relation_corrupt: same case and demonstrations, the first whole-word occurrence of the relation
-  word in the query template replaced (case-preserving) by an unrelated noun (seeded).
+  word in the query template replaced (case-preserving) by a seeded choice among ``UNRELATED_NOUNS``.
+  Only a relation word that may be a noun is replaced (``looks_like_a_noun``): a verb or participle
+  ("called", "works") replaced by a noun would change the syntax, so such relations have no
+  relation-word corruption.
 - Prompts are returned grouped by variant, in the order the variants are given; prompt_id runs
   0..n-1 within each variant in ``cases`` order, and source_prompt_id points to the clean prompt_id.
 """
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 
 from factrecall.tasks.relations import Fact, Relation, fill_template, find_word
 
-__all__ = ["VARIANTS", "UNRELATED_NOUNS", "Prompt", "build_prompts", "demo_text"]
+__all__ = ["NOT_NOUNS", "VARIANTS", "UNRELATED_NOUNS", "Prompt", "build_prompts", "demo_text", "looks_like_a_noun"]
 
 VARIANTS = ("clean", "subject_corrupt", "relation_corrupt")
 UNRELATED_NOUNS = ("colour", "weight", "shadow", "flavour", "melody", "texture", "rhythm", "surface")
@@ -131,8 +134,25 @@ def _match_case(src: str, word: str) -> str:
     return word
 
 
+#: Relation words that are not nouns although no suffix rule says so (verbs, participles, prepositions):
+#: replacing one by a noun would change the sentence's syntax, not just its task (docs/METHOD.md §1).
+NOT_NOUNS = frozenset("""works plays originates evolves speaks lives belongs born written made known inside
+    outside opposite native someone died""".split())
+
+
+def looks_like_a_noun(word: str) -> bool:
+    """Whether every word of ``word`` may be a noun: not a participle or gerund (-ed, -ing), an adverb (-ly), a
+    superlative (-est), nor one of ``NOT_NOUNS``."""
+    return all(w.lower() not in NOT_NOUNS and not w.lower().endswith(("ed", "ing", "ly", "est"))
+               for w in word.split())
+
+
 def _corrupt_template(relation: Relation, template: str, rng: random.Random) -> tuple[str, str]:
     word = relation.relation_word
+    if word and not looks_like_a_noun(word):
+        raise ValueError(
+            f"relation {relation.name}: its relation word {word!r} is not a noun, and replacing it by one of the "
+            f"unrelated nouns would change the sentence's syntax; no relation-word corruption for this relation")
     m = find_word(template, word) if word else None
     if m is None:
         raise ValueError(

@@ -165,3 +165,19 @@ def test_demo_object_with_period_not_doubled():
                     word="capital")
     p = build_prompts(rel, shot=1, seed=0)[1]
     assert p.text == "The capital of US is Washington D.C. The capital of France is"
+
+
+def test_a_relation_word_that_is_not_a_noun_is_not_replaced_by_one():
+    """"The person is called {}" with "called" -> "colour" would be nonsense, not a task control."""
+    import dataclasses
+
+    from factrecall.tasks.prompts import looks_like_a_noun
+
+    assert [looks_like_a_noun(w) for w in ("capital", "language", "official language", "CEO")] == [True] * 4
+    assert [looks_like_a_noun(w) for w in ("called", "works", "located", "is located", "largest", "born")] == [False] * 6
+    relation = dataclasses.replace(get_relation("paper.capital"), relation_word="called",
+                                   templates=("{} is called",), demo_template="{} is called",
+                                   cases=((0, 0), (1, 0)))
+    with pytest.raises(ValueError, match="'called' is not a noun"):
+        build_prompts(relation, 0, 0, variants=("relation_corrupt",))
+    assert build_prompts(get_relation("paper.capital"), 0, 0, variants=("relation_corrupt",), max_prompts=1)
