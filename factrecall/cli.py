@@ -300,6 +300,172 @@ def _register_stage_commands() -> None:
 _register_stage_commands()
 
 
+_MARKS = {"holds": "[green]✓[/]", "does not": "[red]✗[/]", "inconclusive": "[yellow]?[/]", "not tested": "[dim]·[/]"}
+_SHORT = {"argument_heads": "heads", "heads_copy_subject": "copy", "mlp_linear": "R²", "mlp_scales_heads": "β",
+          "task_push": "push", "argument_swap": "swap", "final_layer_suppresses": "supp", "mitigation_raises_confidence":
+          "mitig"}
+
+
+def _compact(v: float | None) -> str:
+    if v is None:
+        return ""
+    return f"{v:.0f}" if abs(v) >= 10 else f"{v:.1f}" if abs(v) >= 1 else f"{v:.2f}"
+
+
+def print_claim_matrix(claims: list[dict]) -> None:
+    """The claim matrix: per model, a row per (relation, shot) and a column per claim (headed by its step):
+    ✓ holds, ✗ does not, ? inconclusive, · not tested, each with its statistic's value."""
+    from factrecall.tasks.claims import CLAIMS
+
+    by_key: dict[tuple, dict] = {}
+    for row in claims:
+        by_key.setdefault((row["model"], row["relation"], row["shot"]), {})[row["claim"]] = row
+    for model in sorted({k[0] for k in by_key}):
+        table = Table(Column(model, no_wrap=True), Column("shot", justify="right"),
+                      *[Column(f"{c.step} {_SHORT.get(c.name, c.name)}", no_wrap=True) for c in CLAIMS],
+                      box=None, pad_edge=False, title_justify="left")
+        for key in sorted(k for k in by_key if k[0] == model):
+            cells = []
+            for c in CLAIMS:
+                row = by_key[key].get(c.name)
+                cells.append("" if row is None else _MARKS[row["verdict"]] + _compact(row["value"]))
+            table.add_row(key[1], str(key[2]), *cells)
+        console.print(table)
+    console.print("✓ holds ✗ does not ? inconclusive (interval straddles the threshold) · not tested; columns: the "
+                  "paper's step and claim; numbers: each claim's statistic (docs/METHOD.md §7; "
+                  "`factrecall query --named claim_matrix`)", highlight=False)
+
+
+@app.command()
+def reproduce(
+    spec: str = typer.Argument(..., help="A spec file (reproductions/*.toml) or a shipped spec's name (paper-quick, paper)."),
+    store: StoreRoot = None,
+    baseline: Optional[Path] = typer.Option(None, help="Compare with this file of claim rows (.csv/.parquet) "
+                                                       "instead of the previous reproduction of the spec."),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when present)."),
+    force: bool = typer.Option(False, help="Recompute every stage even where an identical result is stored."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch (default: torch's choice)."),
+    progress: bool = typer.Option(True, help="Show progress displays (--no-progress: none at all)."),
+    report: bool = typer.Option(True, help="Write the HTML report of the spec next to the store (see `report`)."),
+) -> None:
+    """Reproduce the paper's claims as a spec says: run every stage they need (reusing what is stored),
+    judge the claims, compare with the previous reproduction of the spec, print the claim matrix and a
+    verdict. Exit code 0: no drift; 1: drift (a statistic moved beyond its tolerance or a verdict changed);
+    2: an error (nothing written)."""
+    from factrecall.stages import STAGES
+    from factrecall.tasks.reproduction import SpecError, load_spec
+
+    store_root = (store or default_store()).resolve()
+    try:
+        parsed = load_spec(spec)
+    except SpecError as exc:
+        _fail(str(exc))
+    if baseline is not None and not baseline.is_file():
+        _fail(f"baseline {baseline} not found; give a .csv or .parquet file of claim rows")
+    stage = STAGES["claims"]
+    models, relations = ",".join(parsed.models), ",".join(parsed.relations)
+    shots = ",".join(map(str, parsed.shots))
+    _validate(models, relations, shots, parsed.dtype)
+    _quiet_libraries(progress)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    warnings = _guarded(lambda: _preflight(stage, parsed.settings, models, relations, list(parsed.shots),
+                                           parsed.dtype, device, store_root))
+    configure_prefect()
+    from factrecall.flows.reproduce import reproduce_flow
+
+    result = _guarded(lambda: reproduce_flow(str(parsed.path), str(store_root), str(baseline) if baseline else None,
+                                             device, progress, force, warnings))
+    for warning in warnings:
+        err.print(warning, highlight=False, soft_wrap=True)
+    print_claim_matrix(result["claims"])
+    for d in result["drift"]:
+        console.print(f"drift: {d['claim']} {d['model']}/{d['relation']}/shot={d['shot']}: {d['reason']}",
+                      highlight=False)
+    if report:
+        path = _guarded(lambda: _write_report(store_root, parsed.name, None))
+        console.print(f"report: {path}", highlight=False)
+    console.print(f"run {result['run_id']}: {result['summary']}", highlight=False, soft_wrap=True)
+    for model, reason in result["refused"].items():
+        err.print(f"[bold red]error:[/] refused {model}: {' '.join(reason.split())}", highlight=False, soft_wrap=True)
+    if result["refused"]:
+        raise typer.Exit(code=2)
+    if result["verdict"] == "drift":
+        raise typer.Exit(code=1)
+
+
+def _write_report(store_root: Path, spec: str | None, out: Path | None) -> Path:
+    from factrecall.storage.report import write_report
+
+    out = (out or state_dir() / "reports" / f"{spec or 'store'}.html").resolve()
+    return write_report(store_root, out, spec)[0]
+
+
+@app.command()
+def report(
+    spec: Optional[str] = typer.Option(None, help="The spec whose latest reproduction to report (its name, "
+                                                  "or a spec file); default: the store's current claims."),
+    out: Optional[Path] = typer.Option(None, help="HTML file to write (default: <state>/reports/<spec>.html); "
+                                                  "the Markdown summary goes next to it (.md)."),
+    store: StoreRoot = None,
+) -> None:
+    """Write one self-contained HTML report (claim matrix, domains, drift history, figures, provenance)
+    and a Markdown summary of it."""
+    from factrecall.storage.query import QueryError
+    from factrecall.tasks.reproduction import SpecError, load_spec
+
+    store_root = (store or default_store()).resolve()
+    if not store_root.exists():
+        _fail(f"no store at {store_root}; run `factrecall reproduce paper-quick` first or pass --store")
+    name = spec
+    if spec is not None and (spec.endswith(".toml") or Path(spec).is_file()):
+        try:
+            name = load_spec(spec).name
+        except SpecError as exc:
+            _fail(str(exc))
+    try:
+        path = _write_report(store_root, name, out)
+    except QueryError as exc:
+        _fail(str(exc))
+    console.print(f"report: {path} ({path.stat().st_size / 1024:.0f} KiB); summary: {path.with_suffix('.md')}",
+                  highlight=False)
+
+
+@app.command()
+def runs(
+    store: StoreRoot = None,
+    spec: Optional[str] = typer.Option(None, help="Only reproductions of this spec."),
+    limit: int = typer.Option(20, min=1, help="The latest N reproductions."),
+) -> None:
+    """List reproductions, latest first, with their verdict and drift."""
+    from factrecall.storage.query import QueryError, internal_query, open_store
+
+    store_root = (store or default_store()).resolve()
+    if not store_root.exists():
+        _fail(f"no store at {store_root}; run `factrecall reproduce paper-quick` first or pass --store")
+    try:
+        view = open_store(store_root)
+        df = view.pl(internal_query("reproductions_list"), {"spec": spec or "", "limit": str(limit)})
+        view.close()
+    except QueryError as exc:
+        _fail(str(exc))
+    if df.height == 0:
+        console.print("no reproductions yet: `factrecall reproduce paper-quick` makes one")
+        return
+    table = Table(Column("run (started, UTC)", no_wrap=True), Column("spec", no_wrap=True),
+                  Column("verdict", no_wrap=True), Column("✓ ✗ ? ·", no_wrap=True), Column("drifted", justify="right"))
+    colour = {"no drift": "green", "drift": "red", "first": "cyan", "refused": "red"}
+    for r in df.iter_rows(named=True):
+        table.add_row(r["run_id"], r["spec"], f"[{colour.get(r['verdict'], 'white')}]{r['verdict']}[/]",
+                      f"{r['n_holds']} {r['n_does_not']} {r['n_inconclusive']} {r['n_not_tested']}",
+                      str(r["n_drifted"]))
+    console.print(table)
+    console.print("✓ ✗ ? ·: claims that hold, do not, are inconclusive, were not tested; "
+                  "`factrecall query \"SELECT * FROM drift WHERE drifted\"` shows what moved", highlight=False)
+
+
 @app.command()
 def query(
     sql: Optional[str] = typer.Argument(None, help="SQL over the store's views (see --list)."),

@@ -19,9 +19,9 @@ from typing import Callable
 
 import pyarrow as pa
 
-from factrecall.storage import capture_tables, final_layer_tables, heads_tables, mlp_tables
+from factrecall.storage import capture_tables, claims_tables, final_layer_tables, heads_tables, mlp_tables
 from factrecall.storage.schema import PLOTS_SCHEMA
-from factrecall.tasks import capture_stage, final_layer_stage, heads_stage, mlp_stage
+from factrecall.tasks import capture_stage, claims_stage, final_layer_stage, heads_stage, mlp_stage
 
 __all__ = ["STAGES", "Stage", "get_stage"]
 
@@ -42,6 +42,7 @@ class Stage:
     coverage_fields: tuple[str, ...] = ()  # settings a larger result covers (see storage.catalog)
     extra_inputs: Callable | None = None  # config -> further hashed inputs (e.g. control data)
     model_plots: dict[str, Callable] = field(default_factory=dict)  # name -> (connection, model) -> PNG bytes
+    needs_model: bool = True  # False: the compute reads upstream results only (``inp.lm`` is None)
 
     @property
     def command(self) -> str:
@@ -110,6 +111,16 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         hint="factrecall query --named final_layer_suppression; factrecall query --named mitigation_gain",
         extra_inputs=final_layer_stage.extra_inputs,
         model_plots={"lens_by_layer": final_layer_stage.model_lens_plot},
+    ),
+    Stage(
+        name="claims", version=1, config=claims_stage.ClaimsConfig, upstream=("heads", "mlp", "final_layer"),
+        compute=claims_stage.compute, schemas=claims_tables.SCHEMAS, encode=claims_tables.encode,
+        help="The paper's claims judged on the partition's heads, mlp and final-layer results (runs them if needed).",
+        code=("factrecall.tasks.claims_stage", "factrecall.tasks.claims", "factrecall.tasks.intervals",
+              "factrecall.storage.claims_tables"),
+        line=lambda s: ", ".join(f"{c} {v}" for c, v in s["verdicts"].items()),
+        hint="factrecall query --named claim_matrix",
+        needs_model=False,
     ),
 )}
 

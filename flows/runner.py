@@ -171,6 +171,7 @@ class ResultReader:
     def __init__(self, store: Store, rec: ResultRecord) -> None:
         self._store, self._rec = store, rec
         self.result_id, self.summary = rec.result_id, rec.summary
+        self.tables = dict(rec.tables)  # table -> rows written
 
     def read(self, table, columns=None, filters=None):
         return self._store.read(self._rec, table, columns, filters)
@@ -256,7 +257,7 @@ class Runner:
 
     def _compute(self, stage: Stage, config, model: ModelHandle, relation: Relation, shot: int, ident: Identity,
                  ups: dict[str, tuple[ResultRecord, Requirement]], progress) -> tuple[ResultRecord, float]:
-        lm = model.get()
+        lm = model.get() if stage.needs_model else None
         key = (model.model_id, relation.name, shot)
         started = time.perf_counter()
         inp = StageInput(lm, relation, shot, config, {n: ResultReader(self.store, r) for n, (r, _) in ups.items()},

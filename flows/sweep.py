@@ -39,7 +39,7 @@ from .preflight import preflight  # noqa: E402
 from .progress import Progress  # noqa: E402
 from .runner import REFUSALS, ModelHandle, Runner  # noqa: E402
 
-__all__ = ["new_run_id", "sweep"]
+__all__ = ["new_run_id", "relation_records", "sweep"]
 
 
 def new_run_id() -> str:
@@ -52,11 +52,24 @@ def partition_task(runner: Runner, stage: str, config, model: ModelHandle, relat
     return runner.run(stage, config, model, relation, shot, progress=progress, force=force).as_dict()
 
 
+def relation_records(run_id: str, rels) -> list[dict]:
+    """The ``relations`` record rows of a run: each relation's source, domain, counts and content hash."""
+    now = datetime.now(timezone.utc)
+    return [{"run_id": run_id, "relation": r.name, "source": r.source, "domain": r.domain, "n_facts": len(r.facts),
+             "n_subjects": len({f.subject for f in r.facts}), "n_templates": len(r.templates),
+             "n_prompts": r.n_prompts, "content_hash": r.content_hash(), "source_file": r.source_file,
+             "recorded_at": now} for r in rels]
+
+
 def sweep(stage: str, models: list[str], relations: list[str], shots: list[int], store_root: str,
           settings: dict | None = None, dtype: str = "float32", device: str | None = None,
-          show_progress: bool = True, force: bool = False, checked: list[str] | None = None) -> dict:
+          show_progress: bool = True, force: bool = False, checked: list[str] | None = None,
+          kind: str | None = None, after=None) -> dict:
     """Run ``stage`` (and what it needs) for every (model, relation, shot); returns the run manifest.
-    ``checked``: the warnings of a preflight the caller already ran (the CLI does, before Prefect starts)."""
+    ``checked``: the warnings of a preflight the caller already ran (the CLI does, before Prefect starts).
+    ``kind``: the run's kind in ``runs`` (default: the stage). ``after(store, catalog, manifest) -> dict``: runs under
+    the writer lock once every partition is done, before the manifest is written (a reproduction records its
+    claims and drift there); what it returns is added to the manifest."""
     spec = STAGES[stage]
     config = spec.config(**(settings or {}))
     run_id = new_run_id()
@@ -83,7 +96,7 @@ def sweep(stage: str, models: list[str], relations: list[str], shots: list[int],
                 except REFUSALS as exc:  # the model's numbers do not add up
                     refused[model.model_id] = str(exc)
         manifest = {
-            "run_id": run_id, "kind": stage, "started_at": started, "finished_at": datetime.now(timezone.utc),
+            "run_id": run_id, "kind": kind or stage, "started_at": started, "finished_at": datetime.now(timezone.utc),
             "code_version": code_version(), "packages": package_versions(), "python": platform.python_version(),
             "seed": config.seed,
             "config": {"models": models, "relations": relations, "shots": list(shots), "dtype": dtype,
@@ -98,6 +111,10 @@ def sweep(stage: str, models: list[str], relations: list[str], shots: list[int],
             "timings": {f"load:{m.model_id}": round(m.load_seconds, 3) for m in handles if m.loaded},
             "store": str(store.root),
         }
+        store.append_records("relations", relation_records(run_id, rels))
+        if after is not None:
+            manifest |= after(store, runner.catalog, manifest)
+        manifest["finished_at"] = datetime.now(timezone.utc)
         store.write_run(manifest)
     manifest["notes"] = runner.notes
     manifest["warnings"] = warnings

@@ -33,7 +33,8 @@ import pyarrow as pa
 
 from . import delta
 from .catalog import RESULTS_SCHEMA, Catalog
-from .store import RUNS, Damage, Store, StoreError, intact_dataset
+from .records import RECORDS
+from .store import Damage, Store, StoreError, intact_dataset
 
 __all__ = [
     "QueryError", "StoreView", "connect", "internal_query", "list_named_queries", "named_query", "open_store",
@@ -202,8 +203,10 @@ def open_store(root: Path | str, as_of: str | None = None, extra_damage: list[Da
     con.register("_results", _results_table(catalog))
     con.register("_upstream", _upstream_table(catalog))
     con.register("_damaged", _damaged_table(damage))
-    runs = store.scan(RUNS)
-    con.register("_runs", runs if runs is not None else pa.table({"run_id": pa.array([], pa.string())}))
+    for name, schema in RECORDS.items():
+        rows = store.scan(name)
+        con.register(f"_{name}", rows if rows is not None else schema.empty_table())
+    con.execute(templates["domains"])
     made = producers()
     missing: dict[str, str] = {}
     tables = sorted({t for s in STAGES.values() for t in s.tables})

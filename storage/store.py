@@ -39,6 +39,7 @@ from . import delta
 from .catalog import RESULTS_SCHEMA, SELECTIONS_SCHEMA, Catalog, Key, ResultRecord
 from .integrity import Damage, file_problem, footer_problem, is_gone
 from .parquet import parquet_options
+from .records import RECORDS, RUNS_SCHEMA
 from .writer import PARTITION_BY, TABLE_CONFIG, ResultWriter, SchemaMismatchError, check_id
 
 try:  # POSIX advisory locks (gc against writers); without them gc cannot tell and refuses nothing
@@ -49,15 +50,6 @@ except ImportError:  # pragma: no cover - non-POSIX
 __all__ = ["Damage", "PARTITION_BY", "ResultWriter", "SchemaMismatchError", "Store", "StoreError", "check_id"]
 
 RESULTS, SELECTIONS, RUNS = "_results", "_selections", "runs"
-
-RUNS_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("kind", pa.string()), ("started_at", pa.timestamp("us", tz="UTC")),
-    ("finished_at", pa.timestamp("us", tz="UTC")), ("code_version", pa.string()), ("python", pa.string()),
-    ("seed", pa.int64()), ("packages", pa.string()), ("config", pa.string()), ("model_sha256", pa.string()),
-    ("relation_sha256", pa.string()), ("relation_repairs", pa.string()), ("partitions", pa.string()),
-    ("refused", pa.string()),
-    ("timings", pa.string()), ("versions", pa.string()), ("store", pa.string()),
-])
 
 
 class StoreError(RuntimeError):
@@ -91,6 +83,8 @@ class Store:
         """The version to read: an int (as of a run), None (latest), or False (did not exist then)."""
         if self._versions is None or table == RUNS:  # runs is read whole and filtered by time (see `scan`)
             return None
+        if table in RECORDS:  # record tables written before their run's manifest are in its versions
+            return self._versions.get(table, False)
         return self._versions.get(table, False)
 
     def open(self, table: str):
@@ -112,7 +106,7 @@ class Store:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir()
-                      if (p / "_delta_log").is_dir() and not p.name.startswith("_") and p.name != RUNS
+                      if (p / "_delta_log").is_dir() and not p.name.startswith("_") and p.name not in RECORDS
                       and self.version_of(p.name) is not False)
 
     def versions(self) -> dict[str, int]:
@@ -328,6 +322,13 @@ class Store:
             self._append(SELECTIONS, SELECTIONS_SCHEMA, [
                 {"model": r.model, "relation": r.relation, "shot": r.shot, "stage": r.stage,
                  "result_id": r.result_id, "run_id": run_id, "selected_at": now} for r in recs])
+
+    def append_records(self, table: str, rows: list[dict]) -> None:
+        """Append ``rows`` to the record table ``table`` (``storage.records``) in one transaction; call before
+        ``write_run`` of the same run, so that the run's recorded versions include them."""
+        self._require_writable()
+        if rows:
+            self._append(table, RECORDS[table], rows)
 
     def write_run(self, manifest: dict) -> None:
         """Append one run manifest; dict/list values are stored as JSON, with the table versions now."""

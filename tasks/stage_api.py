@@ -55,6 +55,7 @@ class Upstream(Protocol):
 
     result_id: str
     summary: dict
+    tables: dict[str, int]  # table -> rows the result wrote (a table it wrote no rows to is absent)
 
     def read(self, table: str, columns: list[str] | None = None, filters=None) -> pa.Table:
         """``table``'s rows of this result (pyarrow DNF ``filters``, e.g. [("prompt_id", "<", 60)])."""

@@ -185,7 +185,7 @@ def test_stages_coexist_and_uncommitted_is_hidden(synth):
         assert list((Path(root) / table / f"model={MODEL}" / "relation=capital" / f"shot={HIDDEN_SHOT}").rglob("*.parquet"))
         assert con.execute(f"SELECT count(*) FROM stored.{table} WHERE shot = {HIDDEN_SHOT}").fetchall()[0][0] == 0
         cols = [c[0] for c in con.execute(f"DESCRIBE {table}").fetchall()]
-        assert cols == ["model", "relation", "shot", "result_id", "capture_id", *SCHEMAS[table].names]
+        assert cols == ["model", "relation", "domain", "shot", "result_id", "capture_id", *SCHEMAS[table].names]
     assert con.execute("SELECT count(*) FROM head_summary WHERE model = 'm2'").fetchall()[0][0] == 0
     assert con.execute("SELECT count(*) FROM head_sets WHERE model = 'm2'").fetchall()[0][0] == 1
 

@@ -7,7 +7,7 @@
 -- the object of X' when the head set's outputs are taken from the prompt about X'; swap_chance: the same
 -- with a random head set of the same size; swap_stayed: share of prompts with the answer top-1 before
 -- that keep it.
-SELECT model, relation, shot, head_set, best_layer, push, push_lo, push_hi, push_n,
+SELECT model, domain, relation, shot, head_set, best_layer, push, push_lo, push_hi, push_n,
        answer_appears_layer, residual_top1_layer,
        removal_p_before, removal_p_after, removal_delta_p, removal_delta_p_lo, removal_delta_p_hi,
        swap_n, swap_success, swap_success_lo, swap_success_hi, swap_chance, swap_chance_lo, swap_chance_hi,

@@ -5,7 +5,7 @@
 -- when above, else "inconclusive". suppressors: last-layer components whose DLA onto the answer is
 -- significantly negative (simultaneous intervals over the n_components_tested, Bonferroni), most negative
 -- first; the competitor columns tell a general flattening from a targeted drop.
-SELECT model, relation, shot, n, layer AS last_layer,
+SELECT model, domain, relation, shot, n, layer AS last_layer,
        p_before, p_after, delta_p, delta_p_lo, delta_p_hi,
        share_dropped, delta_logit, delta_logit_lo, delta_logit_hi,
        delta_logit_competitor, entropy_before, entropy_after,

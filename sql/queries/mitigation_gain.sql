@@ -5,7 +5,7 @@
 -- alphas whose plain-text cost on the calibration passages is within text_cost_bound nats per token);
 -- text_delta_logp is the cost on the held-out passages. The oracle variant (mlp_answer_oracle) needs the
 -- answer label: not deployable, and not an upper bound of the others. note says why a row is a no-op.
-SELECT model, relation, shot, variant, choice, oracle, components, alpha, text_cost_bound, n_held_out,
+SELECT model, domain, relation, shot, variant, choice, oracle, components, alpha, text_cost_bound, n_held_out,
        p_before, p_after, delta_p, delta_p_lo, delta_p_hi,
        delta_acc, delta_acc_lo, delta_acc_hi,
        delta_logp, delta_logp_lo, delta_logp_hi,

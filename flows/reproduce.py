@@ -1,0 +1,88 @@
+"""`factrecall reproduce SPEC`: every stage the claims need, the claims, and their drift since the last
+reproduction of the spec (docs/METHOD.md §9). Also the Prefect flow that schedules serve."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import flow
+
+from factrecall.storage.reproductions import (
+    claims_of_results,
+    previous_reproduction,
+    read_baseline,
+    write_reproduction,
+)
+from factrecall.tasks.reproduction import Spec, drift_rows, load_spec, verdict_counts
+
+from .sweep import sweep
+
+__all__ = ["reproduce", "reproduce_flow"]
+
+
+def _summary(spec: Spec, counts: dict, n_partitions: int, compared_with: str | None, drifted: list[dict],
+             refused: dict) -> tuple[str, str]:
+    """(verdict, one-line summary) of a reproduction."""
+    n = sum(counts.values())
+    line = (f"{spec.name}: {n} claims on {n_partitions} partition(s): {counts['holds']} hold, "
+            f"{counts['does not']} do not, {counts['inconclusive']} inconclusive, {counts['not tested']} not tested")
+    if refused:
+        line += f"; refused: {', '.join(refused)}"
+    if compared_with is None:
+        return ("refused" if refused else "first"), line + "; first reproduction of this spec: nothing to compare with"
+    if drifted:
+        shown = "; ".join(f"{d['claim']} {d['model']}/{d['relation']}/shot={d['shot']} ({d['reason']})"
+                          for d in drifted[:3])
+        more = f"; and {len(drifted) - 3} more" if len(drifted) > 3 else ""
+        return "drift", line + f"; DRIFT in {len(drifted)} statistic(s) since {compared_with}: {shown}{more}"
+    return ("refused" if refused else "no drift"), line + f"; no drift since {compared_with}"
+
+
+def _recorder(spec: Spec, baseline: Path | None, started: datetime):
+    def record(store, catalog, manifest: dict) -> dict:
+        ids = [p["result_id"] for p in manifest["partitions"] if p["stage"] == "claims"]
+        now = [{**row, "run_id": manifest["run_id"], "spec": spec.name, "domain": spec.domains.get(row["relation"])}
+               for row in claims_of_results(store, catalog, ids)]
+        base = baseline or spec.baseline
+        if base is not None:
+            compared_with, before = f"baseline:{base}", read_baseline(base)
+        else:
+            compared_with, before = previous_reproduction(store, spec.name)
+        drift = drift_rows(before, now, spec.tolerance_of) if compared_with is not None else []
+        drifted = [d for d in drift if d["drifted"]]
+        counts = verdict_counts(now)
+        verdict, line = _summary(spec, counts, len(ids), compared_with, drifted, manifest["refused"])
+        reproduction = {
+            "run_id": manifest["run_id"], "spec": spec.name, "spec_version": spec.version, "spec_sha256": spec.sha256,
+            "spec_text": spec.text, "started_at": started, "finished_at": datetime.now(timezone.utc),
+            "compared_with": compared_with, "n_claims": len(now), "n_holds": counts["holds"],
+            "n_does_not": counts["does not"], "n_inconclusive": counts["inconclusive"],
+            "n_not_tested": counts["not tested"], "n_drifted": len(drifted), "n_refused": len(manifest["refused"]),
+            "verdict": verdict, "summary": line}
+        write_reproduction(store, reproduction,
+                           now, [{**d, "run_id": manifest["run_id"], "spec": spec.name, "compared_with": compared_with}
+                                 for d in drift])
+        return {"reproduction": reproduction, "claims": now, "drift": drifted}
+    return record
+
+
+def reproduce(spec_ref: str, store_root: str, baseline: str | None = None, device: str | None = None,
+              show_progress: bool = True, force: bool = False, checked: list[str] | None = None) -> dict:
+    """Run the spec's claims (and every stage they need, reusing what is stored), record the claims and
+    their drift; returns the run manifest with ``reproduction``, ``claims`` and ``drift`` (drifted rows)."""
+    spec = load_spec(spec_ref)
+    started = datetime.now(timezone.utc)
+    return sweep("claims", list(spec.models), list(spec.relations), list(spec.shots), store_root, spec.settings,
+                 spec.dtype, device, show_progress, force, checked, kind="reproduce",
+                 after=_recorder(spec, Path(baseline).resolve() if baseline else None, started))
+
+
+@flow(name="factrecall-reproduce", flow_run_name="reproduce {spec_ref}", retries=0, log_prints=False)
+def reproduce_flow(spec_ref: str, store_root: str, baseline: str | None = None, device: str | None = None,
+                   show_progress: bool = False, force: bool = False, checked: list[str] | None = None) -> dict:
+    """The reproduction as a Prefect flow (what `factrecall reproduce` runs and `factrecall schedule` serves).
+    Returns the reproduction's row (verdict, counts, summary line)."""
+    manifest = reproduce(spec_ref, store_root, baseline, device, show_progress, force, checked)
+    return {"run_id": manifest["run_id"], **manifest["reproduction"], "refused": manifest["refused"],
+            "drift": manifest["drift"], "claims": manifest["claims"]}
