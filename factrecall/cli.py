@@ -466,6 +466,101 @@ def runs(
                   "`factrecall query \"SELECT * FROM drift WHERE drifted\"` shows what moved", highlight=False)
 
 
+DEFAULT_API = "http://127.0.0.1:4200/api"
+
+
+@app.command()
+def server(
+    port: int = typer.Option(4200, min=1, max=65535, help="Port of the API and UI (127.0.0.1 only)."),
+) -> None:
+    """Start a local Prefect server (API and UI on 127.0.0.1) for `factrecall schedule`; runs until Ctrl-C.
+    The same as `prefect server start --host 127.0.0.1`, with Prefect's home in factrecall's state folder."""
+    import subprocess
+
+    configure_prefect()
+    env = {**os.environ, "PREFECT_LOGGING_LEVEL": "INFO"}
+    console.print(f"Prefect server on http://127.0.0.1:{port} (UI); for `factrecall schedule` set "
+                  f"PREFECT_API_URL=http://127.0.0.1:{port}/api", highlight=False)
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, start_new_session=True)
+
+    def stop(signum, frame):  # a service manager's SIGTERM stops the server like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        raise typer.Exit(code=proc.wait())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if proc.poll() is None:  # stop the server and what it started (its process group)
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _api_reachable(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=3) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@app.command()
+def schedule(
+    spec: str = typer.Argument(..., help="A spec file (reproductions/*.toml) or a shipped spec's name."),
+    cron: str = typer.Option(..., help='When to reproduce, as a cron string in UTC, e.g. "0 3 * * *" (03:00 daily).'),
+    store: StoreRoot = None,
+    baseline: Optional[Path] = typer.Option(None, help="Compare each run with this file instead of the run before."),
+    api_url: Optional[str] = typer.Option(None, help=f"Prefect API (default: $PREFECT_API_URL or {DEFAULT_API})."),
+    name: Optional[str] = typer.Option(None, help="Deployment name (default: reproduce-<spec name>)."),
+) -> None:
+    """Register a Prefect deployment that reproduces SPEC on a cron schedule, and serve it: runs until
+    stopped (Ctrl-C pauses the schedule), each scheduled run a `factrecall reproduce` whose claims, drift
+    and verdict land in the store and in the Prefect UI. Run it as a long-lived service (README)."""
+    from factrecall.tasks.reproduction import SpecError, load_spec
+
+    try:
+        parsed = load_spec(spec)
+    except SpecError as exc:
+        _fail(str(exc))
+    if baseline is not None and not baseline.is_file():
+        _fail(f"baseline {baseline} not found; give a .csv or .parquet file of claim rows")
+    url = api_url or os.environ.get("PREFECT_API_URL") or DEFAULT_API
+    if not _api_reachable(url):
+        _fail(f"no Prefect server answers at {url}; start one with `factrecall server` (or `prefect server start "
+              "--host 127.0.0.1`) and set PREFECT_API_URL, or pass --api-url")
+    try:
+        from prefect.client.schemas.schedules import CronSchedule
+
+        CronSchedule(cron=cron)
+    except Exception:  # noqa: BLE001 - pydantic's error, made one line
+        _fail(f"--cron {cron!r} is not a cron string; give five fields such as \"0 3 * * *\" (03:00 UTC daily)")
+    store_root = (store or default_store()).resolve()
+    _validate(",".join(parsed.models), ",".join(parsed.relations), ",".join(map(str, parsed.shots)), parsed.dtype)
+    os.environ["PREFECT_API_URL"] = url
+    configure_prefect()
+    from prefect.flows import EntrypointType
+
+    from factrecall.flows.reproduce import reproduce_flow
+
+    deployment = name or f"reproduce-{parsed.name}"
+    console.print(f"serving {reproduce_flow.name}/{deployment}: {parsed.name} at cron {cron!r} (UTC) into {store_root}; "
+                  f"API {url}; Ctrl-C stops serving and pauses the schedule", highlight=False)
+    reproduce_flow.serve(name=deployment, cron=cron, entrypoint_type=EntrypointType.MODULE_PATH,
+                         parameters={"spec_ref": str(parsed.path), "store_root": str(store_root),
+                                     "baseline": str(baseline.resolve()) if baseline else None},
+                         description=f"factrecall reproduce {parsed.name}: {parsed.description}",
+                         tags=["factrecall", parsed.name])
+
+
 @app.command()
 def query(
     sql: Optional[str] = typer.Argument(None, help="SQL over the store's views (see --list)."),
@@ -596,11 +691,15 @@ def relations(
     if fmt == "csv":
         sys.stdout.write(df.write_csv())
         return
-    table = Table(*[Column(c, no_wrap=c == "name") for c in df.columns])
+    headers = {"name": "name", "source": "source", "domain": "domain", "n_facts": "facts", "n_templates": "tmpl",
+               "n_prompts": "prompts", "n_repairs": "fixes"}  # short: the table fits an 80-column terminal
+    table = Table(*[Column(headers.get(c, c), no_wrap=True, justify="right" if c.startswith("n_") else "left")
+                    for c in df.columns], box=None, pad_edge=False, padding=(0, 1, 0, 0))
     for row in df.iter_rows():
         table.add_row(*[str(v) for v in row])
     console.print(table)
-    console.print(f"{df.height} relations; a .jsonl file of {{subject, object, template}} lines is also accepted "
+    console.print(f"{df.height} relations (tmpl: templates; fixes: lines repaired on load, e.g. duplicates dropped); "
+                  "a .jsonl file of {subject, object, template} lines is also accepted "
                   "(named user.<file stem>-<first 8 hex digits of its data hash>).")
 
 

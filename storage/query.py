@@ -154,6 +154,12 @@ class StoreView:
     def close(self) -> None:
         self.con.close()
 
+    def __enter__(self) -> "StoreView":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def _results_table(catalog: Catalog) -> pa.Table:
     rows = []
