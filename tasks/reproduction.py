@@ -124,6 +124,10 @@ def load_spec(ref: str | Path) -> Spec:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise SpecError(f"{where}: relations[{i}] must be a table with a name (and a domain), e.g. "
                             '[[relations]] name = "paper.capital" domain = "factual"')
+        extra = sorted(set(item) - {"name", "domain"})
+        if extra:
+            raise SpecError(f"{where}: relations[{i}] has unknown key(s) {', '.join(extra)}; a relation has a name "
+                            "and a domain (top-level keys go before the first [[relations]])")
         name = item["name"]
         ref_path = (path.parent / name) if name.endswith(".jsonl") and not Path(name).is_absolute() else None
         key = str(ref_path) if ref_path is not None and ref_path.is_file() else name
@@ -142,6 +146,10 @@ def load_spec(ref: str | Path) -> Spec:
     if bad:
         raise SpecError(f"{where}: unknown setting(s) {', '.join(bad)}; settings are {', '.join(sorted(names))}")
     settings = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
+    for f in dataclasses.fields(ClaimsConfig):
+        value, lo, hi = settings.get(f.name), f.metadata.get("min"), f.metadata.get("max")
+        if isinstance(value, (int, float)) and ((lo is not None and value < lo) or (hi is not None and value > hi)):
+            raise SpecError(f"{where}: [settings] {f.name} = {value} is outside [{lo}, {hi if hi is not None else '∞'}]")
     try:
         ClaimsConfig(**settings)
     except (TypeError, ValueError) as exc:
