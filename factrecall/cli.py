@@ -224,6 +224,12 @@ def _quiet_libraries(progress: bool) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        # GGUF dequantisation uses tqdm directly, not transformers' switch: silence that bar where it is made.
+        import functools
+
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+        gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
 
 
 def _validate(models: str, relations: str, shots: str, dtype: str) -> list[int]:
@@ -321,8 +327,8 @@ def print_claim_matrix(claims: list[dict]) -> None:
     for row in claims:
         by_key.setdefault((row["model"], row["relation"], row["shot"]), {})[row["claim"]] = row
     for model in sorted({k[0] for k in by_key}):
-        table = Table(Column(model, no_wrap=True), Column("shot", justify="right"),
-                      *[Column(f"{c.step} {_SHORT.get(c.name, c.name)}", no_wrap=True) for c in CLAIMS],
+        table = Table(Column(model, no_wrap=True), Column("k", justify="right"),
+                      *[Column(_SHORT.get(c.name, c.name), no_wrap=True) for c in CLAIMS],
                       box=None, pad_edge=False, title_justify="left")
         for key in sorted(k for k in by_key if k[0] == model):
             cells = []
@@ -331,8 +337,10 @@ def print_claim_matrix(claims: list[dict]) -> None:
                 cells.append("" if row is None else _MARKS[row["verdict"]] + _compact(row["value"]))
             table.add_row(key[1], str(key[2]), *cells)
         console.print(table)
-    console.print("✓ holds ✗ does not ? inconclusive (interval straddles the threshold) · not tested; columns: the "
-                  "paper's step and claim; numbers: each claim's statistic (docs/METHOD.md §7; "
+    steps = " · ".join(f"{step}: " + ", ".join(_SHORT[c.name] for c in CLAIMS if c.step == step)
+                       for step in sorted({c.step for c in CLAIMS}))
+    console.print(f"k: shots. ✓ holds ✗ does not ? inconclusive (the interval straddles the threshold) · not tested; "
+                  f"the paper's steps {steps}; numbers: each claim's statistic (docs/METHOD.md §10, "
                   "`factrecall query --named claim_matrix`)", highlight=False)
 
 
@@ -360,8 +368,16 @@ def reproduce(
         parsed = load_spec(spec)
     except SpecError as exc:
         _fail(str(exc))
-    if baseline is not None and not baseline.is_file():
-        _fail(f"baseline {baseline} not found; give a .csv or .parquet file of claim rows")
+    if baseline is not None:
+        from factrecall.storage.reproductions import read_baseline
+        from factrecall.storage.store import StoreError
+
+        if not baseline.is_file():
+            _fail(f"baseline {baseline} not found; give a .csv or .parquet file of claim rows")
+        try:
+            read_baseline(baseline)
+        except StoreError as exc:
+            _fail(str(exc))
     stage = STAGES["claims"]
     models, relations = ",".join(parsed.models), ",".join(parsed.relations)
     shots = ",".join(map(str, parsed.shots))

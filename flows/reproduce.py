@@ -1,5 +1,5 @@
 """`factrecall reproduce SPEC`: every stage the claims need, the claims, and their drift since the last
-reproduction of the spec (docs/METHOD.md §9). Also the Prefect flow that schedules serve."""
+reproduction of the spec (docs/METHOD.md §11). Also the Prefect flow that schedules serve."""
 
 from __future__ import annotations
 
@@ -39,14 +39,13 @@ def _summary(spec: Spec, counts: dict, n_partitions: int, compared_with: str | N
     return ("refused" if refused else "no drift"), line + f"; no drift since {compared_with}"
 
 
-def _recorder(spec: Spec, baseline: Path | None, started: datetime):
+def _recorder(spec: Spec, baseline: tuple[Path, list[dict]] | None, started: datetime):
     def record(store, catalog, manifest: dict) -> dict:
         ids = [p["result_id"] for p in manifest["partitions"] if p["stage"] == "claims"]
         now = [{**row, "run_id": manifest["run_id"], "spec": spec.name, "domain": spec.domains.get(row["relation"])}
                for row in claims_of_results(store, catalog, ids)]
-        base = baseline or spec.baseline
-        if base is not None:
-            compared_with, before = f"baseline:{base}", read_baseline(base)
+        if baseline is not None:
+            compared_with, before = f"baseline:{baseline[0]}", baseline[1]
         else:
             compared_with, before = previous_reproduction(store, spec.name)
         drift = drift_rows(before, now, spec.tolerance_of) if compared_with is not None else []
@@ -73,9 +72,11 @@ def reproduce(spec_ref: str, store_root: str, baseline: str | None = None, devic
     their drift; returns the run manifest with ``reproduction``, ``claims`` and ``drift`` (drifted rows)."""
     spec = load_spec(spec_ref)
     started = datetime.now(timezone.utc)
+    path = Path(baseline).resolve() if baseline else spec.baseline
+    pinned = (path, read_baseline(path)) if path is not None else None  # a bad file fails before any write
     return sweep("claims", list(spec.models), list(spec.relations), list(spec.shots), store_root, spec.settings,
                  spec.dtype, device, show_progress, force, checked, kind="reproduce",
-                 after=_recorder(spec, Path(baseline).resolve() if baseline else None, started))
+                 after=_recorder(spec, pinned, started))
 
 
 @flow(name="factrecall-reproduce", flow_run_name="reproduce {spec_ref}", retries=0, log_prints=False)

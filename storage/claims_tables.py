@@ -1,4 +1,4 @@
-"""The claims stage's table (docs/METHOD.md §7): one row per claim of one partition.
+"""The claims stage's table (docs/METHOD.md §10): one row per claim of one partition.
 
 Partition columns (model, relation, shot, result_id) come from the store.
 """

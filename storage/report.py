@@ -46,10 +46,7 @@ def write_report(root: Path | str, out: Path, spec: str | None = None, max_parti
         elif spec:
             raise QueryError(f"no reproduction of spec {spec!r} in {root}; run `factrecall reproduce {spec}` first")
         else:
-            try:
-                claims = view.pl(internal_query("report_current_claims")).to_dicts()
-            except QueryError:
-                claims = []
+            claims = [] if "claims" in view.missing else view.pl(internal_query("report_current_claims")).to_dicts()
             if not claims:
                 raise QueryError(f"no claims in {root}; run `factrecall reproduce paper-quick` first")
         keys = sorted({(c["model"], c["relation"], int(c["shot"])) for c in claims})

@@ -1,4 +1,4 @@
-"""Reads and writes of reproductions (docs/METHOD.md §9): the claims of a run's partitions, the claims of
+"""Reads and writes of reproductions (docs/METHOD.md §11): the claims of a run's partitions, the claims of
 the previous reproduction of a spec or of a pinned baseline file, and the reproduction's records."""
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ def claims_of_results(store: Store, catalog: Catalog, result_ids: list[str]) -> 
 
 
 def previous_reproduction(store: Store, spec: str) -> tuple[str | None, list[dict]]:
-    """The run id and claim rows of the latest earlier reproduction of ``spec`` (None, [] if there is none)."""
+    """The run id and claim rows of the latest earlier reproduction of ``spec`` (None, [] if there is none); a
+    reproduction that refused a model is partial and is not compared with."""
     reps = store.scan("reproductions")
     if reps is None or reps.num_rows == 0:
         return None, []
-    reps = reps.filter(pc.equal(reps["spec"], spec))
+    reps = reps.filter(pc.and_(pc.equal(reps["spec"], spec), pc.not_equal(reps["verdict"], "refused")))
     if reps.num_rows == 0:
         return None, []
     run_id = reps.sort_by([("started_at", "descending")])["run_id"][0].as_py()
@@ -55,8 +56,12 @@ def read_baseline(path: Path) -> list[dict]:
         raise StoreError(f"baseline {path}: missing column(s) {', '.join(missing)}; it needs "
                          f"{', '.join(BASELINE_COLUMNS)} (export one with `factrecall query --named "
                          "reproduction_baseline --param run_id=RUN --format csv --out FILE`)")
-    return df.select(BASELINE_COLUMNS).with_columns(pl.col("shot").cast(pl.Int64),
-                                                    pl.col("value").cast(pl.Float64)).to_dicts()
+    try:
+        return df.select(BASELINE_COLUMNS).with_columns(pl.col("shot").cast(pl.Int64),
+                                                        pl.col("value").cast(pl.Float64)).to_dicts()
+    except Exception as exc:  # noqa: BLE001 - a non-numeric shot or value
+        raise StoreError(f"baseline {path}: shot and value must be numbers ({' '.join(str(exc).split())[:160]}); "
+                         "fix the file") from None
 
 
 def write_reproduction(store: Store, reproduction: dict, claims: list[dict], drift: list[dict]) -> None:

@@ -1,12 +1,12 @@
-"""The paper's claims as verdicts on one partition's stored statistics (docs/METHOD.md §7).
+"""The paper's claims as verdicts on one partition's stored statistics (docs/METHOD.md §10).
 
 Every claim is one row: the statistic that tests it (``value`` with its interval ``lo``/``hi`` and its
 ``n``), the threshold the interval is compared with, and a verdict:
 
 - ``holds``: the interval lies entirely on the claimed side of the threshold;
-- ``does not``: it lies entirely on the other side (or, for an existence claim, the evidence says the
-  thing is absent, as the claim's rule states);
-- ``inconclusive``: the interval straddles the threshold, or there are too few prompts for one;
+- ``does not``: it lies entirely on the other side (the mitigation claim also when nothing within the
+  cost bound changes anything, as its rule states);
+- ``inconclusive``: the interval straddles the threshold, or it rests on fewer than ``MIN_N`` prompts;
 - ``not tested``: an upstream step was skipped or has nothing to test (``note`` says why).
 
 The rules are pure functions of upstream rows (dicts of one partition's tables), so they are tested
@@ -26,6 +26,8 @@ __all__ = ["CLAIMS", "Claim", "HOLDS", "DOES_NOT", "INCONCLUSIVE", "NOT_TESTED",
            "simultaneous_mean_ci"]
 
 HOLDS, DOES_NOT, INCONCLUSIVE, NOT_TESTED = "holds", "does not", "inconclusive", "not tested"
+#: Fewer prompts than this make a percentile-bootstrap interval too optimistic to decide on: inconclusive.
+MIN_N = 10
 VERDICTS = (HOLDS, DOES_NOT, INCONCLUSIVE, NOT_TESTED)
 
 
@@ -78,6 +80,8 @@ def simultaneous_mean_ci(columns: list[np.ndarray], n_boot: int, seed: int,
 
 def _row(value=None, lo=None, hi=None, n=None, threshold=0.0, verdict=NOT_TESTED, note=None) -> dict:
     num = lambda x: None if x is None or not np.isfinite(x) else float(x)  # noqa: E731
+    if verdict in (HOLDS, DOES_NOT) and n is not None and n < MIN_N:
+        verdict, note = INCONCLUSIVE, f"only {n} prompts (fewer than {MIN_N}): no verdict; " + (note or "")
     return {"value": num(value), "lo": num(lo), "hi": num(hi), "n": None if n is None else int(n),
             "threshold": float(threshold), "verdict": verdict, "note": note}
 
@@ -105,9 +109,9 @@ def _argument_heads(up: dict, config) -> dict:
     strongest = min(summary, key=lambda r: (r["set_order"] is None, r["set_order"] or 0, r["effect_pct"]))
     if sets["n_heads"]:
         verdict, note = HOLDS, f"head set {', '.join(sets['heads'])}"
-    elif sets["n_significant"]:
-        verdict, note = DOES_NOT, (f"{sets['n_significant']} head(s) significantly lower the answer's logit but none "
-                                   "attends to the subject: " + (sets.get("no_heads_reason") or ""))
+    elif sets["n_significant"]:  # the attention filter is a point estimate: not evidence of absence
+        verdict, note = INCONCLUSIVE, (f"{sets['n_significant']} head(s) significantly lower the answer's logit but "
+                                       "none passes the attention filter: " + (sets.get("no_heads_reason") or ""))
     else:
         verdict, note = INCONCLUSIVE, "no head's effect is significantly below 0 (simultaneous intervals)"
     return _row(strongest["effect_pct"], strongest["effect_simul_lo"], strongest["effect_simul_hi"], sets["n_prompts"],
@@ -165,13 +169,21 @@ def _mlp_scales_heads(up: dict, config) -> dict:
         return _row(note="no head-set head has a regression coefficient")
     heads = sorted(betas)
     cis = simultaneous_mean_ci([np.array(betas[h]) for h in heads], config.n_boot, config.seed)
-    k = int(np.nanargmax([abs(m) if np.isfinite(m) else -1 for m, _, _ in cis]))
+    finite = [k for k, (m, _, _) in enumerate(cis) if np.isfinite(m)]
+    if not finite:
+        return _row(note="every head-set regression is singular: no coefficient")
+    scaled = [k for k in finite if interval_verdict(cis[k][1], cis[k][2], 0.0, "nonzero") == HOLDS]
+    k = max(scaled or finite, key=lambda j: abs(cis[j][0]))  # the reported head: a scaled one when there is one
     mean, lo, hi = cis[k]
-    scaled = [f"L{l}.H{h} ({'amplified' if m > 0 else 'erased' if m <= -0.5 else 'attenuated'})"
-              for (l, h), (m, a, b) in zip(heads, cis) if interval_verdict(a, b, 0.0, "nonzero") == HOLDS]
+
+    def label(j: int) -> str:  # the mlp stage's labels, of the median beta (METHOD.md §5)
+        med = float(np.nanmedian(np.array(betas[heads[j]], dtype=float)))
+        return "erased" if med <= -0.5 else "attenuated" if med < 0 else "amplified" if med > 0 else "unchanged"
+
+    names = [f"L{heads[j][0]}.H{heads[j][1]} ({label(j)})" for j in scaled]
     n = int(np.isfinite(np.array(betas[heads[k]], dtype=float)).sum())
-    note = (f"largest |mean beta|: L{heads[k][0]}.H{heads[k][1]}; " +
-            (f"scaled: {', '.join(scaled)}" if scaled else "no head's beta interval excludes 0"))
+    note = (f"reported: L{heads[k][0]}.H{heads[k][1]}; " +
+            (f"scaled (interval excludes 0): {', '.join(names)}" if names else "no head's beta interval excludes 0"))
     return _row(mean, lo, hi, n, 0.0, HOLDS if scaled else INCONCLUSIVE, note)
 
 
@@ -217,7 +229,9 @@ def _mitigation_raises_confidence(up: dict, config) -> dict:
     note = f"alpha {m['alpha']:g} on {', '.join(m['components']) or 'no component'}"
     if m.get("note"):
         note += f"; {m['note']}"
-    if m["alpha"] == 1.0 or not m["components"]:  # nothing was changed: the mitigation raised nothing
+    if not m["components"]:  # no head suppresses on the calibration half: no suppression to undo
+        return _row(n=m["n_held_out"], note=note)
+    if m["alpha"] == 1.0:  # suppressing heads, but no scale within the cost bound: it raised nothing
         return _row(m["delta_p"], m["delta_p_lo"], m["delta_p_hi"], m["n_held_out"], 0.0, DOES_NOT, note)
     return _row(m["delta_p"], m["delta_p_lo"], m["delta_p_hi"], m["n_held_out"], 0.0,
                 interval_verdict(m["delta_p_lo"], m["delta_p_hi"], 0.0, "above"), note)
@@ -226,8 +240,8 @@ def _mitigation_raises_confidence(up: dict, config) -> dict:
 CLAIMS: tuple[Claim, ...] = (
     Claim("argument_heads", 1, "Argument-passing heads exist",
           "path-patching effect% of the strongest head (simultaneous 95% interval over all heads)",
-          "holds: the head set is non-empty (a head significantly lowers M and attends to the subject); does not: "
-          "heads lower M significantly but none attends to the subject; inconclusive: no head is significant",
+          "holds: the head set is non-empty (a head significantly lowers M and attends to the subject); "
+          "inconclusive otherwise (no head is significant, or none that is passes the attention filter)",
           "heads", _argument_heads),
     Claim("heads_copy_subject", 1, "They copy the subject to the last token",
           "Pearson r of attention END->S and DLA onto the subject, strongest head-set head (95% interval)",
@@ -236,8 +250,10 @@ CLAIMS: tuple[Claim, ...] = (
           "mean R² of the per-prompt regressions at head-set layers (95% interval)",
           "holds: the interval lies above the R² threshold; does not: below it", "mlp", _mlp_linear),
     Claim("mlp_scales_heads", 2, "The MLP erases or amplifies the heads' outputs",
-          "mean β of the head-set head with the largest |mean β| (simultaneous 95% interval over the set's heads)",
-          "holds: some head-set head's β interval excludes 0; inconclusive otherwise", "mlp", _mlp_scales_heads),
+          "mean β of the scaled head-set head with the largest |mean β| (else of any head-set head; simultaneous 95% "
+          "interval over the set's heads)",
+          "holds: some head-set head's β interval excludes 0 (that head is reported); inconclusive otherwise",
+          "mlp", _mlp_scales_heads),
     Claim("task_push", 3, "A task-aware MLP component pushes the answer",
           "push of the task-aware component c at the best layer (95% interval)",
           "holds: the interval lies above 0; does not: below 0", "mlp", _task_push),
@@ -249,5 +265,6 @@ CLAIMS: tuple[Claim, ...] = (
           "holds: the interval lies below 0; does not: above 0", "final_layer", _final_layer_suppresses),
     Claim("mitigation_raises_confidence", 4, "Undoing the suppression raises held-out confidence",
           "held-out Δp(answer) of the cost-bounded mitigation of the suppressing heads (95% interval)",
-          "holds: the interval lies above 0; does not: below 0", "final_layer", _mitigation_raises_confidence),
+          "holds: the interval lies above 0; does not: below 0, or no scale of the suppressing heads is within the "
+          "cost bound (α = 1); not tested: no head suppresses", "final_layer", _mitigation_raises_confidence),
 )

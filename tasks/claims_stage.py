@@ -1,4 +1,4 @@
-"""The claims stage: the paper's claims judged on one partition's upstream results (docs/METHOD.md §7).
+"""The claims stage: the paper's claims judged on one partition's upstream results (docs/METHOD.md §10).
 
 It reads the heads, mlp and final_layer results the runner chose (each pinned by result id in the row)
 and loads no model. One row per claim of ``tasks.claims.CLAIMS``.

@@ -46,6 +46,10 @@ STOPWORDS = frozenset(
 )
 
 
+#: Domain labels the aggregating queries use for their own rows (every domain pooled; no recorded domain).
+RESERVED_DOMAINS = ("all", "unknown")
+
+
 class RelationError(ValueError):
     """A relation cannot be loaded: the message names the file (and line), the problem and the fix."""
 
@@ -505,6 +509,9 @@ def load_generic_jsonl(path: str | os.PathLike) -> Relation:
             d = row["domain"]
             if not isinstance(d, str) or not d.strip():
                 raise err(i, "field 'domain' must be a non-empty string", "Fix or drop the field")
+            if d.strip().casefold() in RESERVED_DOMAINS:
+                raise err(i, f"domain {d!r} is reserved (the queries' roll-ups use 'all' and 'unknown')",
+                          "Name the domain differently")
             if domain is not None and d != domain:
                 raise err(i, f"domain {d!r} differs from {domain!r} given earlier",
                           "Use one domain per file")

@@ -89,10 +89,11 @@ def _domains_html(claims: list[dict]) -> str:
         cells = []
         for c in CLAIMS:
             k = counts.get((d, c.name), {})
-            total = sum(k.values())
+            total = sum(v for verdict, v in k.items() if verdict != "not tested")
             cells.append(f"<td>{k.get('holds', 0)}/{total}</td>" if total else "<td></td>")
         rows.append(f"<tr><td>{_esc(d)}</td>{''.join(cells)}</tr>")
-    return ("<p class='muted'>Partitions where the claim holds / partitions tested, by domain.</p>"
+    return ("<p class='muted'>Partitions where the claim holds / partitions where it was tested, by domain, all "
+            "shots pooled (`factrecall query --named claims_by_domain` splits zero- and few-shot).</p>"
             f"<table><tr><th>domain</th>{head}</tr>{''.join(rows)}</table>")
 
 
@@ -169,5 +170,5 @@ def markdown_summary(title: str, verdict: dict | None, claims: list[dict]) -> st
                                                                      else f" {r['value']:.3g}"))
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
     lines += ["", "✓ holds · ✗ does not · ? inconclusive (the 95% interval straddles the threshold) · "
-              "· not tested; numbers are each claim's statistic (docs/METHOD.md §7)."]
+              "· not tested; numbers are each claim's statistic (docs/METHOD.md §10)."]
     return "\n".join(lines) + "\n"

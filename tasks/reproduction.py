@@ -1,4 +1,4 @@
-"""Reproduction specs and drift (docs/METHOD.md §9): what a scheduled reproduction runs, and whether its
+"""Reproduction specs and drift (docs/METHOD.md §11): what a scheduled reproduction runs, and whether its
 claims moved since the last one.
 
 A spec is a TOML file (``reproductions/*.toml``)::
@@ -117,8 +117,13 @@ def load_spec(ref: str | Path) -> Spec:
         return tuple(value)
 
     models, shots = listed("models", str), listed("shots", int)
-    if any(s < 0 for s in shots):
-        raise SpecError(f"{where}: shots must be non-negative; got {list(shots)}")
+    if any(isinstance(s, bool) or s < 0 for s in shots):
+        raise SpecError(f"{where}: shots must be non-negative integers; got {list(shots)}")
+    for key, values in (("models", models), ("shots", shots)):
+        if len(set(values)) != len(values):
+            raise SpecError(f"{where}: {key} lists a value twice ({list(values)}); list each once")
+    if not isinstance(raw.get("version", 1), int) or isinstance(raw.get("version", 1), bool):
+        raise SpecError(f"{where}: version must be an integer; got {raw['version']!r}")
     relations, domains = [], {}
     for i, item in enumerate(raw["relations"] if isinstance(raw["relations"], list) else [None]):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
@@ -138,6 +143,8 @@ def load_spec(ref: str | Path) -> Spec:
         if "domain" in item and item["domain"] != relation.domain:
             raise SpecError(f"{where}: relation {name} is in domain {relation.domain!r}, not {item['domain']!r}; "
                             "fix the spec (a user file sets its domain with a \"domain\" field on its lines)")
+        if relation.name in domains:
+            raise SpecError(f"{where}: relation {relation.name} is listed twice; list each once")
         relations.append(key)
         domains[relation.name] = relation.domain
     settings = raw.get("settings", {})

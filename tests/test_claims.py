@@ -63,12 +63,18 @@ def test_argument_heads_verdicts():
     row = JUDGE["argument_heads"](_heads(1, 2), CONFIG)
     assert row["verdict"] == HOLDS
     assert (row["value"], row["lo"], row["hi"]) == (-12.0, -20.0, -4.0)  # the set's first head, not the strongest
-    assert JUDGE["argument_heads"](_heads(0, 2, None), CONFIG)["verdict"] == DOES_NOT  # significant, none attends
+    # Significant heads that fail the attention filter (a point estimate) are no evidence of absence.
+    assert JUDGE["argument_heads"](_heads(0, 2, None), CONFIG)["verdict"] == INCONCLUSIVE
     none = JUDGE["argument_heads"](_heads(0, 0, None), CONFIG)
     assert none["verdict"] == INCONCLUSIVE and none["value"] == -30.0  # the strongest head is reported
     skipped = {"head_sets": [{"skipped_reason": "fewer than 2 subjects"}], "head_summary": []}
     assert JUDGE["argument_heads"](skipped, CONFIG)["verdict"] == NOT_TESTED
     assert JUDGE["heads_copy_subject"](_heads(1, 1), CONFIG)["verdict"] == HOLDS
+    negative = _heads(1, 1)
+    negative["head_summary"][0] |= {"pearson_r": -0.5, "r_lo": -0.7, "r_hi": -0.2}
+    assert JUDGE["heads_copy_subject"](negative, CONFIG)["verdict"] == DOES_NOT
+    negative["head_summary"][0] |= {"pearson_r": 0.1, "r_lo": -0.1, "r_hi": 0.3}
+    assert JUDGE["heads_copy_subject"](negative, CONFIG)["verdict"] == INCONCLUSIVE
     assert JUDGE["heads_copy_subject"](_heads(0, 0, None), CONFIG)["verdict"] == NOT_TESTED
 
 
@@ -106,8 +112,20 @@ def test_mlp_scales_heads_needs_an_interval_excluding_zero():
     second = [r["beta"] for r in up["regression_betas"] if r["head"] == 1]
     assert row["verdict"] == HOLDS and row["value"] == pytest.approx(np.mean(second))  # the largest |mean beta|
     assert "L5.H1 (erased)" in row["note"]
-    flat = JUDGE["mlp_scales_heads"](_mlp(betas=[np.r_[np.full(25, 0.01), np.full(25, -0.01)]]), CONFIG)
-    assert flat["verdict"] == INCONCLUSIVE
+    # The reported head is a scaled one even when an unscaled head has a larger |mean beta|.
+    wide, narrow = rng.normal(1.5, 10.0, 50), rng.normal(0.6, 0.05, 50)
+    mixed = JUDGE["mlp_scales_heads"](_mlp(betas=[wide, narrow]), CONFIG)
+    assert mixed["verdict"] == HOLDS and mixed["value"] == pytest.approx(narrow.mean()) and mixed["lo"] > 0
+    assert "L5.H1 (amplified)" in mixed["note"] and "L5.H0" not in mixed["note"].split("scaled")[1]
+    # A per-column interval would call this head scaled; the simultaneous one over 4 heads does not.
+    se = 0.5 / np.sqrt(50)
+    edge = rng.normal(0.0, 1.0, 50)
+    edge = (edge - edge.mean()) / edge.std(ddof=1) * 0.5 + 2.2 * se  # mean 2.2 se: 1.96 < 2.2 < 2.50
+    others = [np.r_[np.full(25, 0.01), np.full(25, -0.01)] for _ in range(3)]
+    assert JUDGE["mlp_scales_heads"](_mlp(betas=[edge, *others]), ClaimsConfig(n_boot=4000))["verdict"] == INCONCLUSIVE
+    assert JUDGE["mlp_scales_heads"](_mlp(betas=[edge]), ClaimsConfig(n_boot=4000))["verdict"] == HOLDS
+    singular = JUDGE["mlp_scales_heads"](_mlp(betas=[np.full(10, np.nan)]), CONFIG)
+    assert singular["verdict"] == NOT_TESTED
 
 
 def test_task_push_and_argument_swap():
@@ -134,9 +152,15 @@ def test_final_layer_and_mitigation():
          "delta_p_lo": 0.01, "delta_p_hi": 0.05, "n_held_out": 20, "note": None}
     other = m | {"variant": "mlp_top1", "delta_p": -1.0, "delta_p_lo": -1.0, "delta_p_hi": -1.0}
     assert JUDGE["mitigation_raises_confidence"]({"mitigation": [other, m]}, CONFIG)["verdict"] == HOLDS
-    noop = m | {"alpha": 1.0, "delta_p": 0.0, "delta_p_lo": 0.0, "delta_p_hi": 0.0, "note": "no suppressor"}
-    row = JUDGE["mitigation_raises_confidence"]({"mitigation": [noop]}, CONFIG)
-    assert row["verdict"] == DOES_NOT and "no suppressor" in row["note"]
+    bounded = m | {"alpha": 1.0, "delta_p": 0.0, "delta_p_lo": 0.0, "delta_p_hi": 0.0, "note": "over the cost bound"}
+    row = JUDGE["mitigation_raises_confidence"]({"mitigation": [bounded]}, CONFIG)
+    assert row["verdict"] == DOES_NOT and "over the cost bound" in row["note"]
+    nothing = bounded | {"components": [], "note": "no component suppresses"}
+    row = JUDGE["mitigation_raises_confidence"]({"mitigation": [nothing]}, CONFIG)
+    assert row["verdict"] == NOT_TESTED and "no component suppresses" in row["note"]
+    few = m | {"n_held_out": 4}
+    row = JUDGE["mitigation_raises_confidence"]({"mitigation": [few]}, CONFIG)
+    assert row["verdict"] == INCONCLUSIVE and "only 4 prompts" in row["note"]
     assert JUDGE["mitigation_raises_confidence"]({"mitigation": []}, CONFIG)["verdict"] == NOT_TESTED
 
 
@@ -157,6 +181,14 @@ def test_drift_flags_exactly_what_moved():
     tight = {r["claim"]: r for r in drift_rows(before, now, lambda c: 0.001 if c == "b" else 0.01)}
     assert tight["b"]["drifted"] and "tolerance 0.001" in tight["b"]["reason"]
     assert [r["claim"] for r in drift_rows(before[:1], now[:1], lambda c: 0.0) if r["drifted"]] == []
+    # Missing values: both missing is no drift; a value appearing or disappearing is.
+    gaps = {r["claim"]: r for r in drift_rows(
+        [_claim("a", None, "not tested"), _claim("b", float("nan"), "inconclusive"), _claim("c", 0.3)],
+        [_claim("a", None, "not tested"), _claim("b", 0.4, "inconclusive"), _claim("c", None, "holds")],
+        lambda c: 0.01)}
+    assert not gaps["a"]["drifted"] and gaps["a"]["difference"] is None
+    assert gaps["b"]["drifted"] and gaps["b"]["reason"] == "value appeared"
+    assert gaps["c"]["drifted"] and gaps["c"]["reason"] == "value disappeared"
 
 
 SPEC = """name = "t"
@@ -179,6 +211,9 @@ domain = "factual"
     (SPEC.replace('"paper.capital"', '"paper.capitol"'), "relations[0]"),
     ('baseline = "nowhere.csv"\n' + SPEC, "baseline file"),
     ("name = [", "not valid TOML"),
+    (SPEC.replace("shots = [0]", "shots = [0, 0]"), "lists a value twice"),
+    (SPEC + '[[relations]]\nname = "paper.capital"\n', "listed twice"),
+    (SPEC.replace("shots = [0]", "shots = [true]"), "non-negative integers"),
 ])
 def test_bad_specs_are_one_line_errors(tmp_path, text, message):
     path = tmp_path / "spec.toml"

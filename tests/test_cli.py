@@ -163,3 +163,20 @@ def test_a_named_query_parameter_that_matches_nothing_says_what_exists(store):
     found = runner.invoke(app, ["query", "--store", str(store), "--format", "csv", sql,
                                 "--param", "model=tiny-gpt2", "--param", "relation=paper.capital"])
     assert found.exit_code == 0 and found.stdout.count("\n") == 1 + 2 * 15
+
+
+def test_no_progress_silences_the_gguf_dequantisation_bar(capfd):
+    """transformers dequantises GGUF weights under a plain tqdm bar that its own switch does not reach."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from factrecall.cli import _quiet_libraries
+
+    original = gguf_utils.tqdm
+    try:
+        list(gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."))
+        assert "de-quantizing" in capfd.readouterr().err  # the bar prints by default
+        _quiet_libraries(progress=False)
+        list(gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."))
+        assert capfd.readouterr().err == ""
+    finally:
+        gguf_utils.tqdm = original

@@ -130,13 +130,28 @@ def test_a_tighter_tolerance_turns_a_small_change_into_drift(reproduced, tmp_pat
 def test_a_bad_spec_or_baseline_writes_nothing(reproduced, tmp_path):
     root, spec, _, _, _ = reproduced
     before = _run_ids(root)
+
+    def counts():
+        con = connect(root)
+        return [con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+                for t in ("runs", "_relations", "reproduction_claims", "drift", "results")]
+
+    written = counts()
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\nmodels = ["smollm2-135m"]\nshots = [0]\n[[relations]]\nname = "paper.capitol"\n')
     result = _reproduce(str(bad), root)
     assert result.exit_code == 2 and "paper.capitol" in result.output
     missing = _reproduce(spec, root, "--baseline", str(tmp_path / "none.csv"))
     assert missing.exit_code == 2 and "none.csv" in missing.output
-    assert _run_ids(root) == before
+    malformed = tmp_path / "malformed.csv"
+    malformed.write_text("model,relation,shot,claim,value,verdict\nm,r,0,argument_heads,lots,holds\n")
+    result = _reproduce(spec, root, "--baseline", str(malformed))
+    assert result.exit_code == 2 and "value must be numbers" in result.output
+    incomplete = tmp_path / "incomplete.csv"
+    incomplete.write_text("model,relation,shot,claim\nm,r,0,argument_heads\n")
+    result = _reproduce(spec, root, "--baseline", str(incomplete))
+    assert result.exit_code == 2 and "missing column(s) value, verdict" in result.output
+    assert _run_ids(root) == before and counts() == written
 
 
 def _chromium() -> str:
@@ -158,10 +173,12 @@ def test_report_sections_images_matrix_and_a_real_browser(reproduced, tmp_path):
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)
     # The claim matrix: one cell per (partition, claim), with the verdict the store holds.
     run = _run_ids(root)[-1]
-    stored = {(c, v) for c, v in connect(root).execute(
-        f"SELECT claim, verdict FROM reproduction_claims WHERE run_id = '{run}'").fetchall()}
+    stored = connect(root).execute(f"SELECT shot, claim, verdict FROM reproduction_claims WHERE run_id = '{run}' "
+                                   "ORDER BY shot").fetchall()
+    order = {c.name: i for i, c in enumerate(CLAIMS)}
+    expected = [(c, v) for _, c, v in sorted(stored, key=lambda r: (r[0], order[r[1]]))]  # rows by shot, claims in order
     cells = re.findall(r"data-claim='([a-z_]+)' data-verdict='([a-z ]+)'", page)
-    assert len(cells) == N_PARTITIONS * len(CLAIMS) and set(cells) == stored
+    assert cells == expected and len(cells) == N_PARTITIONS * len(CLAIMS)
     assert "| model | relation | shot |" in md.read_text()
     # Rendered by headless Chromium: the screenshot is a real page, not blank.
     shot = tmp_path / "report.png"

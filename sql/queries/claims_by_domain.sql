@@ -1,5 +1,5 @@
 -- How often each claim holds, per model and domain (and over all domains), zero-shot and with demonstrations
--- METHOD.md §7. Counts partitions of the current claims by verdict; setting = 'zero-shot' (shot 0) or
+-- METHOD.md §10. Counts partitions of the current claims by verdict; setting = 'zero-shot' (shot 0) or
 -- 'few-shot' (shot >= 1); domain = 'all' rows pool the domains (GROUPING SETS). share_holds = n_holds /
 -- n_tested, where n_tested leaves out 'not tested' partitions.
 SELECT model,
