@@ -113,6 +113,8 @@ _COMMON = {
     "relations": (Annotated[str, typer.Option(help="Comma-separated relation names (see `factrecall relations`) or .jsonl files.")],
                   "paper.capital"),
     "shots": (Annotated[str, typer.Option(help="Comma-separated k-shot settings.")], "0"),
+    "domain": (Annotated[Optional[str], typer.Option(help="Domain of the .jsonl relation files given whose lines name "
+                                                         "none (e.g. factual; default: unspecified).")], None),
     "dtype": (Annotated[str, typer.Option(help="float32 (reference) | bfloat16 | float16.")], "float32"),
     "device": (Annotated[Optional[str], typer.Option(help="cpu | cuda (default: cuda when present).")], None),
     "store": (StoreRoot, None),
@@ -161,8 +163,8 @@ def _stage_command(stage):
     return command
 
 
-def _run_stage(stage, settings: dict, models: str, relations: str, shots: str, dtype: str, device, store,
-               force: bool, threads: int | None, progress: bool, example: bool) -> None:
+def _run_stage(stage, settings: dict, models: str, relations: str, shots: str, domain: str | None, dtype: str, device,
+               store, force: bool, threads: int | None, progress: bool, example: bool) -> None:
     """Validate everything, run the stage's flow, print one line per partition, the selection changes,
     stale results, the run summary and a follow-up query."""
     store_root = (store or default_store()).resolve()
@@ -170,19 +172,21 @@ def _run_stage(stage, settings: dict, models: str, relations: str, shots: str, d
         stage.config(**settings)
     except ValueError as exc:
         _fail(str(exc))
-    shot_list = _validate(models, relations, shots, dtype)
-    _print_file_relations(relations)
+    domains = _file_domains(relations, domain)
+    shot_list = _validate(models, relations, shots, dtype, domains)
+    _print_file_relations(relations, domains)
     _quiet_libraries(progress)
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    warnings = _guarded(lambda: _preflight(stage, settings, models, relations, shot_list, dtype, device, store_root))
+    warnings = _guarded(lambda: _preflight(stage, settings, models, relations, shot_list, dtype, device, store_root,
+                                           domains))
     configure_prefect()
     from factrecall.flows.stage_flow import stage_flow
 
     manifest = _guarded(lambda: stage_flow(stage.name, _split(models), _split(relations), shot_list, str(store_root),
-                                           settings, dtype, device, progress, force, warnings))
+                                           settings, dtype, device, progress, force, warnings, domains))
     for p in manifest["partitions"]:
         if p["stage"] != stage.name:
             continue
@@ -202,15 +206,25 @@ def _run_stage(stage, settings: dict, models: str, relations: str, shots: str, d
         raise typer.Exit(code=2)
 
 
-def _preflight(stage, settings, models, relations, shots, dtype, device, store_root) -> list[str]:
+def _file_domains(relations: str, domain: str | None) -> dict[str, str]:
+    """--domain for each relation file of --relations (built-in relations have their own)."""
+    from factrecall.tasks.relations import relation_names
+
+    builtin = set(relation_names())
+    return {} if domain is None else {r: domain for r in _split(relations) if r not in builtin
+                                      and not r.startswith("pararel.")}
+
+
+def _preflight(stage, settings, models, relations, shots, dtype, device, store_root,
+               domains: dict[str, str] | None = None) -> list[str]:
     """Everything that can fail before a write, checked before Prefect starts (flows.preflight)."""
     from factrecall.flows.preflight import preflight
     from factrecall.flows.runner import ModelHandle
     from factrecall.tasks.relations import get_relation
 
     handles = [ModelHandle(ref, dtype, device) for ref in _split(models)]
-    return preflight(stage, stage.config(**settings), handles, [get_relation(r) for r in _split(relations)], shots,
-                     store_root)
+    rels = [get_relation(r, (domains or {}).get(r)) for r in _split(relations)]
+    return preflight(stage, stage.config(**settings), handles, rels, shots, store_root)
 
 
 def _quiet_libraries(progress: bool) -> None:
@@ -232,7 +246,7 @@ def _quiet_libraries(progress: bool) -> None:
         gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
 
 
-def _validate(models: str, relations: str, shots: str, dtype: str) -> list[int]:
+def _validate(models: str, relations: str, shots: str, dtype: str, domains: dict[str, str] | None = None) -> list[int]:
     """Check the command line before Prefect starts or anything is written; returns the shots."""
     from factrecall.paths import model_cache_dir
     from factrecall.tasks.models import DTYPES, ModelLoadError, resolve
@@ -246,7 +260,7 @@ def _validate(models: str, relations: str, shots: str, dtype: str) -> list[int]:
             _fail(f"{option} {value!r} names no {what}; give at least one (comma-separated)")
     try:
         for name in _split(relations):
-            get_relation(name)
+            get_relation(name, (domains or {}).get(name))
         for ref in _split(models):
             resolve(ref, model_cache_dir())
     except (ModelLoadError, RelationError) as exc:
@@ -254,14 +268,14 @@ def _validate(models: str, relations: str, shots: str, dtype: str) -> list[int]:
     return shot_list
 
 
-def _print_file_relations(relations: str) -> None:
+def _print_file_relations(relations: str, domains: dict[str, str] | None = None) -> None:
     """Say which name each relation file is stored under (it carries a hash of the file's facts)."""
     from factrecall.tasks.relations import get_relation, relation_names
 
     builtin = set(relation_names())
     for ref in _split(relations):
         if ref not in builtin:
-            relation = get_relation(ref)
+            relation = get_relation(ref, (domains or {}).get(ref))
             repaired = f"; repaired: {', '.join(relation.repairs)}" if relation.repairs else ""
             console.print(f"relation {ref} is stored as {relation.name}{repaired}", highlight=False, soft_wrap=True)
 
@@ -381,14 +395,14 @@ def reproduce(
     stage = STAGES["claims"]
     models, relations = ",".join(parsed.models), ",".join(parsed.relations)
     shots = ",".join(map(str, parsed.shots))
-    _validate(models, relations, shots, parsed.dtype)
+    _validate(models, relations, shots, parsed.dtype, parsed.file_domains)
     _quiet_libraries(progress)
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     warnings = _guarded(lambda: _preflight(stage, parsed.settings, models, relations, list(parsed.shots),
-                                           parsed.dtype, device, store_root))
+                                           parsed.dtype, device, store_root, parsed.file_domains))
     configure_prefect()
     from factrecall.flows.reproduce import reproduce_flow
 
@@ -560,7 +574,8 @@ def schedule(
     except Exception:  # noqa: BLE001 - pydantic's error, made one line
         _fail(f"--cron {cron!r} is not a cron string; give five fields such as \"0 3 * * *\" (03:00 UTC daily)")
     store_root = (store or default_store()).resolve()
-    _validate(",".join(parsed.models), ",".join(parsed.relations), ",".join(map(str, parsed.shots)), parsed.dtype)
+    _validate(",".join(parsed.models), ",".join(parsed.relations), ",".join(map(str, parsed.shots)), parsed.dtype,
+              parsed.file_domains)
     os.environ["PREFECT_API_URL"] = url
     configure_prefect()
     from prefect.flows import EntrypointType

@@ -64,17 +64,18 @@ def relation_records(run_id: str, rels) -> list[dict]:
 def sweep(stage: str, models: list[str], relations: list[str], shots: list[int], store_root: str,
           settings: dict | None = None, dtype: str = "float32", device: str | None = None,
           show_progress: bool = True, force: bool = False, checked: list[str] | None = None,
-          kind: str | None = None, after=None) -> dict:
+          kind: str | None = None, after=None, domains: dict[str, str] | None = None) -> dict:
     """Run ``stage`` (and what it needs) for every (model, relation, shot); returns the run manifest.
     ``checked``: the warnings of a preflight the caller already ran (the CLI does, before Prefect starts).
     ``kind``: the run's kind in ``runs`` (default: the stage). ``after(store, catalog, manifest) -> dict``: runs under
     the writer lock once every partition is done, before the manifest is written (a reproduction records its
-    claims and drift there); what it returns is added to the manifest."""
+    claims and drift there); what it returns is added to the manifest. ``domains``: relation file -> the domain
+    it gets when its lines name none (`--domain`, a spec's relation domain)."""
     spec = STAGES[stage]
     config = spec.config(**(settings or {}))
     run_id = new_run_id()
     started = datetime.now(timezone.utc)
-    rels = [get_relation(r) for r in relations]  # bad names fail before any model loads
+    rels = [get_relation(r, (domains or {}).get(r)) for r in relations]  # bad names fail before any model loads
     handles = [ModelHandle(ref, dtype, device) for ref in models]
     warnings = checked if checked is not None else preflight(spec, config, handles, rels, list(shots),
                                                                 Path(store_root))  # before any write

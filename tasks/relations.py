@@ -450,8 +450,10 @@ _GENERIC_FIX = ('Each line must be a JSON object like {"subject": "France", "obj
                 '"template": "The capital of {} is"} (optional "domain")')
 
 
-def load_generic_jsonl(path: str | os.PathLike) -> Relation:
+def load_generic_jsonl(path: str | os.PathLike, domain: str | None = None) -> Relation:
     """User relation: one JSON object per line with "subject", "object", "template" (+ optional "domain").
+    ``domain`` (e.g. `--domain`): the domain of a file whose lines name none ("unspecified" without either);
+    a file that names another one is an error.
 
     Blank lines are ignored; subject/object are stripped (recorded as a repair); exact duplicate
     lines are dropped (recorded). Each line is one case.
@@ -468,10 +470,13 @@ def load_generic_jsonl(path: str | os.PathLike) -> Relation:
     if not _NAME_RE.match(name):
         raise err(None, f"the file name gives the relation name {name!r}, which may only contain letters, "
                   "digits, '_', '.' and '-'", "Rename the file")
+    if domain is not None and (not domain.strip() or domain.strip().casefold() in RESERVED_DOMAINS):
+        raise err(None, f"domain {domain!r} is empty or reserved (the queries' roll-ups use 'all' and 'unknown')",
+                  "Name the domain differently")
+    given, domain = domain, None
     facts: list[Fact] = []
     templates: list[str] = []
     cases: list[tuple[int, int]] = []
-    domain: str | None = None
     n_ws = n_dup = 0
     first_object: dict[tuple[str, str], tuple[str, int]] = {}  # (subject, template) -> (object, line)
     try:
@@ -529,8 +534,11 @@ def load_generic_jsonl(path: str | os.PathLike) -> Relation:
         repairs.append(f"stripped leading/trailing whitespace from {n_ws} subject/object string(s)")
     if n_dup:
         repairs.append(f"dropped {n_dup} duplicate line(s)")
+    if given is not None and domain is not None and given != domain:
+        raise err(None, f"the file's lines say domain {domain!r} but {given!r} was given",
+                  "Drop the field from the file or give the same domain")
     rel = Relation(
-        name=name, source="user", domain=domain or "unspecified", templates=tuple(templates),
+        name=name, source="user", domain=domain or given or "unspecified", templates=tuple(templates),
         facts=tuple(facts), cases=tuple(cases), demo_template=templates[0],
         relation_word=_fallback_relation_word(templates[0]), repairs=tuple(repairs), source_file=str(p),
     )
@@ -579,10 +587,17 @@ def list_relations(files: list[str] = ()):
     return pl.DataFrame(rows, schema=schema)
 
 
-def get_relation(name: str | os.PathLike) -> Relation:
-    """A built-in relation by name, or a user relation from a path to a generic .jsonl file."""
+def get_relation(name: str | os.PathLike, domain: str | None = None) -> Relation:
+    """A built-in relation by name, or a user relation from a path to a generic .jsonl file; ``domain``: the
+    domain of a relation file whose lines name none (for a built-in relation it must be its own)."""
     reg = _registry()
     key = str(name)
+    if key in reg or re.fullmatch(r"pararel\.(P\d+)", key):
+        if domain is not None:
+            own = (reg[key]() if key in reg else load_pararel(key.split(".", 1)[1])).domain
+            if domain != own:
+                raise RelationError(f"relation {key} is in domain {own!r}, not {domain!r}; a domain can be given "
+                                    "to relation files only (`factrecall relations` lists the built-in domains)")
     if key in reg:
         return reg[key]()
     m = re.fullmatch(r"pararel\.(P\d+)", key)
@@ -590,7 +605,7 @@ def get_relation(name: str | os.PathLike) -> Relation:
         return load_pararel(m.group(1))  # facts without patterns: raises the specific error
     if key.endswith(".jsonl") or os.sep in key or Path(key).is_file():
         if Path(key).is_file():
-            return load_generic_jsonl(key)
+            return load_generic_jsonl(key, domain)
         raise RelationError(f"{key}: file not found. Pass the path of an existing .jsonl file in the "
                             f"generic format, or a built-in relation name (`factrecall relations`).")
     close = difflib.get_close_matches(key, list(reg), n=10, cutoff=0.5)

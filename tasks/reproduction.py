@@ -56,7 +56,8 @@ class Spec:
     text: str
     models: tuple[str, ...]
     relations: tuple[str, ...]
-    domains: dict[str, str]  # relation -> domain the spec expects
+    domains: dict[str, str]  # relation name -> its domain
+    file_domains: dict[str, str]  # relation file (as in ``relations``) -> the domain the spec gives it
     shots: tuple[int, ...]
     dtype: str = "float32"
     description: str = ""
@@ -124,7 +125,7 @@ def load_spec(ref: str | Path) -> Spec:
             raise SpecError(f"{where}: {key} lists a value twice ({list(values)}); list each once")
     if not isinstance(raw.get("version", 1), int) or isinstance(raw.get("version", 1), bool):
         raise SpecError(f"{where}: version must be an integer; got {raw['version']!r}")
-    relations, domains = [], {}
+    relations, domains, file_domains = [], {}, {}
     for i, item in enumerate(raw["relations"] if isinstance(raw["relations"], list) else [None]):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise SpecError(f"{where}: relations[{i}] must be a table with a name (and a domain), e.g. "
@@ -136,10 +137,13 @@ def load_spec(ref: str | Path) -> Spec:
         name = item["name"]
         ref_path = (path.parent / name) if name.endswith(".jsonl") and not Path(name).is_absolute() else None
         key = str(ref_path) if ref_path is not None and ref_path.is_file() else name
+        is_file = key.endswith(".jsonl") or Path(key).is_file()
         try:
-            relation = get_relation(key)
+            relation = get_relation(key, item.get("domain") if is_file else None)
         except RelationError as exc:
             raise SpecError(f"{where}: relations[{i}]: {exc}") from None
+        if is_file and "domain" in item:
+            file_domains[key] = item["domain"]
         if "domain" in item and item["domain"] != relation.domain:
             raise SpecError(f"{where}: relation {name} is in domain {relation.domain!r}, not {item['domain']!r}; "
                             "fix the spec (a user file sets its domain with a \"domain\" field on its lines)")
@@ -175,7 +179,7 @@ def load_spec(ref: str | Path) -> Spec:
         if not baseline.is_file():
             raise SpecError(f"{where}: baseline file {baseline} not found; fix the path or drop the key")
     return Spec(name=str(raw["name"]), version=int(raw.get("version", 1)), path=path.resolve(), text=text,
-                models=models, relations=tuple(relations), domains=domains, shots=shots,
+                models=models, relations=tuple(relations), domains=domains, file_domains=file_domains, shots=shots,
                 dtype=raw.get("dtype", "float32"), description=raw.get("description", ""), settings=settings,
                 tolerance={k: float(v) for k, v in tolerance.items()}, baseline=baseline)
 

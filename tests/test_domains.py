@@ -69,3 +69,39 @@ def test_reserved_domain_names_are_refused(tmp_path):
                                 "domain": "all"}) + "\n")
     with pytest.raises(RelationError, match="reserved"):
         load_generic_jsonl(path)
+
+
+def test_a_relation_file_gets_its_domain_from_its_lines_or_the_command(tmp_path):
+    lines = [{"subject": "France", "object": "Paris", "template": "The capital of {} is"},
+             {"subject": "Peru", "object": "Lima", "template": "The capital of {} is"}]
+    plain = tmp_path / "facts.jsonl"
+    plain.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert load_generic_jsonl(plain).domain == "unspecified"
+    given = get_relation(str(plain), "geography")
+    assert given.domain == "geography" and given.name != load_generic_jsonl(plain).name  # the domain is an input
+    named = tmp_path / "named.jsonl"
+    named.write_text("".join(json.dumps(x | {"domain": "factual"}) + "\n" for x in lines))
+    assert get_relation(str(named), "factual").domain == "factual"
+    with pytest.raises(RelationError, match="lines say domain 'factual' but 'bias' was given"):
+        get_relation(str(named), "bias")
+    with pytest.raises(RelationError, match="in domain 'factual', not 'bias'"):
+        get_relation("paper.capital", "bias")
+    with pytest.raises(RelationError, match="reserved"):
+        get_relation(str(plain), "all")
+
+
+def test_the_domain_option_and_a_spec_give_a_file_its_domain(tmp_path):
+    from typer.testing import CliRunner
+
+    from factrecall.cli import app
+    from factrecall.tasks.reproduction import load_spec
+
+    path = tmp_path / "facts.jsonl"
+    path.write_text(json.dumps({"subject": "France", "object": "Paris", "template": "The capital of {} is"}) + "\n")
+    listed = CliRunner().invoke(app, ["relations", str(path), "--format", "csv"])
+    assert listed.exit_code == 0 and ",unspecified," in listed.stdout
+    spec = tmp_path / "s.toml"
+    spec.write_text(f'name = "s"\nmodels = ["smollm2-135m"]\nshots = [0]\n[[relations]]\nname = "{path}"\n'
+                    'domain = "geography"\n')
+    loaded = load_spec(spec)
+    assert loaded.file_domains == {str(path): "geography"} and list(loaded.domains.values()) == ["geography"]

@@ -125,3 +125,19 @@ def test_final_layer_command_runs_the_flow_and_plots_each_model(model_dir, tmp_p
     assert len(pngs) == 4 * 3 + 1 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in out.rglob("*.png"))
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "4 unchanged (skipped)" in again.output
+
+
+def test_a_relation_file_is_stored_with_the_domain_it_is_given(model_dir, tmp_path):
+    import json
+
+    from factrecall.flows.stage_flow import stage_flow
+
+    path = tmp_path / "capitals.jsonl"
+    path.write_text("".join(json.dumps({"subject": s, "object": o, "template": "The capital of {} is"}) + "\n"
+                            for s, o in (("France", "Paris"), ("Peru", "Lima"), ("Chile", "Santiago"))))
+    done = stage_flow("capture", [model_dir], [str(path)], [0], str(tmp_path / "s"), show_progress=False,
+                      domains={str(path): "geography"})
+    name = done["partitions"][0]["relation"]
+    con = connect(tmp_path / "s")
+    assert con.execute("SELECT DISTINCT relation, domain FROM logits").fetchall() == [(name, "geography")]
+    assert con.execute("SELECT source, domain, n_facts FROM relations").fetchall() == [("user", "geography", 3)]
