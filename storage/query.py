@@ -209,6 +209,7 @@ def open_store(root: Path | str, as_of: str | None = None, extra_damage: list[Da
     con.register("_results", _results_table(catalog))
     con.register("_upstream", _upstream_table(catalog))
     con.register("_damaged", _damaged_table(damage))
+    store.preopen(RECORDS)
     for name, schema in RECORDS.items():
         rows = store.scan(name)
         con.register(f"_{name}", rows if rows is not None else schema.empty_table())

@@ -101,6 +101,23 @@ class Store:
                 raise
         return self._opened[table]
 
+    def preopen(self, tables: Iterable[str]) -> None:
+        """Open these tables concurrently (each open replays its log in delta-rs, which releases the GIL);
+        ``open`` then returns them. A table that fails to open is left for ``open`` to report."""
+        todo = [t for t in tables if t not in self._opened]
+        if len(todo) < 2:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        def try_open(table):
+            try:
+                self.open(table)
+            except Exception:  # noqa: BLE001 - reported by the caller's own open
+                self._opened.pop(table, None)
+
+        with ThreadPoolExecutor(min(8, len(todo))) as pool:
+            list(pool.map(try_open, todo))
+
     def data_tables(self) -> list[str]:
         """Names of the data tables that exist (folders with a transaction log, not the catalogue)."""
         if not self.root.is_dir():
@@ -152,15 +169,31 @@ class Store:
             return None
         if dt is None:
             return None
+        schema = pa.schema(dt.schema().to_arrow())
         good = []
         for f in delta.list_files(dt):
             path = self.table_dir(table) / f.path
-            problem = file_problem(path, f.size) or footer_problem(path)
+            problem = file_problem(path, f.size)
             if problem:
                 self.meta_damage.append(Damage(table, str(path), {}, f"{problem}; the rows it held are unknown"))
             else:
                 good.append(f)
-        data = delta.dataset(self.table_dir(table), pa.schema(dt.schema().to_arrow()), good).to_table()
+        try:  # reading every file reads its footer: a corrupt one fails the read, then each is checked alone
+            data = delta.dataset(self.table_dir(table), schema, good).to_table()
+        except (pa.ArrowException, OSError):
+            ok = []
+            for f in good:
+                path = self.table_dir(table) / f.path
+                try:
+                    pq.read_table(path)
+                    problem = None
+                except (pa.ArrowException, OSError) as exc:
+                    problem = f"unreadable ({' '.join(str(exc).split())[:120]})"
+                if problem:
+                    self.meta_damage.append(Damage(table, str(path), {}, f"{problem}; the rows it held are unknown"))
+                else:
+                    ok.append(f)
+            data = delta.dataset(self.table_dir(table), schema, ok).to_table()
         if table == RUNS and self._as_of_finished is not None:
             data = data.filter(pc.less_equal(data["started_at"], self._as_of_finished))
         return data
@@ -183,7 +216,9 @@ class Store:
         """Every data table's intact files at this store version, and the damaged ones (see module docstring)."""
         files: dict[str, list[delta.DataFile]] = {}
         damage: list[Damage] = []
-        for name in tables if tables is not None else self.data_tables():
+        names = list(tables if tables is not None else self.data_tables())
+        self.preopen(names)
+        for name in names:
             try:
                 table = self.open(name)
             except delta.TableLogError as exc:
@@ -226,6 +261,7 @@ class Store:
         if self.as_of is None:  # the latest versions, now (this object may have written since)
             self._opened.clear()
             self.meta_damage = []
+        self.preopen((RESULTS, SELECTIONS))
         results, selections = self.scan(RESULTS), self.scan(SELECTIONS)
         files, damage = self.check()
         damage = list(self.meta_damage) + damage + list(extra)

@@ -317,3 +317,21 @@ def test_run_manifest_records_the_table_versions(tmp_path):
     versions = json.loads(connect(tmp_path).execute("SELECT versions FROM runs").fetchall()[0][0])
     assert versions["logits"] == 1 and versions["_results"] == 1 and versions["_selections"] == 1
     assert "runs" not in versions  # its own row is the first version of runs; as-of reads runs up to it
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt, same size"])
+def test_a_damaged_catalogue_file_is_named_and_the_other_results_stay(tmp_path, damage):
+    store = Store(tmp_path)
+    capture(store, KEY, 6, tag=1.0)
+    capture(store, OTHER, 4)
+    files = sorted((tmp_path / "_results").glob("*.parquet"), key=lambda p: p.stat().st_mtime)
+    path = files[0]  # the first result's record
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[:50]
+    else:
+        data[-5:] = b"XXXXX"  # the size check cannot see it; reading the table finds it
+    path.write_bytes(bytes(data))
+    view = open_store(tmp_path)
+    assert any(str(path) in w for w in view.warnings())
+    assert view.sql("SELECT shot, count(*) FROM logits GROUP BY shot").fetchall() == [(OTHER[2], 4)]
