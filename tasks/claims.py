@@ -90,11 +90,14 @@ def _first(rows: list[dict]) -> dict | None:
     return rows[0] if rows else None
 
 
+def _skip_reason(up: dict, table: str, stage: str) -> str | None:
+    """Why ``stage`` has nothing to judge here: no row in its one-row ``table``, or the row's skip reason."""
+    row = _first(up.get(table, []))
+    return f"the {stage} stage has no result for this partition" if row is None else row.get("skipped_reason")
+
+
 def _skipped(up: dict) -> str | None:
-    heads = _first(up.get("head_sets", []))
-    if heads is None:
-        return "the heads stage has no head set for this partition"
-    return heads.get("skipped_reason")
+    return _skip_reason(up, "head_sets", "heads")
 
 
 # -- step 1 ------------------------------------------------------------------------------------------------
@@ -133,10 +136,7 @@ def _heads_copy_subject(up: dict, config) -> dict:
 
 # -- steps 2 and 3 ---------------------------------------------------------------------------------------
 def _mlp_skipped(up: dict) -> str | None:
-    fa = _first(up.get("function_application", []))
-    if fa is None:
-        return "the mlp stage has no result for this partition"
-    return fa.get("skipped_reason")
+    return _skip_reason(up, "function_application", "mlp")
 
 
 def _mlp_linear(up: dict, config) -> dict:
