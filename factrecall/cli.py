@@ -406,8 +406,15 @@ def reproduce(
     configure_prefect()
     from factrecall.flows.reproduce import reproduce_flow
 
-    result = _guarded(lambda: reproduce_flow(str(parsed.path), str(store_root), str(baseline) if baseline else None,
-                                             device, progress, force, warnings))
+    def run() -> dict:
+        state = reproduce_flow(str(parsed.path), str(store_root), str(baseline) if baseline else None, device,
+                               progress, force, warnings, return_state=True)
+        result = state.result(raise_on_failure=False)  # a drifted reproduction is a Failed state with its data
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    result = _guarded(run)
     for warning in warnings:
         err.print(warning, highlight=False, soft_wrap=True)
     print_claim_matrix(result["claims"])

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import flow
+from prefect.states import Failed
 
 from factrecall.storage.reproductions import (
     claims_of_results,
@@ -83,7 +84,12 @@ def reproduce(spec_ref: str, store_root: str, baseline: str | None = None, devic
 def reproduce_flow(spec_ref: str, store_root: str, baseline: str | None = None, device: str | None = None,
                    show_progress: bool = False, force: bool = False, checked: list[str] | None = None) -> dict:
     """The reproduction as a Prefect flow (what `factrecall reproduce` runs and `factrecall schedule` serves).
-    Returns the reproduction's row (verdict, counts, summary line)."""
+    Returns the reproduction's row (verdict, counts, summary line, claims, drifted rows); a reproduction that
+    drifted or refused a model ends in a Failed state carrying the same data, so that Prefect (its UI, its
+    automations and notifications) flags it like the CLI's exit code does."""
     manifest = reproduce(spec_ref, store_root, baseline, device, show_progress, force, checked)
-    return {"run_id": manifest["run_id"], **manifest["reproduction"], "refused": manifest["refused"],
-            "drift": manifest["drift"], "claims": manifest["claims"]}
+    payload = {"run_id": manifest["run_id"], **manifest["reproduction"], "refused": manifest["refused"],
+               "drift": manifest["drift"], "claims": manifest["claims"]}
+    if payload["verdict"] in ("drift", "refused"):
+        return Failed(message=payload["summary"], data=payload)
+    return payload

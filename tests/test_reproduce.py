@@ -112,6 +112,12 @@ def test_a_planted_change_is_exactly_the_drift_and_exits_1(reproduced, tmp_path)
     assert drifted["difference"][0] == pytest.approx(-3.0)
     assert connect(root).execute(f"SELECT verdict, n_drifted FROM reproductions WHERE run_id = '{run}'").fetchall() \
         == [("drift", 1)]
+    # The flow itself ends Failed (so a scheduled run shows it in Prefect), carrying the reproduction.
+    from factrecall.flows.reproduce import reproduce_flow
+
+    state = reproduce_flow(spec, str(root), str(baseline), show_progress=False, return_state=True)
+    assert state.is_failed() and "DRIFT in 1 statistic(s)" in state.message
+    assert state.result(raise_on_failure=False)["verdict"] == "drift"
 
 
 def test_a_tighter_tolerance_turns_a_small_change_into_drift(reproduced, tmp_path):
