@@ -117,6 +117,7 @@ def sweep(stage: str, models: list[str], relations: list[str], shots: list[int],
             manifest |= after(store, runner.catalog, manifest)
         manifest["finished_at"] = datetime.now(timezone.utc)
         store.write_run(manifest)
+        store.compact()  # the catalogue's small files, once there are many (query start-up reads them all)
     manifest["notes"] = runner.notes
     manifest["warnings"] = warnings
     manifest["stale"] = runner.stale_notes()

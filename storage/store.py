@@ -366,6 +366,25 @@ class Store:
         if rows:
             self._append(table, RECORDS[table], rows)
 
+    def compact(self, min_files: int = 64) -> list[str]:
+        """Rewrite each catalogue and record table of at least ``min_files`` files (they grow by one small
+        file per row, and reading them dominates a query's start-up) into one file, in one transaction each;
+        earlier versions stay readable until `gc`. Best effort: a table another writer changed meanwhile is
+        left for next time. Returns the tables compacted."""
+        self._require_writable()
+        done = []
+        for table in (RESULTS, SELECTIONS, *RECORDS):
+            if not (self.table_dir(table) / "_delta_log").is_dir():
+                continue
+            try:
+                dt = delta.open_table(self.table_dir(table))
+                if dt is not None and len(dt.file_uris()) >= min_files:
+                    dt.optimize.compact()
+                    done.append(table)
+            except Exception:  # noqa: BLE001 - a concurrent commit or a damaged table: reading is unaffected
+                continue
+        return done
+
     def write_run(self, manifest: dict) -> None:
         """Append one run manifest; dict/list values are stored as JSON, with the table versions now."""
         self._require_writable()
@@ -387,7 +406,9 @@ class Store:
     def gc(self, drop_unselected: bool = False) -> dict:
         """Delete what no current version needs: time-travel history, orphan files of crashed writers,
         damaged results (files and records), and (``drop_unselected``) results that no partition shows
-        and no shown result was computed from. Needs no writer: refused while a command writes."""
+        and no shown result was computed from; compact the catalogue and record tables (one small file per
+        row otherwise: their reading dominates a query's start-up). Needs no writer: refused while a
+        command writes."""
         self._require_writable()
         fd = os.open(self.root / "_gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -412,6 +433,7 @@ class Store:
             if dropped:  # their records go too: a record without rows would read as damaged
                 ids = ", ".join(f"'{rid}'" for rid in dropped)
                 delta.open_table(self.table_dir(RESULTS)).delete(f"result_id IN ({ids})")
+            self.compact(min_files=2)
             deleted = []
             for p in sorted(self.root.iterdir()):
                 if (p / "_delta_log").is_dir():

@@ -335,3 +335,35 @@ def test_a_damaged_catalogue_file_is_named_and_the_other_results_stay(tmp_path, 
     view = open_store(tmp_path)
     assert any(str(path) in w for w in view.warnings())
     assert view.sql("SELECT shot, count(*) FROM logits GROUP BY shot").fetchall() == [(OTHER[2], 4)]
+
+
+def test_gc_compacts_the_catalogue_and_keeps_every_record(tmp_path):
+    store = Store(tmp_path)
+    for shot in range(4):
+        capture(store, ("tiny-gpt2", "capital", shot), 3)
+    before = open_store(tmp_path)
+    results = before.sql("SELECT result_id, status FROM results ORDER BY result_id").fetchall()
+    rows = before.sql("SELECT shot, count(*) FROM logits GROUP BY shot ORDER BY shot").fetchall()
+    assert len(list((tmp_path / "_results").glob("*.parquet"))) == 4
+    Store(tmp_path).gc()
+    after = open_store(tmp_path)
+    assert after.sql("SELECT result_id, status FROM results ORDER BY result_id").fetchall() == results
+    assert after.sql("SELECT shot, count(*) FROM logits GROUP BY shot ORDER BY shot").fetchall() == rows
+    for table in ("_results", "_selections"):
+        assert len(list((tmp_path / table).glob("*.parquet"))) == 1, table  # compacted, history vacuumed
+    assert after.warnings() == []
+
+
+def test_compaction_waits_for_enough_files_and_keeps_earlier_versions_readable(tmp_path):
+    store = Store(tmp_path)
+    for shot in range(2):
+        capture(store, ("tiny-gpt2", "capital", shot), 3)
+    assert store.compact(min_files=3) == []  # two files each: left alone
+    capture(store, ("tiny-gpt2", "capital", 2), 3)
+    version = delta.open_table(tmp_path / "_results").version()
+    assert set(store.compact(min_files=3)) == {"_results", "_selections"}
+    assert len(delta.list_files(delta.open_table(tmp_path / "_results"))) == 1
+    old = delta.open_table(tmp_path / "_results", version)  # time travel still reads the three files
+    assert len(delta.list_files(old)) == 3
+    assert delta.scan(tmp_path / "_results", version).num_rows == 3 == delta.scan(tmp_path / "_results").num_rows
+    assert open_store(tmp_path).sql("SELECT count(*) FROM results").fetchall() == [(3,)]
