@@ -21,6 +21,7 @@ from rich.table import Column, Table
 from factrecall.paths import configure_prefect, default_store, state_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0],
+                  rich_markup_mode="markdown",
                   pretty_exceptions_enable=False)
 console = Console()
 err = Console(stderr=True)
