@@ -83,9 +83,7 @@ class Store:
         """The version to read: an int (as of a run), None (latest), or False (did not exist then)."""
         if self._versions is None or table == RUNS:  # runs is read whole and filtered by time (see `scan`)
             return None
-        if table in RECORDS:  # record tables written before their run's manifest are in its versions
-            return self._versions.get(table, False)
-        return self._versions.get(table, False)
+        return self._versions.get(table, False)  # record tables too: written before their run's manifest
 
     def open(self, table: str):
         """The Delta table as this store reads it, or None when it does not exist (then). Opened once per
