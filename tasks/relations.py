@@ -32,7 +32,7 @@ from pathlib import Path
 
 __all__ = [
     "RelationError", "Fact", "Relation", "paper_capital", "paper_capital_possessive", "load_lre",
-    "load_pararel", "load_rome", "load_generic_jsonl", "list_relations", "get_relation",
+    "load_pararel", "load_rome", "load_generic_jsonl", "list_relations", "get_relation", "is_builtin_relation",
     "fill_template", "find_word",
 ]
 
@@ -587,12 +587,19 @@ def list_relations(files: list[str] = ()):
     return pl.DataFrame(rows, schema=schema)
 
 
+def is_builtin_relation(name: str | os.PathLike) -> bool:
+    """True for a built-in relation's name (a registered one or ``pararel.P<n>``), False for anything else
+    (a relation file's path, or an unknown name): the one test of "relation file or not"."""
+    key = str(name)
+    return key in _registry() or re.fullmatch(r"pararel\.(P\d+)", key) is not None
+
+
 def get_relation(name: str | os.PathLike, domain: str | None = None) -> Relation:
     """A built-in relation by name, or a user relation from a path to a generic .jsonl file; ``domain``: the
     domain of a relation file whose lines name none (for a built-in relation it must be its own)."""
     reg = _registry()
     key = str(name)
-    if key in reg or re.fullmatch(r"pararel\.(P\d+)", key):
+    if is_builtin_relation(key):
         if domain is not None:
             own = (reg[key]() if key in reg else load_pararel(key.split(".", 1)[1])).domain
             if domain != own:

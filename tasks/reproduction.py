@@ -95,7 +95,7 @@ def find_spec(ref: str | Path) -> Path:
 def load_spec(ref: str | Path) -> Spec:
     """Read and check a spec: keys, types, relations (and their domains), settings (the claims stage's)."""
     from .claims_stage import ClaimsConfig
-    from .relations import RelationError, get_relation
+    from .relations import RelationError, get_relation, is_builtin_relation
 
     path = find_spec(ref)
     text = path.read_text(encoding="utf-8")
@@ -137,7 +137,7 @@ def load_spec(ref: str | Path) -> Spec:
         name = item["name"]
         ref_path = (path.parent / name) if name.endswith(".jsonl") and not Path(name).is_absolute() else None
         key = str(ref_path) if ref_path is not None and ref_path.is_file() else name
-        is_file = key.endswith(".jsonl") or Path(key).is_file()
+        is_file = not is_builtin_relation(key)
         try:
             relation = get_relation(key, item.get("domain") if is_file else None)
         except RelationError as exc:

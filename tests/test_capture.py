@@ -35,13 +35,14 @@ from tiny_models import FAMILIES, VOCAB, tiny_model
 from tokenizers_fixture import make_bpe_tokenizer, make_metaspace_tokenizer
 
 TOKENIZER = {"gpt2": make_bpe_tokenizer, "opt": make_bpe_tokenizer,
-             "llama": make_metaspace_tokenizer, "gemma3": make_metaspace_tokenizer}
+             "llama": make_metaspace_tokenizer, "gemma3": make_metaspace_tokenizer, "qwen2": make_bpe_tokenizer}
 
 # Written out independently of tasks/adapters.py: (layers, attention output projection, post-attention
 # norm applied to the whole attention output or None) for each HF family.
-LAYERS = {"gpt2": "transformer.h", "opt": "model.decoder.layers", "llama": "model.layers", "gemma3": "model.layers"}
+LAYERS = {"gpt2": "transformer.h", "opt": "model.decoder.layers", "llama": "model.layers", "gemma3": "model.layers",
+          "qwen2": "model.layers"}
 OUT_PROJ = {"gpt2": "attn.c_proj", "opt": "self_attn.out_proj", "llama": "self_attn.o_proj",
-            "gemma3": "self_attn.o_proj"}
+            "gemma3": "self_attn.o_proj", "qwen2": "self_attn.o_proj"}
 POST_ATTN_NORM = {"gemma3": "post_attention_layernorm"}
 
 VEC_ATOL = 1e-4
@@ -180,6 +181,29 @@ def test_ledger_dla_sums_to_model_logit(family):
             real = float(reference(family, i)["logits"][ids[i]])
             total = float(led.dla[i].double().sum())
             assert abs(total - real) <= LEDGER_RTOL * max(1.0, abs(real)), (role, i, total, real)
+
+
+def test_qwen2_value_bias_belongs_to_each_heads_output():
+    """Qwen2's value projection has a bias and its output projection none: with the value weights of layer 0
+    zeroed, each head's z is its KV group's value bias (attention weights sum to 1), so the head's output is
+    b_v[group] @ W_O[h], stated per head (METHOD.md §2), and the layer's bias term is zero."""
+    model = copy.deepcopy(tiny_model("qwen2"))
+    attn = model.model.layers[0].self_attn
+    assert attn.o_proj.bias is None and attn.v_proj.bias is not None
+    with torch.no_grad():
+        attn.v_proj.weight.zero_()
+    lm = make_lm("qwen2", model=model)
+    prompts = sample_prompts("qwen2")
+    cap = capture_batch(model, lm.adapter, lm.dims, [list(p.input_ids) for p in prompts], lm.tokenizer.pad_token_id)
+    H, d_head = lm.dims.n_heads, lm.dims.d_head
+    groups = H // model.config.num_key_value_heads
+    b_v = attn.v_proj.bias.detach().reshape(-1, d_head)  # [kv_heads, d_head]
+    w_o = attn.o_proj.weight.detach().T.reshape(H, d_head, -1)  # [H, d_head, d_model]
+    expected = torch.stack([b_v[h // groups] @ w_o[h] for h in range(H)])  # [H, d_model]
+    assert float(expected.abs().max()) > 0.1  # the bias is not negligible
+    for i in range(len(prompts)):
+        torch.testing.assert_close(cap.head_out[i, 0], expected, atol=VEC_ATOL, rtol=1e-4)
+    assert float(cap.attn_bias[:, 0].abs().max()) == 0.0
 
 
 def test_ledger_explains_pre_cap_logit_with_softcapping():

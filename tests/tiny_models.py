@@ -15,10 +15,11 @@ from transformers import (
     GPT2Config,
     LlamaConfig,
     OPTConfig,
+    Qwen2Config,
 )
 
 VOCAB = 1024
-FAMILIES = ("gpt2", "opt", "llama", "gemma3")
+FAMILIES = ("gpt2", "opt", "llama", "gemma3", "qwen2")
 
 
 def tiny_config(family: str):
@@ -41,6 +42,12 @@ def tiny_config(family: str):
             num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1, hidden_size=32,
             intermediate_size=64, head_dim=16, max_position_embeddings=256, sliding_window=8,
             layer_types=["sliding_attention", "sliding_attention", "full_attention"], **common,
+        )
+    if family == "qwen2":  # q/k/v biases without an output bias; a sliding-window layer as Qwen2 allows
+        return Qwen2Config(
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+            intermediate_size=64, max_position_embeddings=256, use_sliding_window=True, sliding_window=8,
+            max_window_layers=2, **common,
         )
     raise ValueError(family)
 
