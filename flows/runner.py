@@ -39,9 +39,11 @@ from factrecall.tasks.models import (
     LoadedModel,
     ModelLoadError,
     PreparedModel,
+    describe_model,
     load_model,
     load_tokenizer,
     model_key,
+    parameter_count,
     prepare_model,
     resolve,
 )
@@ -100,6 +102,20 @@ class ModelHandle:
             self._lm = load_model(self.prepare(), device=self.device, tokenizer=self._tokenizer)
             self.load_seconds = time.perf_counter() - t0
         return self._lm
+
+
+    def record(self) -> dict:
+        """The ``models`` record of this model (family, sizes, parameter count), without loading its weights:
+        from the loaded model when it is, else from the prepared files' config and safetensors headers."""
+        if self._lm is not None:
+            model = self._lm.model
+            n_params = sum(p.numel() for p in model.parameters())  # shared (tied) tensors once
+            return describe_model(self.model_id, self.ref, self.dtype, self.file_sha256, model.config, n_params)
+        from transformers import AutoConfig
+
+        prepared = self.prepare()
+        return describe_model(self.model_id, self.ref, self.dtype, self.file_sha256,
+                              AutoConfig.from_pretrained(prepared.load_from), parameter_count(prepared.load_from))
 
 
 def derive_config(config_cls: type, config) -> object:

@@ -39,7 +39,7 @@ from .preflight import preflight  # noqa: E402
 from .progress import Progress  # noqa: E402
 from .runner import REFUSALS, ModelHandle, Runner  # noqa: E402
 
-__all__ = ["new_run_id", "relation_records", "sweep"]
+__all__ = ["model_records", "new_run_id", "relation_records", "sweep"]
 
 
 def new_run_id() -> str:
@@ -59,6 +59,13 @@ def relation_records(run_id: str, rels) -> list[dict]:
              "n_subjects": len({f.subject for f in r.facts}), "n_templates": len(r.templates),
              "n_prompts": r.n_prompts, "content_hash": r.content_hash(), "source_file": r.source_file,
              "recorded_at": now} for r in rels]
+
+
+def model_records(run_id: str, handles, refused: dict[str, str]) -> list[dict]:
+    """The ``models`` record rows of a run: each model's family, sizes and parameter count (not for a refused
+    model, whose files may be what is wrong)."""
+    now = datetime.now(timezone.utc)
+    return [{"run_id": run_id, **h.record(), "recorded_at": now} for h in handles if h.model_id not in refused]
 
 
 def sweep(stage: str, models: list[str], relations: list[str], shots: list[int], store_root: str,
@@ -113,6 +120,7 @@ def sweep(stage: str, models: list[str], relations: list[str], shots: list[int],
             "store": str(store.root),
         }
         store.append_records("relations", relation_records(run_id, rels))
+        store.append_records("models", model_records(run_id, handles, refused))
         if after is not None:
             manifest |= after(store, runner.catalog, manifest)
         manifest["finished_at"] = datetime.now(timezone.utc)

@@ -5,16 +5,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from factrecall.tasks.plots import save
+from factrecall.tasks.plots import save, size_axis
 
-from .query import internal_query, open_store
+from .query import internal_query, named_query, open_store
 
-__all__ = ["export_plots"]
+__all__ = ["export_plots", "size_axis_png"]
+
+
+def size_axis_png(view) -> bytes | None:
+    """Each claim's statistic against parameter count over the current claims (``claims_by_size``); None with
+    fewer than two models of known size."""
+    if "claims" in view.missing:
+        return None
+    return size_axis(view.pl(named_query("claims_by_size")).to_dicts())
 
 
 def export_plots(root: Path | str, folder: Path, as_of: str | None = None) -> list[Path]:
     """Write ``<folder>/<stage>/<model>/<relation>/shot=<k>/<name>.png`` for every current result and
-    ``<folder>/<stage>/<model>/<name>.png`` per model; returns the paths written."""
+    ``<folder>/<stage>/<model>/<name>.png`` per model, and ``<folder>/claims/size_axis.png`` when the current
+    claims span two or more models of known size; returns the paths written."""
     from factrecall.stages import STAGES
 
     view = open_store(root, as_of)
@@ -32,6 +41,9 @@ def export_plots(root: Path | str, folder: Path, as_of: str | None = None) -> li
                     png = draw(view.con, model)
                     if png is not None:
                         written.append(save(png, folder / stage.name / model / f"{name}.png"))
+        png = size_axis_png(view)
+        if png is not None:
+            written.append(save(png, folder / "claims" / "size_axis.png"))
     finally:
         view.close()
     return written

@@ -4,6 +4,7 @@ Each is an unpartitioned Delta table appended one transaction per run and read w
 
 - ``runs``: one manifest per command run (see ``Store.write_run``);
 - ``relations``: each relation a run used, with its source, domain, counts and content hash;
+- ``models``: each model a run used, with its family, sizes and parameter count (the size axis);
 - ``reproductions``: one row per `factrecall reproduce`: the spec, what it was compared with, the verdict;
 - ``reproduction_claims``: the claims a reproduction found, one row per (run, model, relation, shot, claim);
 - ``drift``: each statistic of a reproduction against the one before it (or the pinned baseline).
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-__all__ = ["RECORDS", "DRIFT_SCHEMA", "RELATIONS_SCHEMA", "REPRODUCTION_CLAIMS_SCHEMA", "REPRODUCTIONS_SCHEMA",
+__all__ = ["RECORDS", "DRIFT_SCHEMA", "MODELS_SCHEMA", "RELATIONS_SCHEMA", "REPRODUCTION_CLAIMS_SCHEMA", "REPRODUCTIONS_SCHEMA",
            "RUNS_SCHEMA"]
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -33,6 +34,14 @@ RELATIONS_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("relation", pa.string()), ("source", pa.string()), ("domain", pa.string()),
     ("n_facts", pa.int32()), ("n_subjects", pa.int32()), ("n_templates", pa.int32()), ("n_prompts", pa.int32()),
     ("content_hash", pa.string()), ("source_file", pa.string()), ("recorded_at", _TS),
+])
+
+MODELS_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("model", pa.string()), ("ref", pa.string()), ("family", pa.string()),
+    ("n_params", pa.int64()),  # parameters of the model as read (a tied unembedding once; null when unknown)
+    ("n_params_nominal", pa.int64()),  # a packaged model's published count (tied embeddings once), else null
+    ("n_layers", pa.int32()), ("n_heads", pa.int32()), ("n_kv_heads", pa.int32()), ("d_model", pa.int32()),
+    ("vocab_size", pa.int32()), ("dtype", pa.string()), ("file_sha256", pa.string()), ("recorded_at", _TS),
 ])
 
 REPRODUCTIONS_SCHEMA = pa.schema([
@@ -64,6 +73,6 @@ DRIFT_SCHEMA = pa.schema([
 
 #: table -> schema of every record table.
 RECORDS: dict[str, pa.Schema] = {
-    "runs": RUNS_SCHEMA, "relations": RELATIONS_SCHEMA, "reproductions": REPRODUCTIONS_SCHEMA,
+    "runs": RUNS_SCHEMA, "relations": RELATIONS_SCHEMA, "models": MODELS_SCHEMA, "reproductions": REPRODUCTIONS_SCHEMA,
     "reproduction_claims": REPRODUCTION_CLAIMS_SCHEMA, "drift": DRIFT_SCHEMA,
 }

@@ -7,6 +7,7 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .export import size_axis_png
 from .query import QueryError, internal_query, open_store
 
 __all__ = ["FIGURES", "write_report"]
@@ -57,6 +58,11 @@ def write_report(root: Path | str, out: Path, spec: str | None = None, max_parti
         figures = [(f"{m} · {rel} · shot {s}", caption, stored[(m, rel, s, stage, name)])
                    for (m, rel, s) in keys[:max_partitions] for stage, name, caption in FIGURES
                    if (m, rel, s, stage, name) in stored]
+        size = size_axis_png(view)
+        if size is not None:
+            figures.append(("Size axis: the store's current claims, every model of known size",
+                            "each claim's statistic (mean over relations; band: their range) against parameter count",
+                            size))
         provenance = {"store": str(Path(root).resolve())}
         if verdict:
             run = view.pl(internal_query("report_run"), {"run_id": verdict["run_id"]}).to_dicts()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from . import capture_tables, final_layer_tables, heads_tables, mlp_tables
+from . import capture_tables, claims_tables, final_layer_tables, heads_tables, mlp_tables
 from .columns import VECTOR, field
 
 __all__ = ["PLOTS_SCHEMA", "SCHEMAS", "schema", "vector_type"]
@@ -17,7 +17,7 @@ __all__ = ["PLOTS_SCHEMA", "SCHEMAS", "schema", "vector_type"]
 PLOTS_SCHEMA = pa.schema([field("stage", pa.string()), field("name", pa.string()), field("png", pa.binary())])
 
 SCHEMAS: dict[str, pa.Schema] = {**capture_tables.SCHEMAS, **heads_tables.SCHEMAS, **mlp_tables.SCHEMAS,
-                                 **final_layer_tables.SCHEMAS, "plots": PLOTS_SCHEMA}
+                                 **final_layer_tables.SCHEMAS, **claims_tables.SCHEMAS, "plots": PLOTS_SCHEMA}
 
 
 def vector_type() -> pa.DataType:

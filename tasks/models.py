@@ -221,6 +221,37 @@ def prepare_model(ref: str, dtype: str = "float32", cache_dir: Path | None = Non
                          int(n) if n else None)
 
 
+def parameter_count(directory: str | Path) -> int | None:
+    """Parameters of a saved HF model: the sum of the tensor sizes in its ``*.safetensors`` headers (no
+    weights read; a tied unembedding is saved once). None for a hub name or a folder without safetensors."""
+    import math
+    import struct
+
+    files = sorted(Path(directory).glob("*.safetensors")) if Path(directory).is_dir() else []
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        with f.open("rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    return total
+
+
+def describe_model(model_id: str, ref: str, dtype: str, file_sha256: str | None, config,
+                   n_params: int | None) -> dict:
+    """The ``models`` record of a model (storage/records.py): family, sizes and parameter counts."""
+    adapter = adapter_for_config(config)
+    dims = adapter.dims(config)
+    packaged = PACKAGED.get(ref)
+    return {"model": model_id, "ref": ref, "family": adapter.family, "n_params": n_params,
+            "n_params_nominal": packaged.params if packaged else None, "n_layers": dims.n_layers,
+            "n_heads": dims.n_heads, "n_kv_heads": int(getattr(config, "num_key_value_heads", None) or dims.n_heads),
+            "d_model": dims.d_model, "vocab_size": int(config.vocab_size), "dtype": dtype,
+            "file_sha256": file_sha256}
+
+
 def load_tokenizer(prepared: PreparedModel):
     """The model's tokenizer (its pad token set to EOS where it has none)."""
     from transformers import AutoTokenizer
@@ -309,6 +340,6 @@ def _alive(pid: int) -> bool:
 
 __all__ = [
     "DEFAULT_MODEL", "LoadedModel", "ModelLoadError", "PACKAGED", "PreparedModel", "UnsupportedModelError",
-    "describe_models", "load_model", "load_tokenizer", "model_key", "prepare_model", "remove_stale_temporaries",
+    "describe_model", "describe_models", "load_model", "parameter_count", "load_tokenizer", "model_key", "prepare_model", "remove_stale_temporaries",
     "resolve", "sanitize_id",
 ]

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-__all__ = ["bands", "bars", "heatmap", "save", "scatter"]
+__all__ = ["bands", "bars", "heatmap", "save", "scatter", "size_axis"]
 
 _DPI = 110
 MAX_WIDTH_IN = 16.0  # bar charts never get wider than this (1760 px): callers summarise beyond ~30 bars
@@ -217,3 +217,45 @@ def _bars_figure(categories: Sequence[str], groups: dict[str, tuple], title: str
 def bars(categories: Sequence[str], groups: dict[str, tuple], title: str, ylabel: str = "") -> bytes:
     """A grouped bar PNG: for each group name, (values, lo, hi) per category; error bars = [lo, hi]."""
     return _png(_bars_figure(categories, groups, title, ylabel))
+
+
+def _size_axis_figure(rows: Sequence[dict]) -> Figure | None:
+    """``rows``: the ``claims_by_size`` query's rows (only the pooled, relation 'all', ones are drawn: claim, statistic,
+    shot, model, params, value, min_value, max_value). One panel per claim: the statistic against the parameter count (log axis), a
+    line per shot through the models, and a band over the relations' range (min..max)."""
+    rows = [r for r in rows if r.get("relation", "all") == "all" and r.get("params") and r.get("value") is not None]
+    claims = list(dict.fromkeys(r["claim"] for r in rows))
+    if len({r["model"] for r in rows}) < 2 or not claims:
+        return None
+    ncols = min(4, len(claims))
+    nrows = int(np.ceil(len(claims) / ncols))
+    fig = Figure(figsize=(3.6 * ncols, 3.0 * nrows), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    cmap = mpl.colormaps["tab10"]
+    shots = sorted({int(r["shot"]) for r in rows})
+    for i, claim in enumerate(claims):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        mine = [r for r in rows if r["claim"] == claim]
+        for j, shot in enumerate(shots):
+            pts = sorted((r for r in mine if int(r["shot"]) == shot), key=lambda r: r["params"])
+            if not pts:
+                continue
+            x = np.array([r["params"] for r in pts], dtype=np.float64)
+            ax.plot(x, [r["value"] for r in pts], marker="o", markersize=4, color=cmap(j % cmap.N),
+                    label=f"shot {shot}")
+            ax.fill_between(x, [r["min_value"] for r in pts], [r["max_value"] for r in pts], color=cmap(j % cmap.N),
+                            alpha=0.15, linewidth=0)
+        ax.set_xscale("log")
+        ax.set_title(claim.replace("_", " "), fontsize="medium")
+        ax.set_ylabel(mine[0].get("statistic") or "", fontsize="small")
+        ax.tick_params(labelsize="small")
+        if i == 0:
+            ax.legend(fontsize="x-small", loc="best")
+    fig.supxlabel("parameters (log scale)")
+    return fig
+
+
+def size_axis(rows: Sequence[dict]) -> bytes | None:
+    """The size-axis PNG (see ``_size_axis_figure``), or None with fewer than two sized models."""
+    fig = _size_axis_figure(rows)
+    return None if fig is None else _png(fig)

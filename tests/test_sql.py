@@ -336,7 +336,7 @@ def test_missing_tables_are_reported(synth, tmp_path):
     Store(empty)
     view = open_store(empty)
     assert view.sql("SELECT count(*) FROM results").fetchall()[0][0] == 0
-    assert set(view.missing) == set(view_names()) - {"results", "stale", "damaged", "runs", "relations", "reproductions",
+    assert set(view.missing) == set(view_names()) - {"results", "stale", "damaged", "runs", "relations", "models", "reproductions",
                                                      "reproduction_claims", "drift"}
     assert "table heads is empty" in view.missing["head_dla_answer"]
     with pytest.raises(QueryError, match="table heads is empty"):
