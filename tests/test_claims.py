@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from statistics import NormalDist
 
 import numpy as np
@@ -17,6 +18,7 @@ from factrecall.tasks.claims import (
     simultaneous_mean_ci,
 )
 from factrecall.tasks.claims_stage import ClaimsConfig
+from factrecall.tasks.models import PACKAGED
 from factrecall.tasks.reproduction import SpecError, drift_rows, load_spec
 
 JUDGE = {c.name: c.judge for c in CLAIMS}
@@ -230,5 +232,11 @@ def test_shipped_specs_load():
     assert set(paper.domains.values()) == {"factual", "commonsense", "linguistic", "bias"}
     assert len(paper.relations) == 9 and paper.shots == (0, 1, 2)
     assert paper.tolerance_of("argument_heads") == 0.5 and paper.tolerance_of("task_push") == 0.01
+    size, f32, bf16 = load_spec("size-axis"), load_spec("dtype-check"), load_spec("dtype-check-bf16")
+    assert size.relations == paper.relations and size.domains == paper.domains and size.shots == paper.shots
+    assert set(size.models) == set(PACKAGED) and size.settings == paper.settings
+    assert (f32.dtype, bf16.dtype) == ("float32", "bfloat16")  # the pair differs in its dtype only
+    assert dataclasses.replace(f32, name=bf16.name, dtype="bfloat16", description=bf16.description,
+                               path=bf16.path, text=bf16.text) == bf16
     with pytest.raises(SpecError, match="paper-quick"):
         load_spec("paper-slow")
