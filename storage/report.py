@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+
+import pyarrow as pa
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -58,6 +60,8 @@ def write_report(root: Path | str, out: Path, spec: str | None = None, max_parti
         figures = [(f"{m} · {rel} · shot {s}", caption, stored[(m, rel, s, stage, name)])
                    for (m, rel, s) in keys[:max_partitions] for stage, name, caption in FIGURES
                    if (m, rel, s, stage, name) in stored]
+        view.con.register("_report_claims", pa.Table.from_pylist(claims))  # the rows shown, counted in SQL
+        counts = view.pl(internal_query("report_claim_counts")).to_dicts()
         size = size_axis_png(view)
         if size is not None:
             figures.append(("Size axis: the store's current claims, every model of known size",
@@ -77,11 +81,11 @@ def write_report(root: Path | str, out: Path, spec: str | None = None, max_parti
         view.close()
     title = f"factrecall: reproduction of {spec}" if spec else "factrecall: current claims"
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
-    page = render_html(title, verdict, claims, history, drift, figures, max(0, len(keys) - max_partitions),
+    page = render_html(title, verdict, claims, counts, history, drift, figures, max(0, len(keys) - max_partitions),
                        provenance, generated)
     md = out.with_suffix(".md")
     out.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in ((out, page), (md, markdown_summary(title, verdict, claims))):
+    for path, text in ((out, page), (md, markdown_summary(title, verdict, claims, counts))):
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)  # a reader never sees half a report

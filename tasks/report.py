@@ -78,23 +78,21 @@ def claim_matrix_html(claims: list[dict]) -> str:
             f"<th>shot</th>{head}</tr>{''.join(rows)}</table>")
 
 
-def _domains_html(claims: list[dict]) -> str:
-    counts: dict[tuple, dict] = defaultdict(lambda: defaultdict(int))
-    for r in claims:
-        counts[(r.get("domain") or "?", r["claim"])][r["verdict"]] += 1
-    domains = sorted({d for d, _ in counts})
+def _count_cells(counts: list[dict], by: str, key: str) -> dict[str, dict[str, str]]:
+    """{row label: {claim: "holds/tested"}} from the ``report_claim_counts`` rows grouped ``by`` domain or setting."""
+    table: dict[str, dict[str, str]] = defaultdict(dict)
+    for r in counts:
+        if r["grouped_by"] == by and r["n_tested"]:
+            table[f"{r['model']} · {r[key]}"][r["claim"]] = f"{r['n_holds']}/{r['n_tested']}"
+    return table
+
+
+def _counts_html(counts: list[dict], by: str, key: str, note: str) -> str:
+    table = _count_cells(counts, by, key)
     head = "".join(f"<th>{_esc(c.text)}</th>" for c in CLAIMS)
-    rows = []
-    for d in domains:
-        cells = []
-        for c in CLAIMS:
-            k = counts.get((d, c.name), {})
-            total = sum(v for verdict, v in k.items() if verdict != "not tested")
-            cells.append(f"<td>{k.get('holds', 0)}/{total}</td>" if total else "<td></td>")
-        rows.append(f"<tr><td>{_esc(d)}</td>{''.join(cells)}</tr>")
-    return ("<p class='muted'>Partitions where the claim holds / partitions where it was tested, by domain, all "
-            "shots pooled (`factrecall query --named claims_by_domain` splits zero- and few-shot).</p>"
-            f"<table><tr><th>domain</th>{head}</tr>{''.join(rows)}</table>")
+    rows = "".join(f"<tr><td>{_esc(label)}</td>" + "".join(f"<td>{cells.get(c.name, '')}</td>" for c in CLAIMS)
+                   + "</tr>" for label, cells in table.items())
+    return f"<p class='muted'>{note}</p><table><tr><th>model · {by}</th>{head}</tr>{rows}</table>"
 
 
 def _drift_html(history: list[dict], drift: list[dict]) -> str:
@@ -136,7 +134,8 @@ def _provenance_html(prov: dict) -> str:
     return f"<pre>{_esc(json.dumps(prov, indent=2, sort_keys=True, default=str))}</pre>"
 
 
-def render_html(title: str, verdict: dict | None, claims: list[dict], history: list[dict], drift: list[dict],
+def render_html(title: str, verdict: dict | None, claims: list[dict], counts: list[dict], history: list[dict],
+                drift: list[dict],
                 figures: list[tuple[str, str, bytes]], omitted: int, provenance: dict, generated: str) -> str:
     colour = {"no drift": "#1a7f37", "first": "#0969da", "drift": "#cf222e", "refused": "#cf222e"}
     line = verdict["summary"] if verdict else "No reproduction of this spec yet: the claims shown are the store's current ones."
@@ -146,7 +145,10 @@ def render_html(title: str, verdict: dict | None, claims: list[dict], history: l
 <h1>{_esc(title)}</h1><p class="muted">factrecall reproduction report · generated {_esc(generated)} UTC</p>
 <section id="verdict"><div class="verdict" style="--c:{c}">{_esc(line)}</div></section>
 <section id="claim-matrix"><h2>Claim matrix</h2>{claim_matrix_html(claims)}</section>
-<section id="domains"><h2>Claims by domain</h2>{_domains_html(claims)}</section>
+<section id="domains"><h2>How often each claim holds</h2>{_counts_html(counts, "setting", "setting",
+    "Partitions where the claim holds / partitions where it was tested, every domain pooled.")}
+{_counts_html(counts, "domain", "domain", "The same by domain, every shot pooled "
+              "(`factrecall query --named claims_by_domain` splits zero- and few-shot).")}</section>
 <section id="drift"><h2>Drift history</h2>{_drift_html(history, drift)}</section>
 <section id="figures"><h2>Figures</h2>{_figures_html(figures, omitted)}</section>
 <section id="provenance"><h2>Provenance</h2>{_provenance_html(provenance)}</section>
@@ -154,12 +156,24 @@ def render_html(title: str, verdict: dict | None, claims: list[dict], history: l
 """
 
 
-def markdown_summary(title: str, verdict: dict | None, claims: list[dict]) -> str:
-    """The claim matrix as a Markdown table (✓ holds, ✗ does not, ? inconclusive, · not tested) and the verdict."""
+def _counts_markdown(counts: list[dict]) -> list[str]:
+    table = _count_cells(counts, "setting", "setting")
+    if not table:
+        return []
+    return (["Partitions where each claim holds / where it was tested:", "",
+             "| model · setting | " + " | ".join(c.name for c in CLAIMS) + " |", "|---|" + "---|" * len(CLAIMS)]
+            + [f"| {label} | " + " | ".join(cells.get(c.name, "") for c in CLAIMS) + " |"
+               for label, cells in table.items()] + [""])
+
+
+def markdown_summary(title: str, verdict: dict | None, claims: list[dict], counts: list[dict] = ()) -> str:
+    """The verdict, how often each claim holds per model and setting (from ``report_claim_counts`` rows), and the
+    claim matrix as a Markdown table (✓ holds, ✗ does not, ? inconclusive, · not tested)."""
     by_key: dict[tuple, dict] = defaultdict(dict)
     for r in claims:
         by_key[(r["model"], r["relation"], int(r["shot"]))][r["claim"]] = r
     lines = [f"## {title}", "", (verdict or {}).get("summary", "No reproduction of this spec yet."), "",
+             *_counts_markdown(counts),
              "| model | relation | shot | " + " | ".join(c.name for c in CLAIMS) + " |",
              "|---|---|---|" + "---|" * len(CLAIMS)]
     for key in sorted(by_key):

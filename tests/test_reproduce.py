@@ -186,6 +186,16 @@ def test_report_sections_images_matrix_and_a_real_browser(reproduced, tmp_path):
     cells = re.findall(r"data-claim='([a-z_]+)' data-verdict='([a-z ]+)'", page)
     assert cells == expected and len(cells) == N_PARTITIONS * len(CLAIMS)
     assert "| model | relation | shot |" in md.read_text()
+    # How often each claim holds, per setting: counted in SQL, checked here against the stored verdicts.
+    lines = [line for line in md.read_text().splitlines() if " · zero-shot |" in line or " · few-shot |" in line]
+    assert len(lines) == len({s for s, _, _ in stored} & {0}) + bool({s for s, _, _ in stored} - {0})
+    for line in lines:
+        setting = "zero-shot" if " · zero-shot |" in line else "few-shot"
+        cells = [c.strip() for c in line.strip("|").split("|")[1:]]
+        for claim, cell in zip(CLAIMS, cells):
+            mine = [v for s, c, v in stored if c == claim.name and (s == 0) == (setting == "zero-shot")]
+            tested = [v for v in mine if v != "not tested"]
+            assert cell == (f"{tested.count('holds')}/{len(tested)}" if tested else ""), (setting, claim.name, cell)
     # Rendered by headless Chromium: the screenshot is a real page, not blank.
     shot = tmp_path / "report.png"
     subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
