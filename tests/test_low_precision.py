@@ -1,0 +1,51 @@
+"""bfloat16 end to end: a model read in bfloat16 goes through every stage to the claims, its consistency checks
+held to the stated lower-precision tolerances (METHOD.md §9), while a float32 model keeps the float32 ones."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from factrecall.flows.runner import run_stage
+from factrecall.storage.query import connect
+from factrecall.tasks.claims import CLAIMS
+from factrecall.tasks.claims_stage import ClaimsConfig
+from factrecall.tasks.final_layer_stage import RERUN_ATOL, RERUN_ATOL_BY_DTYPE
+from factrecall.tasks.ledger import LEDGER_RTOL, ledger_rtol
+from factrecall.tasks.mlp_stage import RESIDUAL_RTOL
+from factrecall.tasks.relations import get_relation
+from tiny_models import loaded_tiny_model
+
+CONFIG = ClaimsConfig(max_prompts=12, n_boot=50, batch_size=6, control_prompts=2)
+
+
+def _bf16(family: str):
+    lm = loaded_tiny_model(family)
+    model = copy.deepcopy(lm.model).to(torch.bfloat16)
+    return dataclasses.replace(lm, model=model, model_id=f"tiny-{family}.bf16", dtype=torch.bfloat16)
+
+
+def test_stated_tolerances_are_float32s_for_float32():
+    assert ledger_rtol(torch.float32) == LEDGER_RTOL == RESIDUAL_RTOL
+    assert RERUN_ATOL_BY_DTYPE[torch.float32] == RERUN_ATOL
+    assert ledger_rtol(torch.bfloat16) > LEDGER_RTOL and RERUN_ATOL_BY_DTYPE[torch.bfloat16] > RERUN_ATOL
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma3"])
+def test_a_bfloat16_model_reaches_the_claims(family, tmp_path):
+    lm = _bf16(family)
+    outcome = run_stage(tmp_path / "store", "claims", lm, get_relation("paper.capital"), 1, CONFIG, "t")
+    assert outcome.status == "written", outcome
+    con = connect(tmp_path / "store")
+    stages = dict(con.execute("SELECT stage, count(*) FROM results WHERE status = 'current' GROUP BY stage").fetchall())
+    assert stages == {"capture": 1, "heads": 1, "mlp": 1, "final_layer": 1, "claims": 1}
+    claims = con.sql("SELECT claim, verdict FROM claims").fetchall()
+    assert sorted(c for c, _ in claims) == sorted(c.name for c in CLAIMS)
+    dtype = con.execute("SELECT DISTINCT dtype FROM model_info").fetchall()
+    assert dtype == [("bfloat16",)]
+    worst = con.execute("SELECT max(abs(dla_sum - model_logit) / greatest(1, abs(model_logit))) FROM ledger").fetchone()[0]
+    assert np.isfinite(worst) and worst <= ledger_rtol(torch.bfloat16)
