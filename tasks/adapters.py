@@ -203,7 +203,8 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
 )
 # Qwen2 has Llama's layout and norms; its q/k/v projections carry biases (the value bias stays in each head's z:
 # see the module docstring) and its output projection none.
-ADAPTERS += (dataclasses.replace(next(a for a in ADAPTERS if a.family == "llama"), family="qwen2", model_types=("qwen2",), check_config=lambda config: None,
+_LLAMA = next(a for a in ADAPTERS if a.family == "llama")
+ADAPTERS += (dataclasses.replace(_LLAMA, family="qwen2", model_types=("qwen2",), check_config=lambda config: None,
                                  bos_rule="tokenizer default (Qwen2 adds no BOS)"),)
 
 
