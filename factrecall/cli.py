@@ -7,6 +7,7 @@ The stage commands (capture, heads, mlp, final-layer) are made from the stage re
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import inspect
 import os
 import sys
@@ -124,7 +125,26 @@ _COMMON = {
                 None),
     "progress": (Annotated[bool, typer.Option(help="Show progress displays (--no-progress: none at all, "
                                                    "transformers' included).")], True),
+    "runner": (Annotated[str, typer.Option(help="serial: partitions one by one in this process; dask: on a Dask "
+                                                "cluster through Prefect (README: Beyond one machine).")], "serial"),
+    "workers": (Annotated[int, typer.Option(min=1, help="--runner dask: worker processes of the local cluster.")], 2),
+    "dask_address": (Annotated[Optional[str], typer.Option(help="--runner dask: an existing scheduler "
+                                                                "(tcp://host:8786) instead of a local cluster.")],
+                     None),
 }
+
+
+def _cluster(runner: str, workers: int, dask_address: str | None, threads: int | None) -> dict | None:
+    """The flows' ``cluster`` argument for --runner/--workers/--dask-address (None: serial)."""
+    if runner not in ("serial", "dask"):
+        _fail(f"--runner {runner!r} is not serial or dask")
+    if runner == "serial":
+        if dask_address:
+            _fail("--dask-address needs --runner dask")
+        return None
+    if importlib.util.find_spec("prefect_dask") is None:
+        _fail("--runner dask needs prefect-dask; install it with `pip install prefect-dask==0.3.7` (or `make setup`)")
+    return {"workers": workers, "address": dask_address, "threads": threads}
 
 
 def _option(f: dataclasses.Field, hint) -> tuple[object, object]:
@@ -165,7 +185,8 @@ def _stage_command(stage):
 
 
 def _run_stage(stage, settings: dict, models: str, relations: str, shots: str, domain: str | None, dtype: str, device,
-               store, force: bool, threads: int | None, progress: bool, example: bool) -> None:
+               store, force: bool, threads: int | None, progress: bool, runner: str, workers: int,
+               dask_address: str | None, example: bool) -> None:
     """Validate everything, run the stage's flow, print one line per partition, the selection changes,
     stale results, the run summary and a follow-up query."""
     store_root = (store or default_store()).resolve()
@@ -174,12 +195,13 @@ def _run_stage(stage, settings: dict, models: str, relations: str, shots: str, d
     except ValueError as exc:
         _fail(str(exc))
     domains = _file_domains(relations, domain)
+    cluster = _cluster(runner, workers, dask_address, threads)
     shot_list, warnings = _prepare_run(stage, settings, models, relations, shots, dtype, device, store_root, domains,
                                        progress, threads)
     from factrecall.flows.stage_flow import stage_flow
 
     manifest = _guarded(lambda: stage_flow(stage.name, _split(models), _split(relations), shot_list, str(store_root),
-                                           settings, dtype, device, progress, force, warnings, domains))
+                                           settings, dtype, device, progress, force, warnings, domains, cluster))
     for p in manifest["partitions"]:
         if p["stage"] != stage.name:
             continue
@@ -376,6 +398,9 @@ def reproduce(
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch (default: torch's choice)."),
     progress: bool = typer.Option(True, help="Show progress displays (--no-progress: none at all)."),
     report: bool = typer.Option(True, help="Write the HTML report of the spec next to the store (see `report`)."),
+    runner: Annotated[str, _COMMON["runner"][0].__metadata__[0]] = "serial",
+    workers: Annotated[int, _COMMON["workers"][0].__metadata__[0]] = 2,
+    dask_address: Annotated[Optional[str], _COMMON["dask_address"][0].__metadata__[0]] = None,
 ) -> None:
     """Reproduce the paper's claims as a spec says: run every stage they need (reusing what is stored),
     judge the claims, compare with the previous reproduction of the spec, print the claim matrix and a
@@ -399,6 +424,7 @@ def reproduce(
             read_baseline(baseline)
         except StoreError as exc:
             _fail(str(exc))
+    cluster = _cluster(runner, workers, dask_address, threads)
     _, warnings = _prepare_run(STAGES["claims"], parsed.settings, ",".join(parsed.models), ",".join(parsed.relations),
                                ",".join(map(str, parsed.shots)), parsed.dtype, device, store_root,
                                parsed.file_domains, progress, threads)
@@ -406,7 +432,7 @@ def reproduce(
 
     def run() -> dict:
         state = reproduce_flow(str(parsed.path), str(store_root), str(baseline) if baseline else None, device,
-                               progress, force, warnings, return_state=True)
+                               progress, force, warnings, cluster, return_state=True)
         result = state.result(raise_on_failure=False)  # a drifted reproduction is a Failed state with its data
         if isinstance(result, BaseException):
             raise result

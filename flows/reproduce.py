@@ -68,7 +68,8 @@ def _recorder(spec: Spec, baseline: tuple[Path, list[dict]] | None, started: dat
 
 
 def reproduce(spec_ref: str, store_root: str, baseline: str | None = None, device: str | None = None,
-              show_progress: bool = True, force: bool = False, checked: list[str] | None = None) -> dict:
+              show_progress: bool = True, force: bool = False, checked: list[str] | None = None,
+              cluster: dict | None = None) -> dict:
     """Run the spec's claims (and every stage they need, reusing what is stored), record the claims and
     their drift; returns the run manifest with ``reproduction``, ``claims`` and ``drift`` (drifted rows)."""
     spec = load_spec(spec_ref)
@@ -77,17 +78,18 @@ def reproduce(spec_ref: str, store_root: str, baseline: str | None = None, devic
     pinned = (path, read_baseline(path)) if path is not None else None  # a bad file fails before any write
     return sweep("claims", list(spec.models), list(spec.relations), list(spec.shots), store_root, spec.settings,
                  spec.dtype, device, show_progress, force, checked, kind="reproduce",
-                 after=_recorder(spec, pinned, started), domains=spec.file_domains)
+                 after=_recorder(spec, pinned, started), domains=spec.file_domains, cluster=cluster)
 
 
 @flow(name="factrecall-reproduce", flow_run_name="reproduce {spec_ref}", retries=0, log_prints=False)
 def reproduce_flow(spec_ref: str, store_root: str, baseline: str | None = None, device: str | None = None,
-                   show_progress: bool = False, force: bool = False, checked: list[str] | None = None) -> dict:
+                   show_progress: bool = False, force: bool = False, checked: list[str] | None = None,
+                   cluster: dict | None = None) -> dict:
     """The reproduction as a Prefect flow (what `factrecall reproduce` runs and `factrecall schedule` serves).
     Returns the reproduction's row (verdict, counts, summary line, claims, drifted rows); a reproduction that
     drifted or refused a model ends in a Failed state carrying the same data, so that Prefect (its UI, its
     automations and notifications) flags it like the CLI's exit code does."""
-    manifest = reproduce(spec_ref, store_root, baseline, device, show_progress, force, checked)
+    manifest = reproduce(spec_ref, store_root, baseline, device, show_progress, force, checked, cluster)
     payload = {"run_id": manifest["run_id"], **manifest["reproduction"], "refused": manifest["refused"],
                "drift": manifest["drift"], "claims": manifest["claims"]}
     if payload["verdict"] in ("drift", "refused"):

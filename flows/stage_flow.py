@@ -14,6 +14,6 @@ __all__ = ["stage_flow"]
 def stage_flow(stage: str, models: list[str], relations: list[str], shots: list[int], store_root: str,
                settings: dict | None = None, dtype: str = "float32", device: str | None = None,
                show_progress: bool = True, force: bool = False, checked: list[str] | None = None,
-               domains: dict[str, str] | None = None) -> dict:
+               domains: dict[str, str] | None = None, cluster: dict | None = None) -> dict:
     return sweep(stage, models, relations, shots, store_root, settings, dtype, device, show_progress, force, checked,
-                 domains=domains)
+                 domains=domains, cluster=cluster)

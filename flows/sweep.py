@@ -35,6 +35,7 @@ from factrecall.tasks.models import DTYPES  # noqa: E402
 from factrecall.tasks.relations import get_relation  # noqa: E402
 from factrecall.version import code_version, package_versions  # noqa: E402
 
+from .cluster import ClusterOptions, run_on_dask  # noqa: E402
 from .preflight import preflight  # noqa: E402
 from .progress import Progress  # noqa: E402
 from .runner import REFUSALS, ModelHandle, Runner  # noqa: E402
@@ -71,13 +72,15 @@ def model_records(run_id: str, handles, refused: dict[str, str]) -> list[dict]:
 def sweep(stage: str, models: list[str], relations: list[str], shots: list[int], store_root: str,
           settings: dict | None = None, dtype: str = "float32", device: str | None = None,
           show_progress: bool = True, force: bool = False, checked: list[str] | None = None,
-          kind: str | None = None, after=None, domains: dict[str, str] | None = None) -> dict:
+          kind: str | None = None, after=None, domains: dict[str, str] | None = None,
+          cluster: dict | None = None) -> dict:
     """Run ``stage`` (and what it needs) for every (model, relation, shot); returns the run manifest.
     ``checked``: the warnings of a preflight the caller already ran (the CLI does, before Prefect starts).
     ``kind``: the run's kind in ``runs`` (default: the stage). ``after(store, catalog, manifest) -> dict``: runs under
     the writer lock once every partition is done, before the manifest is written (a reproduction records its
     claims and drift there); what it returns is added to the manifest. ``domains``: relation file -> the domain
-    it gets when its lines name none (`--domain`, a spec's relation domain)."""
+    it gets when its lines name none (`--domain`, a spec's relation domain). ``cluster``: run the partitions on
+    Dask (``flows.cluster.ClusterOptions`` as a dict: local workers or a scheduler address); None: one by one here."""
     spec = STAGES[stage]
     config = spec.config(**(settings or {}))
     run_id = new_run_id()
@@ -89,26 +92,36 @@ def sweep(stage: str, models: list[str], relations: list[str], shots: list[int],
     store = Store(Path(store_root))
     partitions: list[dict] = []
     refused: dict[str, str] = {}
+    timings: dict[str, float] = {}
     with store.writing():
-        runner = Runner(store, run_id)
-        with Progress(show_progress) as progress:
-            for model in handles:
-                try:
-                    for relation in rels:
-                        for shot in shots:
-                            bar = progress.bar(f"{spec.command} {model.model_id} {relation.name} shot={shot}")
-                            result = partition_task(runner, stage, config, model, relation, shot, progress=bar,
-                                                    force=force)
-                            bar(done=True, status=result["status"])
-                            partitions.append(result)
-                except REFUSALS as exc:  # the model's numbers do not add up
-                    refused[model.model_id] = str(exc)
+        if cluster:
+            with Progress(show_progress) as progress:
+                partitions, refused, timings, notes = run_on_dask(stage, config, handles, rels, list(shots),
+                                                                  str(store.root), run_id, force,
+                                                                  ClusterOptions(**cluster), progress)
+            runner = Runner(store, run_id)  # a fresh catalogue, with what the workers committed
+            runner.notes, runner.touched = notes, {(p["model"], p["relation"], p["shot"]) for p in partitions}
+        else:
+            runner = Runner(store, run_id)
+            with Progress(show_progress) as progress:
+                for model in handles:
+                    try:
+                        for relation in rels:
+                            for shot in shots:
+                                bar = progress.bar(f"{spec.command} {model.model_id} {relation.name} shot={shot}")
+                                result = partition_task(runner, stage, config, model, relation, shot, progress=bar,
+                                                        force=force)
+                                bar(done=True, status=result["status"])
+                                partitions.append(result)
+                    except REFUSALS as exc:  # the model's numbers do not add up
+                        refused[model.model_id] = str(exc)
+            timings = {f"load:{m.model_id}": round(m.load_seconds, 3) for m in handles if m.loaded}
         manifest = {
             "run_id": run_id, "kind": kind or stage, "started_at": started, "finished_at": datetime.now(timezone.utc),
             "code_version": code_version(), "packages": package_versions(), "python": platform.python_version(),
             "seed": config.seed,
             "config": {"models": models, "relations": relations, "shots": list(shots), "dtype": dtype,
-                       "device": device, "threads": torch.get_num_threads(), "stage": stage,
+                       "device": device, "threads": torch.get_num_threads(), "stage": stage, "cluster": cluster,
                        "settings": {k: getattr(config, k) for k in config.__dataclass_fields__},
                        "bos": "tokenizer default", "answer_token": "first token of ' ' + object after the prompt",
                        "padding": "right", "ledger_rtol": ledger_rtol(DTYPES[dtype])},
@@ -116,7 +129,7 @@ def sweep(stage: str, models: list[str], relations: list[str], shots: list[int],
             "relation_sha256": {r.name: r.content_hash() for r in rels},
             "relation_repairs": {r.name: list(r.repairs) for r in rels if r.repairs},
             "partitions": partitions, "refused": refused,
-            "timings": {f"load:{m.model_id}": round(m.load_seconds, 3) for m in handles if m.loaded},
+            "timings": timings,
             "store": str(store.root),
         }
         store.append_records("relations", relation_records(run_id, rels))
