@@ -6,8 +6,8 @@ For each dtype it loads the model, times (best of --repeats) the END capture of 
 their ledgers, and one path-patching sweep (subject-corrupted means, then every head and MLP as sender).
 It prints the speed-up of bfloat16 over float32 and what bfloat16 costs in accuracy against the float32
 reference: the worst ledger error (|DLA sum - logit| / max(1, |logit|), METHOD.md §9), the largest
-difference of the mean path-patching effects (points of probability), their rank correlation, and the
-overlap of the 10 strongest heads.
+difference of the heads' mean path-patching effects (effect%, METHOD.md §4), their rank correlation, and
+the overlap of the 10 heads with the largest |effect|.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main() -> None:
         def patching():
             means = corrupted_means(lm, corrupt, args.batch_size)
             (res,) = patch_all(lm, clean, means, [], args.batch_size)
-            return res.m_heads.mean(0).double()  # [L, H] mean effect of each head
+            return res.effect_pct()[0].double().mean(0)  # [L, H] mean effect% of each head (the stored statistic)
 
         t_cap, ledger_error = best(capture)
         t_patch, effects = best(patching)
@@ -78,8 +78,8 @@ def main() -> None:
     rank = lambda x: x.argsort().argsort().double()  # noqa: E731
     rho = float(torch.corrcoef(torch.stack([rank(a), rank(b)]))[0, 1])
     top = lambda x: set(x.abs().topk(10).indices.tolist())  # noqa: E731
-    print(f"mean head effects, bfloat16 vs float32: max |difference| {float((a - b).abs().max()):.2e} "
-          f"(largest effect {float(a.abs().max()):.2e}); Spearman {rho:.4f}; top-10 heads shared "
+    print(f"mean head effect%, bfloat16 vs float32: max |difference| {float((a - b).abs().max()):.3f} points "
+          f"(largest |effect| {float(a.abs().max()):.2f}); Spearman {rho:.4f}; top-10 heads shared "
           f"{len(top(a) & top(b))}/10")
 
 

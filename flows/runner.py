@@ -39,12 +39,12 @@ from factrecall.tasks.models import (
     LoadedModel,
     ModelLoadError,
     PreparedModel,
-    describe_model,
     load_model,
+    loaded_model_record,
     load_tokenizer,
     model_key,
-    parameter_count,
     prepare_model,
+    prepared_model_record,
     resolve,
 )
 from factrecall.tasks.relations import Relation
@@ -105,17 +105,10 @@ class ModelHandle:
 
 
     def record(self) -> dict:
-        """The ``models`` record of this model (family, sizes, parameter count), without loading its weights:
-        from the loaded model when it is, else from the prepared files' config and safetensors headers."""
+        """The ``models`` record of this model (family, sizes, parameter count), without loading its weights."""
         if self._lm is not None:
-            model = self._lm.model
-            n_params = sum(p.numel() for p in model.parameters())  # shared (tied) tensors once
-            return describe_model(self.model_id, self.ref, self.dtype, self.file_sha256, model.config, n_params)
-        from transformers import AutoConfig
-
-        prepared = self.prepare()
-        return describe_model(self.model_id, self.ref, self.dtype, self.file_sha256,
-                              AutoConfig.from_pretrained(prepared.load_from), parameter_count(prepared.load_from))
+            return loaded_model_record(self._lm, self.ref)
+        return prepared_model_record(self.prepare())
 
 
 def derive_config(config_cls: type, config) -> object:

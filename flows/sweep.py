@@ -62,11 +62,11 @@ def relation_records(run_id: str, rels) -> list[dict]:
              "recorded_at": now} for r in rels]
 
 
-def model_records(run_id: str, handles, refused: dict[str, str]) -> list[dict]:
-    """The ``models`` record rows of a run: each model's family, sizes and parameter count (not for a refused
-    model, whose files may be what is wrong)."""
+def model_records(run_id: str, handles) -> list[dict]:
+    """The ``models`` record rows of a run: each model's family, sizes and parameter count (before any write:
+    the preflight has prepared every model, so this reads configs and file headers only)."""
     now = datetime.now(timezone.utc)
-    return [{"run_id": run_id, **h.record(), "recorded_at": now} for h in handles if h.model_id not in refused]
+    return [{"run_id": run_id, **h.record(), "recorded_at": now} for h in handles]
 
 
 def sweep(stage: str, models: list[str], relations: list[str], shots: list[int], store_root: str,
@@ -89,6 +89,7 @@ def sweep(stage: str, models: list[str], relations: list[str], shots: list[int],
     handles = [ModelHandle(ref, dtype, device) for ref in models]
     warnings = checked if checked is not None else preflight(spec, config, handles, rels, list(shots),
                                                                 Path(store_root))  # before any write
+    models_rows = model_records(run_id, handles)
     store = Store(Path(store_root))
     partitions: list[dict] = []
     refused: dict[str, str] = {}
@@ -133,7 +134,7 @@ def sweep(stage: str, models: list[str], relations: list[str], shots: list[int],
             "store": str(store.root),
         }
         store.append_records("relations", relation_records(run_id, rels))
-        store.append_records("models", model_records(run_id, handles, refused))
+        store.append_records("models", [r for r in models_rows if r["model"] not in refused])
         if after is not None:
             manifest |= after(store, runner.catalog, manifest)
         manifest["finished_at"] = datetime.now(timezone.utc)

@@ -60,8 +60,10 @@ def write_report(root: Path | str, out: Path, spec: str | None = None, max_parti
         figures = [(f"{m} · {rel} · shot {s}", caption, stored[(m, rel, s, stage, name)])
                    for (m, rel, s) in keys[:max_partitions] for stage, name, caption in FIGURES
                    if (m, rel, s, stage, name) in stored]
-        view.con.register("_report_claims", pa.Table.from_pylist(claims))  # the rows shown, counted in SQL
-        counts = view.pl(internal_query("report_claim_counts")).to_dicts()
+        counts = []
+        if claims:  # (a reproduction whose every model was refused has none)
+            view.con.register("_report_claims", pa.Table.from_pylist(claims))  # the rows shown, counted in SQL
+            counts = view.pl(internal_query("report_claim_counts")).to_dicts()
         size = size_axis_png(view)
         if size is not None:
             figures.append(("Size axis: the store's current claims, every model of known size",

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -144,11 +145,16 @@ def resolve(ref: str, cache_dir: Path) -> tuple[str, str, Path | str, str | None
     Ids: a packaged model's name; "<file stem>-<sha256[:8]>" for a .gguf file; "<folder>-<sha256[:8]>" of
     its first weights file for a directory; "org--name" for a hub name."""
     if ref in PACKAGED:
+        packaged = PACKAGED[ref]
         try:
-            path = PACKAGED[ref].locate(cache_dir)
+            path = packaged.locate(cache_dir)
         except PackagedModelError as exc:
             raise ModelLoadError(str(exc)) from None
-        return ref, "gguf", path, sha256_file(path, cache_dir)
+        digest = sha256_file(path, cache_dir)
+        if packaged.sha256 and digest != packaged.sha256:
+            raise ModelLoadError(f"{path} has sha256 {digest[:16]}…, not {packaged.name}'s {packaged.sha256[:16]}…; "
+                                 f"delete it and rerun (it is joined again from {', '.join(packaged.package_names)})")
+        return ref, "gguf", path, digest
     path = Path(ref).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -225,7 +231,6 @@ def parameter_count(directory: str | Path) -> int | None:
     """Parameters of a saved HF model: the sum of the tensor sizes in its ``*.safetensors`` headers (no
     weights read; a tied unembedding is saved once). None for a hub name or a folder without safetensors."""
     import math
-    import struct
 
     files = sorted(Path(directory).glob("*.safetensors")) if Path(directory).is_dir() else []
     if not files:
@@ -237,6 +242,26 @@ def parameter_count(directory: str | Path) -> int | None:
             header = json.loads(fh.read(n))
         total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
     return total
+
+
+def loaded_model_record(lm: LoadedModel, ref: str) -> dict:
+    """The ``models`` record of a loaded model (parameters counted in memory, a shared tensor once)."""
+    n_params = sum(p.numel() for p in lm.model.parameters())
+    return describe_model(lm.model_id, ref, str(lm.dtype).removeprefix("torch."), lm.file_sha256, lm.model.config,
+                          n_params)
+
+
+def prepared_model_record(prepared: PreparedModel) -> dict:
+    """The ``models`` record of a prepared model, without loading its weights (config and safetensors headers);
+    an unreadable header leaves the count unknown rather than failing the run."""
+    from transformers import AutoConfig
+
+    try:
+        n_params = parameter_count(prepared.load_from)
+    except (OSError, ValueError, KeyError, struct.error):
+        n_params = None
+    return describe_model(prepared.model_id, prepared.ref, prepared.dtype, prepared.file_sha256,
+                          AutoConfig.from_pretrained(prepared.load_from), n_params)
 
 
 def describe_model(model_id: str, ref: str, dtype: str, file_sha256: str | None, config,
@@ -340,6 +365,7 @@ def _alive(pid: int) -> bool:
 
 __all__ = [
     "DEFAULT_MODEL", "LoadedModel", "ModelLoadError", "PACKAGED", "PreparedModel", "UnsupportedModelError",
-    "describe_model", "describe_models", "load_model", "parameter_count", "load_tokenizer", "model_key", "prepare_model", "remove_stale_temporaries",
+    "describe_model", "describe_models", "load_model", "loaded_model_record", "parameter_count",
+    "prepared_model_record", "load_tokenizer", "model_key", "prepare_model", "remove_stale_temporaries",
     "resolve", "sanitize_id",
 ]

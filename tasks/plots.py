@@ -221,9 +221,10 @@ def bars(categories: Sequence[str], groups: dict[str, tuple], title: str, ylabel
 
 def _size_axis_figure(rows: Sequence[dict]) -> Figure | None:
     """``rows``: the ``claims_by_size`` query's rows (only the pooled, relation 'all', ones are drawn: claim, statistic,
-    shot, model, params, value, min_value, max_value). One panel per claim: the statistic against the parameter count (log axis), a
+    shot, model, dtype, params, value, min_value, max_value; float32 models only). One panel per claim: the statistic against the parameter count (log axis), a
     line per shot through the models, and a band over the relations' range (min..max)."""
-    rows = [r for r in rows if r.get("relation", "all") == "all" and r.get("params") and r.get("value") is not None]
+    rows = [r for r in rows if r.get("relation", "all") == "all" and r.get("params") and r.get("value") is not None
+            and r.get("dtype") in (None, "float32")]  # a bfloat16 copy of a model is not another size
     claims = list(dict.fromkeys(r["claim"] for r in rows))
     if len({r["model"] for r in rows}) < 2 or not claims:
         return None

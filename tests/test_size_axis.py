@@ -3,7 +3,6 @@ query, checked against values written by hand."""
 
 from __future__ import annotations
 
-import copy
 from datetime import datetime, timezone
 
 import polars as pl
@@ -29,10 +28,13 @@ def test_parameter_count_reads_the_saved_headers_like_the_loaded_model(family, t
     assert record["n_kv_heads"] == model.config.num_key_value_heads and record["n_params_nominal"] is None
 
 
-def test_a_refused_model_gets_no_models_record():
-    handle = ModelHandle("tiny", loaded=loaded_tiny_model("qwen2"))
-    assert [r["model"] for r in model_records("r", [handle], {})] == ["tiny-qwen2"]
-    assert model_records("r", [handle], {"tiny-qwen2": "ledger broken"}) == []
+def test_a_models_record_needs_no_loaded_weights(tmp_path):
+    directory = save_tiny_model_dir("qwen2", tmp_path / "tiny-qwen2")
+    handle = ModelHandle(directory, cache_dir=tmp_path / "cache")
+    (row,) = model_records("r", [handle])
+    assert not handle.loaded and row["run_id"] == "r" and row["model"] == handle.model_id
+    assert row["n_params"] == sum(p.numel() for p in tiny_model("qwen2").parameters())
+    assert (row["family"], row["n_layers"], row["d_model"]) == ("qwen2", 3, 32)
 
 
 def _claim_rows(values: dict[str, tuple[float, str]]) -> dict:
@@ -63,6 +65,7 @@ def test_claims_by_size_pools_relations_and_orders_models_by_size(tmp_path):
              "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "d_model": 8, "vocab_size": 10, "dtype": "float32",
              "file_sha256": None, "recorded_at": now} for m, p in models.items()])
     got = connect(store.root).sql(named_query("claims_by_size")).pl()
+    assert got["relation"].head(4).to_list() == ["all"] * 4  # the pooled rows first, then each relation
     pooled = got.filter(pl.col("relation") == "all")
     assert pooled["model"].to_list() == ["small", "mid", "big", "unrecorded"]  # by size, unknown size last
     assert pooled["params"].to_list() == [135_000_000, 500_000_000, 1_500_000_000, None]  # the published count
@@ -100,6 +103,8 @@ def test_the_size_axis_plot_needs_two_sized_models_and_stays_small(tmp_path):
     assert size_axis(unsized) is None  # models of unknown size are not placed on the axis
     per_relation = [dict(r, relation="r1") for r in rows]
     assert size_axis(per_relation) is None  # only pooled rows are drawn
+    copies = [dict(r, model=r["model"] + ".bf16", dtype="bfloat16") for r in rows if r["model"] == "a"]
+    assert size_axis([r for r in rows if r["model"] == "a"] + copies) is None  # a bf16 copy is not a second size
 
     store = Store(tmp_path / "store")  # and `factrecall plots` writes it from the query
     for model, rel in (("small", "r1"), ("big", "r1")):

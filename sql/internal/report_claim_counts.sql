@@ -2,7 +2,7 @@
 -- (every shot pooled; grouped_by = 'domain') and by model and setting (every domain pooled; grouped_by = 'setting',
 -- setting 'zero-shot' for shot 0, 'few-shot' otherwise). n_tested leaves out 'not tested' partitions.
 SELECT CASE WHEN grouping(domain) = 0 THEN 'domain' ELSE 'setting' END AS grouped_by, model,
-       coalesce(domain, 'unknown') AS domain, setting, claim,
+       CASE WHEN grouping(domain) = 0 THEN coalesce(domain, 'unknown') END AS domain, setting, claim,
        count(*) FILTER (WHERE verdict <> 'not tested') AS n_tested,
        count(*) FILTER (WHERE verdict = 'holds') AS n_holds,
        count(*) FILTER (WHERE verdict = 'does not') AS n_does_not,
