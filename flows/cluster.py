@@ -2,10 +2,12 @@
 
 A sweep's partitions are independent (each runs its stage and the stages it needs for one model, relation and
 shot), so they run as Prefect tasks on Dask workers. Each worker process keeps what it loaded: a model is
-loaded once per worker and kept for all of that worker's partitions of the model, and the store's catalogue
-is read once per worker and run. Partitions are placed on workers by ``plan``: every partition of one model
-goes to the same worker while there are at least as many models as workers, and a model's partitions are
-spread over a share of the workers otherwise (each of them loads the model once).
+loaded at most once per worker and kept for all of that worker's partitions of the model, and the store's
+catalogue is read once per worker and run. Partitions are placed on workers by ``plan``: every partition of
+one model goes to the same worker while there are at least as many models as workers, and a model's
+partitions are spread over a share of the workers otherwise. The placement is a preference: a worker that
+runs out of work steals queued partitions (Dask's work stealing), loading their model once, so a big model
+never keeps one worker busy while the others idle.
 
 With ``address`` the partitions go to an existing cluster (``tcp://host:8786``): its workers must have
 factrecall installed, read the same store path (a shared file system) and reach the same Prefect API
@@ -161,7 +163,7 @@ def run_on_dask(stage: str, config, models: list, relations: list, shots: list[i
             futures = {}
             for key in keys:
                 model, relation, shot = args[key]
-                with dask.annotate(workers=[placement[key]], allow_other_workers=False):
+                with dask.annotate(workers=[placement[key]], allow_other_workers=True):  # an idle worker may steal
                     futures[key] = runner.submit(partition_on_worker, {
                         "store_root": store_root, "run_id": run_id, "stage": stage, "config": config,
                         "model_ref": model.ref, "dtype": model.dtype, "device": model.device, "relation": relation,

@@ -58,13 +58,11 @@ def test_a_dask_sweep_writes_the_store_of_the_serial_sweep(tmp_path):
     key = lambda p: (p["model"], p["relation"], p["shot"])  # noqa: E731
     assert sorted(map(key, dask["partitions"])) == sorted(map(key, serial["partitions"]))
     assert {p["status"] for p in dask["partitions"]} == {"written"}
-    # each model went to one worker, which loaded it once
-    models_seen = {p["model"] for p in dask["partitions"]}
-    workers = {m: {p["worker"] for p in dask["partitions"] if p["model"] == m} for m in models_seen}
-    assert len(workers) == 2 and all(len(w) == 1 for w in workers.values())
-    assert set.union(*workers.values()) == {p["worker"] for p in dask["partitions"]} and len(set.union(*workers.values())) == 2
-    loads = [k for k in dask["timings"] if k.startswith("load:")]
-    assert sorted(loads) == sorted(f"load:{m}@{next(iter(w))}" for m, w in workers.items())
+    # each worker loaded each model it ran exactly once (placement is a preference: an idle worker may steal)
+    pairs = {(p["model"], p["worker"]) for p in dask["partitions"]}
+    loads = sorted(k for k in dask["timings"] if k.startswith("load:"))
+    assert loads == sorted(f"load:{m}@{w}" for m, w in pairs)
+    assert len({w for _, w in pairs}) == 2 and len(loads) < len(dask["partitions"])
     # the same rows and numbers as the serial run, table by table
     for table, schema in (STAGES["capture"].tables | STAGES["heads"].tables).items():
         if table == "plots":
