@@ -305,10 +305,11 @@ class TextControl:
         split = calibration_split(len(rows), seed)
         self.rows = {"calibration": [r for r, c in zip(rows, split) if c],
                      "held_out": [r for r, c in zip(rows, split) if not c]}
-        self.base, self.top1 = {}, {}
+        self.base, self.top1, self.last_inputs = {}, {}, {}
         for name, rs in self.rows.items():
-            lp, top1 = text_logprobs(lm, rs)
-            self.base[name], self.top1[name] = lp.double().numpy(), top1
+            recorded: list = []
+            lp, top1 = text_logprobs(lm, rs, record=recorded)  # the last layer's inputs: later passes re-run it alone
+            self.base[name], self.top1[name], self.last_inputs[name] = lp.double().numpy(), top1, recorded
         self._cache: dict = {}
 
     def n_tokens(self, split: str) -> int:
@@ -323,9 +324,11 @@ class TextControl:
             if variant == "heads":
                 scale = torch.ones(self.lm.dims.n_heads)
                 scale[self.suppressor_heads] = alpha
-                after = text_logprobs(self.lm, self.rows[split], head_scale=scale)[0]
+                after = text_logprobs(self.lm, self.rows[split], head_scale=scale,
+                                      last_inputs=self.last_inputs[split])[0]
             elif variant == "mlp_top1":
-                after = text_logprobs(self.lm, self.rows[split], mlp_alpha=alpha, mlp_tokens=self.top1[split])[0]
+                after = text_logprobs(self.lm, self.rows[split], mlp_alpha=alpha, mlp_tokens=self.top1[split],
+                                      last_inputs=self.last_inputs[split])[0]
             else:
                 raise ValueError(f"{variant} has no plain-text cost (it needs the answer label)")
             self._cache[key] = after.double().numpy() - self.base[split]

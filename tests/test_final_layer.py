@@ -211,3 +211,27 @@ def test_a_mitigation_whose_only_gain_costs_too_much_text_is_not_chosen_under_th
     assert chosen[("mlp_top1", "cost_bounded")] == (1.0, 0.0)  # every gain costs too much: no change
     assert chosen[("mlp_answer_oracle", "unconstrained")] == (1.0, 0.0)  # no gain: left alone
     assert ("mlp_answer_oracle", "cost_bounded") not in chosen  # the oracle has no text cost to bound
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_text_control_rerunning_the_last_layer_alone_equals_whole_forward_passes(family):
+    """The plain-text cost re-runs only the last layer from recorded inputs: the same log p and top-1 as whole
+    forward passes, for the heads and the MLP mitigation, and nothing left patched afterwards."""
+    from factrecall.tasks.control_text import text_logprobs
+
+    lm = loaded_tiny_model(family)
+    gen = torch.Generator().manual_seed(5)
+    rows = [torch.randint(3, 1000, (n,), generator=gen) for n in (6, 11, 4)]
+    recorded: list = []
+    base, top1 = text_logprobs(lm, rows, record=recorded)
+    assert len(recorded) == len(rows)
+    assert torch.equal(base, text_logprobs(lm, rows)[0])  # recording changes nothing
+    H = lm.dims.n_heads
+    scale = torch.linspace(0.0, 0.9, H)
+    for kwargs in (dict(head_scale=scale), dict(mlp_alpha=0.3, mlp_tokens=top1), dict(head_scale=torch.ones(H))):
+        whole, whole_top1 = text_logprobs(lm, rows, **kwargs)
+        fast, fast_top1 = text_logprobs(lm, rows, last_inputs=recorded, **kwargs)
+        torch.testing.assert_close(fast, whole, atol=1e-6, rtol=1e-6)
+        assert all(torch.equal(a, b) for a, b in zip(fast_top1, whole_top1))
+    assert (text_logprobs(lm, rows, head_scale=scale)[0] - base).abs().max() > 1e-4  # the mitigation matters
+    assert not any("forward" in vars(layer) for layer in lm.adapter.layer_modules(lm.model))  # restored
