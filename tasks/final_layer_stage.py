@@ -30,7 +30,7 @@ from .final_layer import (
     token_directions,
 )
 from .intervals import bootstrap_mean_ci, mean_ci_fields, significantly_negative
-from .logit_lens import TokenStats, depth_residuals, runner_up, token_stats
+from .logit_lens import TokenStats, depth_residuals, runner_up, token_stats, token_stats_many
 from .models import LoadedModel
 from .path_patching import EndRunner
 from .prompts import build_prompts
@@ -118,9 +118,9 @@ def clean_pass(lm: LoadedModel, runner: EndRunner, prompts: list[TokenizedPrompt
         resid = depth_residuals(cap)
         lens_a, lens_c = [], []
         for k in range(depth):
-            logits = runner.logits(resid[:, k])
-            lens_a.append(token_stats(logits, answer))
-            lens_c.append(token_stats(logits, competitor))
+            stats_a, stats_c = token_stats_many(runner.logits(resid[:, k]), [answer, competitor])
+            lens_a.append(stats_a)
+            lens_c.append(stats_c)
         for name, value in (
             ("lens_answer", _stack_stats(lens_a)), ("lens_competitor", _stack_stats(lens_c)),
             ("dla_answer", final_layer_dla(cap, norm, w_u, answer)),

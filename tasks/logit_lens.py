@@ -39,12 +39,22 @@ class TokenStats:
 
 def token_stats(logits: torch.Tensor, token_ids: torch.Tensor) -> TokenStats:
     """Statistics of `token_ids [N]` under `logits [N, V]` (computed in float64 for the softmax)."""
+    return token_stats_many(logits, [token_ids])[0]
+
+
+def token_stats_many(logits: torch.Tensor, token_sets: list[torch.Tensor]) -> list[TokenStats]:
+    """``token_stats`` of each `[N]` tensor of ``token_sets`` under the same `logits [N, V]`: the softmax, the
+    entropy and the argmax over the vocabulary are computed once for all of them."""
     logits = logits.double()
     logprobs = torch.log_softmax(logits, dim=-1)
-    target = logits.gather(1, token_ids[:, None])
-    entropy = -(logprobs.exp() * logprobs).sum(-1)
-    return TokenStats(target[:, 0].float(), logprobs.gather(1, token_ids[:, None])[:, 0].float(),
-                      (logits > target).sum(1), entropy.float(), logits.argmax(-1))
+    entropy = (-(logprobs.exp() * logprobs).sum(-1)).float()
+    top1 = logits.argmax(-1)
+    out = []
+    for token_ids in token_sets:
+        target = logits.gather(1, token_ids[:, None])
+        out.append(TokenStats(target[:, 0].float(), logprobs.gather(1, token_ids[:, None])[:, 0].float(),
+                              (logits > target).sum(1), entropy, top1))
+    return out
 
 
 def runner_up(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:

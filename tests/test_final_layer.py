@@ -63,6 +63,19 @@ def test_logit_lens_at_the_last_layer_equals_the_model_logits(family):
     assert (lens.logprob[:, 0] - lens.logprob[:, -1]).abs().max() > 1e-3
 
 
+def test_token_stats_of_several_token_sets_equal_one_set_at_a_time():
+    from factrecall.tasks.logit_lens import token_stats_many
+
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, 50, generator=gen)
+    sets = [torch.tensor([1, 7, 49, 0]), torch.tensor([3, 3, 2, 10])]
+    for many, ids in zip(token_stats_many(logits, sets), sets):
+        one = token_stats(logits, ids)
+        for f in ("logit", "logprob", "rank", "entropy", "top1"):
+            assert torch.equal(getattr(many, f), getattr(one, f)), f
+    assert not torch.equal(token_stats_many(logits, sets)[0].logit, token_stats_many(logits, sets)[1].logit)
+
+
 def test_token_stats_against_a_direct_computation():
     logits = torch.tensor([[2.0, 1.0, 0.5, 3.0], [0.0, 0.0, 1.0, -1.0]])
     stats = token_stats(logits, torch.tensor([0, 2]))
