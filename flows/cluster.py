@@ -17,6 +17,7 @@ run; its workers use this process's Prefect API, so every task run shows in the 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -146,8 +147,14 @@ def run_on_dask(stage: str, config, models: list, relations: list, shots: list[i
         threads = options.threads
     else:
         threads = options.threads or max(1, (os.cpu_count() or 1) // options.workers)
+        # memory_limit 0: a partition's memory is torch's, not Dask-managed data, so Dask's pausing at 80% of a
+        # per-worker share (it paused Gemma's final layer) only slows it down; silence_logs: Dask's own
+        # warnings stay off the command's output unless debugging (FACTRECALL_DEBUG=1)
+        from factrecall.paths import debug
+
         runner = DaskTaskRunner(cluster_kwargs={"n_workers": options.workers, "threads_per_worker": 1,
-                                                "processes": True, "dashboard_address": None})
+                                                "processes": True, "dashboard_address": None, "memory_limit": 0,
+                                                "silence_logs": logging.WARNING if debug() else logging.CRITICAL})
     url = _api_url()
     saved = os.environ.get("PREFECT_API_URL")
     if url and not options.address:
