@@ -37,14 +37,10 @@ class ClusterOptions:
     address: str | None = None
     threads: int | None = None
 
-    def as_dict(self) -> dict:
-        return {"workers": self.workers, "address": self.address, "threads": self.threads}
-
 
 # ---- worker side: what a worker process keeps between its tasks ---------------------------------------------
 _MODELS: dict[tuple, object] = {}  # (ref, dtype, device) -> ModelHandle
 _RUNNERS: dict[tuple, object] = {}  # (store root, run id) -> Runner
-_LOADS: dict[tuple, float] = {}  # (ref, dtype, device) -> seconds the load took in this process
 
 
 def _worker_model(ref: str, dtype: str, device: str | None):
@@ -88,10 +84,9 @@ def partition_on_worker(store_root: str, run_id: str, stage: str, config, model_
             out = runner.run(stage, config, model, relation, shot, force=force).as_dict()
     except REFUSALS as exc:
         out = {"refused": str(exc), "model": model.model_id}
-    if model.loaded and not loaded_before:
-        _LOADS[(model_ref, dtype, device)] = model.load_seconds
+    loaded_here = model.loaded and not loaded_before
     return out | {"worker": os.getpid(), "notes": runner.notes[notes_before:],
-                  "loaded": model.load_seconds if model.loaded and not loaded_before else None}
+                  "loaded": model.load_seconds if loaded_here else None}
 
 
 # ---- the plan: which worker runs which partition ----------------------------------------------------------------

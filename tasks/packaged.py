@@ -69,11 +69,12 @@ class PackagedModel:
             if folder is None:
                 raise PackagedModelError(f"packaged model {self.name!r} is not installed; run {self.install_hint()}")
             return [folder / self.filename]
-        missing = [pkg for (module, _), pkg in zip(self.chunks, self.package_names) if self._folder(module) is None]
+        folders = [self._folder(module) for module, _ in self.chunks]  # each package looked up once
+        missing = [pkg for folder, pkg in zip(folders, self.package_names) if folder is None]
         if missing:
             raise PackagedModelError(f"packaged model {self.name!r} is not installed (missing {', '.join(missing)}); "
                                      f"run {self.install_hint()}")
-        return [self._folder(module) / rel for module, rel in self.chunks]
+        return [folder / rel for folder, (_, rel) in zip(folders, self.chunks)]
 
     def locate(self, cache_dir: Path) -> Path:
         """The GGUF file: inside its package, or joined from its chunks into ``cache_dir/gguf`` once."""
