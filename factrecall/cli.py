@@ -230,7 +230,7 @@ def _file_domains(relations: str, domain: str | None) -> dict[str, str]:
 
 def _prepare_run(stage, settings: dict, models: str, relations: str, shots: str, dtype: str, device,
                  store_root: Path, domains: dict[str, str], progress: bool, threads: int | None,
-                 ) -> tuple[list[int], list[str]]:
+                 model_dtypes: dict[str, str] | None = None) -> tuple[list[int], list[str]]:
     """Everything a running command does before its flow: check the command line, say how relation files
     are stored, quiet the libraries, set torch's threads, run the preflight (flows.preflight: everything
     that can fail before a write) and configure Prefect. Returns (shots, preflight warnings); an expected
@@ -248,7 +248,7 @@ def _prepare_run(stage, settings: dict, models: str, relations: str, shots: str,
         torch.set_num_threads(threads)
 
     def check() -> list[str]:
-        handles = [ModelHandle(ref, dtype, device) for ref in _split(models)]
+        handles = [ModelHandle(ref, (model_dtypes or {}).get(ref, dtype), device) for ref in _split(models)]
         rels = [get_relation(r, domains.get(r)) for r in _split(relations)]
         return preflight(stage, stage.config(**settings), handles, rels, shot_list, store_root)
 
@@ -427,7 +427,7 @@ def reproduce(
     cluster = _cluster(runner, workers, dask_address, threads)
     _, warnings = _prepare_run(STAGES["claims"], parsed.settings, ",".join(parsed.models), ",".join(parsed.relations),
                                ",".join(map(str, parsed.shots)), parsed.dtype, device, store_root,
-                               parsed.file_domains, progress, threads)
+                               parsed.file_domains, progress, threads, parsed.model_dtypes)
     from factrecall.flows.reproduce import reproduce_flow
 
     def run() -> dict:

@@ -78,7 +78,8 @@ def reproduce(spec_ref: str, store_root: str, baseline: str | None = None, devic
     pinned = (path, read_baseline(path)) if path is not None else None  # a bad file fails before any write
     return sweep("claims", list(spec.models), list(spec.relations), list(spec.shots), store_root, spec.settings,
                  spec.dtype, device, show_progress, force, checked, kind="reproduce",
-                 after=_recorder(spec, pinned, started), domains=spec.file_domains, cluster=cluster)
+                 after=_recorder(spec, pinned, started), domains=spec.file_domains, cluster=cluster,
+                 model_dtypes=spec.model_dtypes)
 
 
 @flow(name="factrecall-reproduce", flow_run_name="reproduce {spec_ref}", retries=0, log_prints=False)

@@ -73,20 +73,22 @@ def sweep(stage: str, models: list[str], relations: list[str], shots: list[int],
           settings: dict | None = None, dtype: str = "float32", device: str | None = None,
           show_progress: bool = True, force: bool = False, checked: list[str] | None = None,
           kind: str | None = None, after=None, domains: dict[str, str] | None = None,
-          cluster: dict | None = None) -> dict:
+          cluster: dict | None = None, model_dtypes: dict[str, str] | None = None) -> dict:
     """Run ``stage`` (and what it needs) for every (model, relation, shot); returns the run manifest.
     ``checked``: the warnings of a preflight the caller already ran (the CLI does, before Prefect starts).
     ``kind``: the run's kind in ``runs`` (default: the stage). ``after(store, catalog, manifest) -> dict``: runs under
     the writer lock once every partition is done, before the manifest is written (a reproduction records its
     claims and drift there); what it returns is added to the manifest. ``domains``: relation file -> the domain
     it gets when its lines name none (`--domain`, a spec's relation domain). ``cluster``: run the partitions on
-    Dask (``flows.cluster.ClusterOptions`` as a dict: local workers or a scheduler address); None: one by one here."""
+    Dask (``flows.cluster.ClusterOptions`` as a dict: local workers or a scheduler address); None: one by one here.
+    ``model_dtypes``: model -> its dtype where it is not ``dtype`` (a spec's ``[model_dtypes]``)."""
     spec = STAGES[stage]
     config = spec.config(**(settings or {}))
     run_id = new_run_id()
     started = datetime.now(timezone.utc)
     rels = [get_relation(r, (domains or {}).get(r)) for r in relations]  # bad names fail before any model loads
-    handles = [ModelHandle(ref, dtype, device) for ref in models]
+    model_dtypes = model_dtypes or {}
+    handles = [ModelHandle(ref, model_dtypes.get(ref, dtype), device) for ref in models]
     warnings = checked if checked is not None else preflight(spec, config, handles, rels, list(shots),
                                                                 Path(store_root))  # before any write
     models_rows = model_records(run_id, handles)
@@ -122,10 +124,12 @@ def sweep(stage: str, models: list[str], relations: list[str], shots: list[int],
             "code_version": code_version(), "packages": package_versions(), "python": platform.python_version(),
             "seed": config.seed,
             "config": {"models": models, "relations": relations, "shots": list(shots), "dtype": dtype,
+                       "model_dtypes": model_dtypes,
                        "device": device, "threads": torch.get_num_threads(), "stage": stage, "cluster": cluster,
                        "settings": {k: getattr(config, k) for k in config.__dataclass_fields__},
                        "bos": "tokenizer default", "answer_token": "first token of ' ' + object after the prompt",
-                       "padding": "right", "ledger_rtol": ledger_rtol(DTYPES[dtype])},
+                       "padding": "right",
+                       "ledger_rtol": {m.model_id: ledger_rtol(DTYPES[m.dtype]) for m in handles}},
             "model_sha256": {m.model_id: m.file_sha256 for m in handles},
             "relation_sha256": {r.name: r.content_hash() for r in rels},
             "relation_repairs": {r.name: list(r.repairs) for r in rels if r.repairs},

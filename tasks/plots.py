@@ -221,12 +221,15 @@ def bars(categories: Sequence[str], groups: dict[str, tuple], title: str, ylabel
 
 def _size_axis_figure(rows: Sequence[dict]) -> Figure | None:
     """``rows``: the ``claims_by_size`` query's rows (only the pooled, relation 'all', ones are drawn: claim, statistic,
-    shot, model, dtype, params, value, min_value, max_value; float32 models only). One panel per claim: the statistic against the parameter count (log axis), a
-    line per shot through the models, and a band over the relations' range (min..max)."""
-    rows = [r for r in rows if r.get("relation", "all") == "all" and r.get("params") and r.get("value") is not None
-            and r.get("dtype") in (None, "float32")]  # a bfloat16 copy of a model is not another size
+    shot, model, dtype, params, value, min_value, max_value). One panel per claim: the statistic against the
+    parameter count (log axis), a line per shot through the models, and a band over the relations' range (min..max).
+    One point per size: the float32 model's; a size measured only in bfloat16 (a spec's ``[model_dtypes]``) is drawn
+    with a hollow marker, and a bfloat16 copy of a float32 model is left out (it is not another size)."""
+    rows = [r for r in rows if r.get("relation", "all") == "all" and r.get("params") and r.get("value") is not None]
+    exact = {r["params"] for r in rows if r.get("dtype") in (None, "float32")}
+    rows = [r for r in rows if r.get("dtype") in (None, "float32") or r["params"] not in exact]
     claims = list(dict.fromkeys(r["claim"] for r in rows))
-    if len({r["model"] for r in rows}) < 2 or not claims:
+    if len({r["params"] for r in rows}) < 2 or not claims:
         return None
     ncols = min(4, len(claims))
     nrows = int(np.ceil(len(claims) / ncols))
@@ -241,10 +244,14 @@ def _size_axis_figure(rows: Sequence[dict]) -> Figure | None:
             pts = sorted((r for r in mine if int(r["shot"]) == shot), key=lambda r: r["params"])
             if not pts:
                 continue
+            color = cmap(j % cmap.N)
             x = np.array([r["params"] for r in pts], dtype=np.float64)
-            ax.plot(x, [r["value"] for r in pts], marker="o", markersize=4, color=cmap(j % cmap.N),
-                    label=f"shot {shot}")
-            ax.fill_between(x, [r["min_value"] for r in pts], [r["max_value"] for r in pts], color=cmap(j % cmap.N),
+            ax.plot(x, [r["value"] for r in pts], color=color, label=f"shot {shot}")
+            for r in pts:
+                low = r.get("dtype") not in (None, "float32")
+                ax.plot([r["params"]], [r["value"]], marker="o", markersize=4, color=color,
+                        markerfacecolor="white" if low else color)
+            ax.fill_between(x, [r["min_value"] for r in pts], [r["max_value"] for r in pts], color=color,
                             alpha=0.15, linewidth=0)
         ax.set_xscale("log")
         ax.set_title(claim.replace("_", " "), fontsize="medium")
@@ -252,7 +259,8 @@ def _size_axis_figure(rows: Sequence[dict]) -> Figure | None:
         ax.tick_params(labelsize="small")
         if i == 0:
             ax.legend(fontsize="x-small", loc="best")
-    fig.supxlabel("parameters (log scale)")
+    low = sorted({r["model"] for r in rows if r.get("dtype") not in (None, "float32")})
+    fig.supxlabel("parameters (log scale)" + (f"; hollow: bfloat16 ({', '.join(low)})" if low else ""))
     return fig
 
 

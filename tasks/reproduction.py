@@ -8,7 +8,9 @@ A spec is a TOML file (``reproductions/*.toml``)::
     description = "..."
     models = ["smollm2-135m"]
     shots = [0, 2]
-    dtype = "float32"             # optional
+    dtype = "float32"             # optional: every model's dtype...
+    [model_dtypes]                # optional: ...except these (e.g. a big model in bfloat16, METHOD §9)
+    "qwen2.5-coder-1.5b" = "bfloat16"
     baseline = "paper-quick.baseline.csv"   # optional: compare with this file (relative to the spec)
     [settings]                    # any setting of the claims stage (and the stages it builds on)
     max_prompts = 40
@@ -40,8 +42,8 @@ __all__ = ["DEFAULT_TOLERANCE", "Spec", "SpecError", "drift_rows", "find_spec", 
 #: Tolerance of a claim's value when the spec names none (absolute; values are effects, R², Δp, r).
 DEFAULT_TOLERANCE = 0.02
 
-_KEYS = {"name", "version", "description", "models", "shots", "dtype", "baseline", "settings", "relations",
-         "tolerance"}
+_KEYS = {"name", "version", "description", "models", "shots", "dtype", "model_dtypes", "baseline", "settings",
+         "relations", "tolerance"}
 
 
 class SpecError(ValueError):
@@ -61,6 +63,7 @@ class Spec:
     shots: tuple[int, ...]
     dtype: str = "float32"
     description: str = ""
+    model_dtypes: dict[str, str] = field(default_factory=dict)  # model -> its dtype where it is not ``dtype``
     settings: dict = field(default_factory=dict)
     tolerance: dict[str, float] = field(default_factory=dict)  # claim -> tolerance ("default" included)
     baseline: Path | None = None
@@ -68,6 +71,9 @@ class Spec:
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+    def dtype_of(self, model: str) -> str:
+        return self.model_dtypes.get(model, self.dtype)
 
     def tolerance_of(self, claim: str) -> float:
         return self.tolerance.get(claim, self.tolerance.get("default", DEFAULT_TOLERANCE))
@@ -125,6 +131,20 @@ def load_spec(ref: str | Path) -> Spec:
             raise SpecError(f"{where}: {key} lists a value twice ({list(values)}); list each once")
     if not isinstance(raw.get("version", 1), int) or isinstance(raw.get("version", 1), bool):
         raise SpecError(f"{where}: version must be an integer; got {raw['version']!r}")
+    from .models import DTYPES
+
+    dtype, model_dtypes = raw.get("dtype", "float32"), raw.get("model_dtypes", {})
+    if dtype not in DTYPES:
+        raise SpecError(f"{where}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if not isinstance(model_dtypes, dict):
+        raise SpecError(f"{where}: model_dtypes must be a table of model = dtype, e.g. "
+                        '[model_dtypes] "qwen2.5-coder-1.5b" = "bfloat16"')
+    for model, value in model_dtypes.items():
+        if model not in models:
+            raise SpecError(f"{where}: [model_dtypes] names {model!r}, which is not in models; list it in models "
+                            "or drop the line")
+        if value not in DTYPES:
+            raise SpecError(f"{where}: [model_dtypes] {model} = {value!r} is not one of {', '.join(DTYPES)}")
     relations, domains, file_domains = [], {}, {}
     for i, item in enumerate(raw["relations"] if isinstance(raw["relations"], list) else [None]):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
@@ -180,7 +200,7 @@ def load_spec(ref: str | Path) -> Spec:
             raise SpecError(f"{where}: baseline file {baseline} not found; fix the path or drop the key")
     return Spec(name=str(raw["name"]), version=int(raw.get("version", 1)), path=path.resolve(), text=text,
                 models=models, relations=tuple(relations), domains=domains, file_domains=file_domains, shots=shots,
-                dtype=raw.get("dtype", "float32"), description=raw.get("description", ""), settings=settings,
+                dtype=dtype, model_dtypes=dict(model_dtypes), description=raw.get("description", ""), settings=settings,
                 tolerance={k: float(v) for k, v in tolerance.items()}, baseline=baseline)
 
 

@@ -216,6 +216,10 @@ domain = "factual"
     (SPEC.replace("shots = [0]", "shots = [0, 0]"), "lists a value twice"),
     (SPEC + '[[relations]]\nname = "paper.capital"\n', "listed twice"),
     (SPEC.replace("shots = [0]", "shots = [true]"), "non-negative integers"),
+    ('dtype = "float8"\n' + SPEC, "dtype 'float8' is not one of"),
+    (SPEC + '[model_dtypes]\n"gemma3-270m" = "bfloat16"\n', "names 'gemma3-270m', which is not in models"),
+    (SPEC + '[model_dtypes]\n"smollm2-135m" = "half"\n', "smollm2-135m = 'half' is not one of"),
+    ('model_dtypes = "bfloat16"\n' + SPEC, "model_dtypes must be a table"),
 ])
 def test_bad_specs_are_one_line_errors(tmp_path, text, message):
     path = tmp_path / "spec.toml"
@@ -235,6 +239,8 @@ def test_shipped_specs_load():
     size, f32, bf16 = load_spec("size-axis"), load_spec("dtype-check"), load_spec("dtype-check-bf16")
     assert size.relations == paper.relations and size.domains == paper.domains and size.shots == paper.shots
     assert set(size.models) == set(PACKAGED) and size.settings == paper.settings
+    assert {m: size.dtype_of(m) for m in size.models} == {  # the 1.5B in bfloat16, the others float32
+        m: "bfloat16" if m == "qwen2.5-coder-1.5b" else "float32" for m in PACKAGED}
     assert (f32.dtype, bf16.dtype) == ("float32", "bfloat16")  # the pair differs in its dtype only
     assert dataclasses.replace(f32, name=bf16.name, dtype="bfloat16", description=bf16.description,
                                path=bf16.path, text=bf16.text) == bf16

@@ -208,3 +208,33 @@ def test_report_sections_images_matrix_and_a_real_browser(reproduced, tmp_path):
     assert pixels.std() > 0.05  # text, colours and figures, not a uniform page
     colours = {tuple(np.round(p, 2)) for p in pixels.reshape(-1, 3)[::97]}
     assert len(colours) > 20
+
+
+def test_a_spec_gives_one_model_its_own_dtype(tmp_path):
+    """``[model_dtypes]``: the named model runs in bfloat16 (stored under its own id), the others in the spec's dtype."""
+    llama, qwen = save_tiny_model_dir("llama", tmp_path / "tiny-llama"), save_tiny_model_dir("qwen2", tmp_path / "tiny-qwen2")
+    spec = tmp_path / "mixed.toml"
+    spec.write_text(f"""name = "mixed"
+models = ["{llama}", "{qwen}"]
+shots = [0]
+dtype = "float32"
+[model_dtypes]
+"{qwen}" = "bfloat16"
+[settings]
+max_prompts = 8
+n_boot = 20
+batch_size = 4
+[[relations]]
+name = "paper.capital"
+""")
+    root = tmp_path / "store"
+    result = _reproduce(str(spec), root)
+    assert result.exit_code == 0, result.output
+    con = connect(root)
+    dtypes = dict(con.execute("SELECT DISTINCT r.model, r.dtype FROM results r").fetchall())
+    assert sorted(dtypes.values()) == ["bfloat16", "float32"] and len(dtypes) == 2
+    (bf16_model,) = [m for m, d in dtypes.items() if d == "bfloat16"]
+    assert bf16_model.endswith(".bf16") and "qwen2" in bf16_model
+    recorded = dict(con.execute("SELECT model, dtype FROM models").fetchall())
+    assert recorded == dtypes
+    assert con.execute("SELECT count(DISTINCT model) FROM claims").fetchall()[0][0] == 2

@@ -105,6 +105,8 @@ def test_the_size_axis_plot_needs_two_sized_models_and_stays_small(tmp_path):
     assert size_axis(per_relation) is None  # only pooled rows are drawn
     copies = [dict(r, model=r["model"] + ".bf16", dtype="bfloat16") for r in rows if r["model"] == "a"]
     assert size_axis([r for r in rows if r["model"] == "a"] + copies) is None  # a bf16 copy is not a second size
+    only_bf16 = [dict(r, model="b.bf16", dtype="bfloat16") for r in rows if r["model"] == "b"]
+    assert size_axis([r for r in rows if r["model"] == "a"] + only_bf16) is not None  # a size measured in bf16 only
 
     store = Store(tmp_path / "store")  # and `factrecall plots` writes it from the query
     for model, rel in (("small", "r1"), ("big", "r1")):
