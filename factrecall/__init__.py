@@ -18,13 +18,14 @@ __all__ = ["named_query", "open_store"]
 def open_store(store: str | Path | None = None, as_of: str | None = None):
     """A read-only DuckDB connection to a store with every view (``factrecall query --list``): ``.sql(text)``
     returns a DuckDB relation, ``.pl(text)`` a Polars DataFrame, ``.con`` the connection, ``.warnings()``
-    the damaged files left out. ``store``: a store folder (default: $FACTRECALL_STORE or
-    .factrecall/store); ``as_of``: a run id, to read the store as it was after that run. Use it as a
+    the damaged files left out. ``store``: a store folder or an object-store URL such as s3://bucket/prefix
+    (default: $FACTRECALL_STORE or .factrecall/store); ``as_of``: a run id, to read the store as it was after that run. Use it as a
     context manager or call ``.close()``."""
     from factrecall.paths import default_store
+    from factrecall.storage.location import store_location
     from factrecall.storage.query import QueryError, open_store as _open
 
-    root = Path(store) if store is not None else default_store()
+    root = store_location(store if store is not None else default_store())
     if not root.exists():
         raise QueryError(f"no store at {root}; run `factrecall reproduce paper-quick` first or pass store=")
     return _open(root, as_of)

@@ -106,7 +106,8 @@ def main() -> None:
         sys.exit(1)
 
 
-StoreRoot = Annotated[Optional[Path], typer.Option("--store", help="Store root (default: $FACTRECALL_STORE or .factrecall/store).")]
+StoreRoot = Annotated[Optional[str], typer.Option("--store", help="Store root: a folder or an object-store URL such as "
+                                                 "s3://bucket/prefix (default: $FACTRECALL_STORE or .factrecall/store).")]
 
 # The options every stage command has, besides its config's fields: name -> (annotation, default).
 _COMMON = {
@@ -189,7 +190,7 @@ def _run_stage(stage, settings: dict, models: str, relations: str, shots: str, d
                dask_address: str | None, example: bool) -> None:
     """Validate everything, run the stage's flow, print one line per partition, the selection changes,
     stale results, the run summary and a follow-up query."""
-    store_root = (store or default_store()).resolve()
+    store_root = _store_root(store)
     try:
         stage.config(**settings)
     except ValueError as exc:
@@ -226,6 +227,16 @@ def _file_domains(relations: str, domain: str | None) -> dict[str, str]:
     from factrecall.tasks.relations import is_builtin_relation
 
     return {} if domain is None else {r: domain for r in _split(relations) if not is_builtin_relation(r)}
+
+
+def _store_root(store: str | None):
+    """The store a ``--store`` value (or the default) names: a local folder or an object-store location."""
+    from factrecall.storage.location import LocationError, store_location
+
+    try:
+        return store_location(store or default_store())
+    except LocationError as exc:
+        _fail(str(exc))
 
 
 def _prepare_run(stage, settings: dict, models: str, relations: str, shots: str, dtype: str, device,
@@ -409,7 +420,7 @@ def reproduce(
     from factrecall.stages import STAGES
     from factrecall.tasks.reproduction import SpecError, load_spec
 
-    store_root = (store or default_store()).resolve()
+    store_root = _store_root(store)
     try:
         parsed = load_spec(spec)
     except SpecError as exc:
@@ -477,7 +488,7 @@ def report(
     from factrecall.storage.query import QueryError
     from factrecall.tasks.reproduction import SpecError, load_spec
 
-    store_root = (store or default_store()).resolve()
+    store_root = _store_root(store)
     if not store_root.exists():
         _fail(f"no store at {store_root}; run `factrecall reproduce paper-quick` first or pass --store")
     name = spec
@@ -503,7 +514,7 @@ def runs(
     """List reproductions, latest first, with their verdict and drift."""
     from factrecall.storage.query import QueryError, internal_query, open_store
 
-    store_root = (store or default_store()).resolve()
+    store_root = _store_root(store)
     if not store_root.exists():
         _fail(f"no store at {store_root}; run `factrecall reproduce paper-quick` first or pass --store")
     try:
@@ -604,7 +615,7 @@ def schedule(
         CronSchedule(cron=cron)
     except Exception:  # noqa: BLE001 - pydantic's error, made one line
         _fail(f"--cron {cron!r} is not a cron string; give five fields such as \"0 3 * * *\" (03:00 UTC daily)")
-    store_root = (store or default_store()).resolve()
+    store_root = _store_root(store)
     _validate(",".join(parsed.models), ",".join(parsed.relations), ",".join(map(str, parsed.shots)), parsed.dtype,
               parsed.file_domains)
     os.environ["PREFECT_API_URL"] = url
@@ -644,7 +655,7 @@ def query(
         return
     if (sql is None) == (named is None):
         _fail('give either SQL (factrecall query "SELECT ...") or --named NAME; `factrecall query --list` lists both')
-    store_root = (store or default_store()).resolve()
+    store_root = _store_root(store)
     if not store_root.exists():
         _fail(f"no store at {store_root}; run `factrecall capture` first or pass --store")
     try:
@@ -676,7 +687,7 @@ def plots(
     from factrecall.storage.export import export_plots
     from factrecall.storage.query import QueryError
 
-    store_root = (store or default_store()).resolve()
+    store_root = _store_root(store)
     if not store_root.exists():
         _fail(f"no store at {store_root}; run `factrecall capture` first or pass --store")
     folder = (out or state_dir() / "plots").resolve()
@@ -696,7 +707,7 @@ def gc(
     files of crashed writes, damaged results' files, and with --unselected the results nothing selects."""
     from factrecall.storage.store import Store, StoreError
 
-    store_root = (store or default_store()).resolve()
+    store_root = _store_root(store)
     if not store_root.exists():
         _fail(f"no store at {store_root}")
     try:

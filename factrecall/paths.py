@@ -32,8 +32,12 @@ def state_dir() -> Path:
                    "the state folder", "FACTRECALL_HOME")
 
 
-def default_store() -> Path:
-    return Path(os.environ.get("FACTRECALL_STORE", state_dir() / "store")).resolve()
+def default_store() -> Path | str:
+    """``FACTRECALL_STORE`` (a folder or an object-store URL, kept as text) or ``<state>/store``."""
+    env = os.environ.get("FACTRECALL_STORE")
+    if env and "://" in env:
+        return env
+    return Path(env or state_dir() / "store").resolve()
 
 
 def model_cache_dir() -> Path:

@@ -7,8 +7,10 @@ A failure is one ``PreflightError`` line naming what is wrong; nothing has been 
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
+from factrecall.storage.location import is_object_store, store_location
 from factrecall.tasks.prompts import build_prompts
 from factrecall.tasks.tokenization import TokenizationError, tokenize_prompts
 
@@ -19,9 +21,20 @@ class PreflightError(ValueError):
     """A command cannot start: the message says what is wrong and what to do."""
 
 
-def check_store_writable(root: Path) -> None:
-    """The store folder exists and is writable, or can be created."""
-    root = Path(root)
+def check_store_writable(root) -> None:
+    """The store folder exists and is writable, or can be created; an object store takes a probe object (written
+    and deleted) under its prefix."""
+    root = store_location(root)
+    if is_object_store(root):
+        probe = root / f"_probe-{uuid.uuid4().hex}"
+        try:
+            with root.fs.open_output_stream(probe.key) as out:
+                out.write(b"")
+            probe.unlink(missing_ok=True)
+        except OSError as exc:
+            raise PreflightError(f"the store {root} is not writable ({' '.join(str(exc).split())[:160]}); check the "
+                                 "bucket and the credentials (AWS_* variables for s3://), or pass another --store") from None
+        return
     probe = root
     while not probe.exists():
         probe = probe.parent

@@ -13,7 +13,6 @@ from __future__ import annotations
 import platform
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
@@ -29,6 +28,7 @@ from .prefect_server import install as _watch_prefect_server  # noqa: E402
 _watch_prefect_server()
 
 from factrecall.stages import STAGES  # noqa: E402
+from factrecall.storage.location import store_location  # noqa: E402
 from factrecall.storage.store import Store  # noqa: E402
 from factrecall.tasks.ledger import ledger_rtol  # noqa: E402
 from factrecall.tasks.models import DTYPES  # noqa: E402
@@ -90,9 +90,9 @@ def sweep(stage: str, models: list[str], relations: list[str], shots: list[int],
     model_dtypes = model_dtypes or {}
     handles = [ModelHandle(ref, model_dtypes.get(ref, dtype), device) for ref in models]
     warnings = checked if checked is not None else preflight(spec, config, handles, rels, list(shots),
-                                                                Path(store_root))  # before any write
+                                                                store_location(store_root))  # before any write
     models_rows = model_records(run_id, handles)
-    store = Store(Path(store_root))
+    store = Store(store_location(store_root))
     partitions: list[dict] = []
     refused: dict[str, str] = {}
     timings: dict[str, float] = {}

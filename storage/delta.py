@@ -1,5 +1,5 @@
-"""Delta Lake tables on the local file system: commit streamed Parquet files, list a version's files,
-build PyArrow datasets over chosen files (docs/METHOD.md §8).
+"""Delta Lake tables in a local folder or an object store (``storage.location``): commit streamed Parquet files,
+list a version's files, build PyArrow datasets over chosen files (docs/METHOD.md §8).
 
 Every data file is written by our own Parquet writer straight into the table's directory, under its
 partition path, and becomes part of the table only when the transaction that adds it is committed
@@ -8,26 +8,27 @@ partition columns; their values live in the transaction log.
 
 Reads never go through delta-rs' own file handler (`DeltaStorageHandler`): with deltalake 1.6.6 a
 process that read through it aborts at exit in about one run in five ("terminate called without an
-active exception"). Datasets are built from the log's file list over PyArrow's local file system.
+active exception"). Datasets are built from the log's file list over PyArrow's file system of the location.
+A table's ``path`` is a ``pathlib.Path`` or a ``storage.location.ObjectPath``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
+
+from .location import arrow_subtree, arrow_target, delta_options
 
 __all__ = [
     "DataFile", "TableLogError", "commit_files", "dataset", "delta_schema", "file_schema", "list_files",
@@ -66,7 +67,9 @@ def open_table(path: Path, version: int | None = None) -> DeltaTable | None:
     if not (path / "_delta_log").is_dir():
         return None
     try:
-        return DeltaTable(str(path), version=version) if version is not None else DeltaTable(str(path))
+        options = delta_options(path)
+        return (DeltaTable(str(path), version=version, storage_options=options) if version is not None
+                else DeltaTable(str(path), storage_options=options))
     except TableNotFoundError:
         return None
     except (DeltaError, OSError, ValueError) as exc:
@@ -101,7 +104,7 @@ def dataset(path: Path, schema: pa.Schema, files: list[DataFile]) -> ds.Dataset:
     """A PyArrow dataset over ``files`` of the table at ``path`` (partition columns from the log)."""
     schema = delta_schema(schema)
     fmt = ds.ParquetFileFormat()
-    fs = pafs.SubTreeFileSystem(str(path), pafs.LocalFileSystem())
+    fs = arrow_subtree(path)
     fragments = [fmt.make_fragment(f.path, filesystem=fs, partition_expression=_partition_expression(schema, f.partition))
                  for f in files]
     return ds.FileSystemDataset(fragments, schema, fmt, fs)
@@ -156,8 +159,9 @@ def _stats(meta: pq.FileMetaData, schema: pa.Schema) -> str:
 
 
 def _add_action(path: Path, relative: str, partition: dict[str, str], schema: pa.Schema) -> AddAction:
-    meta = pq.read_metadata(path / relative)
-    return AddAction(relative, os.path.getsize(path / relative), dict(partition), int(time.time() * 1000), True,
+    where, fs = arrow_target(path / relative)
+    meta = pq.read_metadata(where, filesystem=fs)
+    return AddAction(relative, (path / relative).stat().st_size, dict(partition), int(time.time() * 1000), True,
                      _stats(meta, schema))
 
 
@@ -204,7 +208,8 @@ def commit_files(path: Path, schema: pa.Schema, partition_by: tuple[str, ...],
             table = _table_for_write(path)
             if table is None:
                 create_table_with_add_actions(str(path), DeltaSchema.from_arrow(schema), actions, mode="append",
-                                              partition_by=list(partition_by), configuration=configuration)
+                                              partition_by=list(partition_by), configuration=configuration,
+                                              storage_options=delta_options(path))
             else:
                 _ensure_columns(table, schema)
                 table.create_write_transaction(actions, "append", schema, partition_by=list(partition_by))

@@ -10,6 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .location import arrow_target
+
 __all__ = ["Damage", "file_problem", "footer_problem", "is_gone"]
 
 
@@ -37,14 +39,16 @@ def is_gone(exc: Exception) -> bool:
 
 
 def footer_problem(path: Path) -> str | None:
+    where, fs = arrow_target(path)
     try:
-        pq.read_metadata(path)
+        pq.read_metadata(where, filesystem=fs)
     except (OSError, pa.ArrowInvalid) as exc:
         return f"unreadable ({str(exc).splitlines()[0]})"
     return None
 
 
 def file_problem(path: Path, size: int) -> str | None:
+    """``path``: a ``Path`` or an object-store ``ObjectPath`` (``storage.location``)."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -53,6 +57,6 @@ def file_problem(path: Path, size: int) -> str | None:
         return f"unreadable ({exc.strerror})"
     if st.st_size != size:
         return f"truncated or changed ({st.st_size} bytes; the table's log says {size})"
-    if not os.access(path, os.R_OK):
+    if isinstance(path, Path) and not os.access(path, os.R_OK):
         return "unreadable (no read permission)"
     return None

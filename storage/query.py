@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from . import delta
 from .catalog import RESULTS_SCHEMA, Catalog
+from .location import store_location
 from .records import RECORDS
 from .store import Damage, Store, StoreError, intact_dataset
 
@@ -366,7 +367,7 @@ def _unreadable_file(e: duckdb.Error, root: Path | str) -> Damage | None:
         return None
     table, problem, rel = m.group(1), m.group(2), m.group(3)
     partition = dict(part.split("=", 1) for part in rel.split("/")[:-1] if "=" in part)
-    return Damage(table, str(Path(root).resolve() / table / rel), partition, f"unreadable ({problem.splitlines()[0]})")
+    return Damage(table, str(store_location(root) / table / rel), partition, f"unreadable ({problem.splitlines()[0]})")
 
 
 def run_query(root: Path | str, sql: str, fmt: str = "table", out: Path | None = None,

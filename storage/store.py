@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from . import delta
 from .catalog import RESULTS_SCHEMA, SELECTIONS_SCHEMA, Catalog, Key, ResultRecord
 from .integrity import Damage, file_problem, footer_problem, is_gone
+from .location import StoreLocation, arrow_target, is_object_store, store_location
 from .parquet import parquet_options
 from .records import RECORDS, RUNS_SCHEMA
 from .writer import PARTITION_BY, TABLE_CONFIG, ResultWriter, SchemaMismatchError, check_id
@@ -61,10 +62,11 @@ def _utcnow() -> datetime:
 
 
 class Store:
-    """A store at ``root``; ``as_of`` (a run id) opens it read-only as it was after that run."""
+    """A store at ``root`` (a local folder or an object-store URL, ``storage.location``); ``as_of`` (a run id)
+    opens it read-only as it was after that run."""
 
     def __init__(self, root: Path | str, as_of: str | None = None, create: bool = True) -> None:
-        self.root = Path(root).resolve()
+        self.root: StoreLocation = store_location(root)
         self.as_of = as_of
         self._versions: dict[str, int] | None = None
         self._as_of_finished = None  # when the as-of run finished: `runs` shows the runs up to it
@@ -76,7 +78,7 @@ class Store:
             self.root.mkdir(parents=True, exist_ok=True)
 
     # -- tables and versions -----------------------------------------------------------------
-    def table_dir(self, table: str) -> Path:
+    def table_dir(self, table: str) -> StoreLocation:
         return self.root / table
 
     def version_of(self, table: str) -> int | None | bool:
@@ -183,7 +185,8 @@ class Store:
             for f in good:
                 path = self.table_dir(table) / f.path
                 try:
-                    pq.read_table(path)
+                    where, fs = arrow_target(path)
+                    pq.read_table(where, filesystem=fs)
                     problem = None
                 except (pa.ArrowException, OSError) as exc:
                     problem = f"unreadable ({' '.join(str(exc).split())[:120]})"
@@ -312,8 +315,12 @@ class Store:
 
     @contextmanager
     def writing(self):
-        """Hold the store's shared writer lock (``gc`` waits for no writer)."""
+        """Hold the store's shared writer lock (``gc`` waits for no writer). An object store has no such lock:
+        its writers coordinate through Delta Lake's commits alone (``gc`` refuses to run there)."""
         self._require_writable()
+        if is_object_store(self.root):
+            yield self
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / "_gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -335,8 +342,9 @@ class Store:
         path.mkdir(parents=True, exist_ok=True)
         rel = f"part-{uuid.uuid4().hex}.parquet"
         data = pa.Table.from_pylist(rows, schema=delta.delta_schema(schema))
+        where, fs = arrow_target(path / rel)
         try:
-            pq.write_table(data, path / rel, **parquet_options(data.schema))
+            pq.write_table(data, where, filesystem=fs, **parquet_options(data.schema))
         except BaseException:
             (path / rel).unlink(missing_ok=True)
             raise
@@ -408,6 +416,9 @@ class Store:
         row otherwise: their reading dominates a query's start-up). Needs no writer: refused while a
         command writes."""
         self._require_writable()
+        if is_object_store(self.root):
+            raise StoreError(f"gc runs on local stores only: on {self.root} it cannot tell whether another command "
+                             "is writing (object stores have no shared lock); copy the store to a folder to compact it")
         fd = os.open(self.root / "_gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if fcntl is not None:

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 
 from . import delta
 from .catalog import Key, ResultRecord
+from .location import arrow_target
 from .parquet import parquet_options
 
 if TYPE_CHECKING:
@@ -86,7 +87,8 @@ class ResultWriter:
             rel = f"{self._dir}/part-{uuid.uuid4().hex}.parquet"
             path = self.store.table_dir(table) / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._writers[table] = (pq.ParquetWriter(path, want, **parquet_options(want)), rel)
+            where, fs = arrow_target(path)
+            self._writers[table] = (pq.ParquetWriter(where, want, filesystem=fs, **parquet_options(want)), rel)
             self._threads[table] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"write-{table}")
             self.rows[table] = 0
         if table in self._pending:
