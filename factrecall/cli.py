@@ -127,7 +127,7 @@ _COMMON = {
     "progress": (Annotated[bool, typer.Option(help="Show progress displays (--no-progress: none at all, "
                                                    "transformers' included).")], True),
     "runner": (Annotated[str, typer.Option(help="serial: partitions one by one in this process; dask: on a Dask "
-                                                "cluster through Prefect (README: Beyond one machine).")], "serial"),
+                                                "cluster through Prefect (README: Scaling out).")], "serial"),
     "workers": (Annotated[int, typer.Option(min=1, help="--runner dask: worker processes of the local cluster.")], 2),
     "dask_address": (Annotated[Optional[str], typer.Option(help="--runner dask: an existing scheduler "
                                                                 "(tcp://host:8786) instead of a local cluster.")],
