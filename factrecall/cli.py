@@ -251,6 +251,7 @@ def _prepare_run(stage, settings: dict, models: str, relations: str, shots: str,
     from factrecall.tasks.relations import get_relation
 
     shot_list = _validate(models, relations, shots, dtype, domains)
+    _check_device(device)
     _print_file_relations(relations, domains)
     _quiet_libraries(progress)
     if threads:
@@ -307,6 +308,15 @@ def _validate(models: str, relations: str, shots: str, dtype: str, domains: dict
     except (ModelLoadError, RelationError) as exc:
         _fail(str(exc))
     return shot_list
+
+
+def _check_device(device: str | None) -> None:
+    from factrecall.tasks.models import ModelLoadError, resolve_device
+
+    try:
+        resolve_device(device)
+    except ModelLoadError as exc:
+        _fail(str(exc))
 
 
 def _print_file_relations(relations: str, domains: dict[str, str] | None = None) -> None:

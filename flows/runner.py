@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
+import torch
 
 from factrecall.stages import STAGES, Stage
 from factrecall.storage.catalog import Catalog, Key, Requirement, ResultRecord, describe
@@ -36,6 +37,7 @@ from factrecall.tasks.capture_stage import LedgerError
 from factrecall.tasks.final_layer_stage import RerunMismatchError
 from factrecall.tasks.models import (
     DTYPES,
+    DeviceMemoryError,
     LoadedModel,
     ModelLoadError,
     PreparedModel,
@@ -266,6 +268,26 @@ class Runner:
 
     def _compute(self, stage: Stage, config, model: ModelHandle, relation: Relation, shot: int, ident: Identity,
                  ups: dict[str, tuple[ResultRecord, Requirement]], progress) -> tuple[ResultRecord, float]:
+        """Compute and commit one result. Out of device memory, it starts again at half the batch size (which
+        does not change results and is not part of the identity) down to 1; nothing of a failed try is kept."""
+        while True:
+            try:
+                return self._compute_once(stage, config, model, relation, shot, ident, ups, progress)
+            except torch.OutOfMemoryError:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                where = f"{model.model_id}/{relation.name}/shot={shot}"
+                if config.batch_size <= 1:
+                    raise DeviceMemoryError(f"{stage.name} of {where} does not fit in the device's memory even at "
+                                            "batch size 1; use --device cpu, a smaller model or --dtype bfloat16") from None
+                smaller = max(1, config.batch_size // 2)
+                self.notes.append(f"{where}: {stage.name} ran out of device memory at batch size {config.batch_size}; "
+                                  f"computed at batch size {smaller}")
+                config = dataclasses.replace(config, batch_size=smaller)
+
+    def _compute_once(self, stage: Stage, config, model: ModelHandle, relation: Relation, shot: int,
+                      ident: Identity, ups: dict[str, tuple[ResultRecord, Requirement]],
+                      progress) -> tuple[ResultRecord, float]:
         lm = model.get() if stage.needs_model else None
         key = (model.model_id, relation.name, shot)
         started = time.perf_counter()

@@ -29,6 +29,10 @@ class ModelLoadError(ValueError):
     """A model reference that cannot be resolved or a checkpoint that cannot be read."""
 
 
+class DeviceMemoryError(ModelLoadError):
+    """A stage that does not fit in the device's memory even one prompt at a time."""
+
+
 
 
 @dataclass
@@ -290,13 +294,35 @@ def load_tokenizer(prepared: PreparedModel):
     return tokenizer
 
 
+def resolve_device(device: str | None) -> torch.device:
+    """The device a ``--device`` value names: None (auto) is the first CUDA device when one is present, else the
+    CPU; "cuda" (or "cuda:N") where torch sees no such device is a one-line ``ModelLoadError``."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ModelLoadError(f"--device {device!r} is not a device; use cpu or cuda (or cuda:N)") from None
+    if chosen.type not in ("cpu", "cuda"):
+        raise ModelLoadError(f"--device {device!r}: factrecall runs on cpu or cuda")
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no device"
+            raise ModelLoadError(f"--device {device}: torch sees no CUDA device here (torch {torch.__version__}, "
+                                 f"{build}); use --device cpu, or run where a GPU is present")
+        if chosen.index is not None and chosen.index >= count:
+            raise ModelLoadError(f"--device {device}: there are {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    return chosen
+
+
 def load_model(ref: str | PreparedModel, dtype: str = "float32", device: str | None = None,
                cache_dir: Path | None = None, tokenizer=None) -> LoadedModel:
     """Load a model and tokenizer ready for capture (eval mode, eager attention)."""
     from transformers import AutoModelForCausalLM
 
     prepared = ref if isinstance(ref, PreparedModel) else prepare_model(ref, dtype, cache_dir)
-    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch_device = resolve_device(device)
     try:  # the tokenizer loads in a thread while the weights load (most of both is I/O and parsing)
         with ThreadPoolExecutor(max_workers=1) as pool:
             tokenizer_future = pool.submit(load_tokenizer, prepared) if tokenizer is None else None
@@ -364,8 +390,8 @@ def _alive(pid: int) -> bool:
 
 
 __all__ = [
-    "DEFAULT_MODEL", "LoadedModel", "ModelLoadError", "PACKAGED", "PreparedModel", "UnsupportedModelError",
+    "DEFAULT_MODEL", "DeviceMemoryError", "LoadedModel", "ModelLoadError", "PACKAGED", "PreparedModel", "UnsupportedModelError",
     "describe_model", "describe_models", "load_model", "loaded_model_record", "parameter_count",
     "prepared_model_record", "load_tokenizer", "model_key", "prepare_model", "remove_stale_temporaries",
-    "resolve", "sanitize_id",
+    "resolve", "resolve_device", "sanitize_id",
 ]
