@@ -7,6 +7,7 @@ intervals over prompts (resampled with replacement, seeded), returned as `(lo, h
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -29,11 +30,15 @@ def pearson(x: np.ndarray, y: np.ndarray, axis: int = 0) -> np.ndarray:
 
 def bootstrap_pearson_ci(x: np.ndarray, y: np.ndarray, n_boot: int = 1000, seed: int = 0,
                          level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Interval of r for each column of `x, y [n, ...]` (prompts on axis 0)."""
+    """Interval of r for each column of `x, y [n, ...]` (prompts on axis 0). A column whose r is undefined in
+    every resample (a head whose attention or DLA does not vary, e.g. exactly 0 in bfloat16) has no interval: NaN,
+    without numpy's "All-NaN slice" warning."""
     idx = bootstrap_indices(x.shape[0], n_boot, seed)
     rs = np.stack([pearson(x[i], y[i]) for i in idx])  # [n_boot, ...]
     alpha = (1 - level) / 2
-    return np.nanquantile(rs, alpha, axis=0), np.nanquantile(rs, 1 - alpha, axis=0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
+        return np.nanquantile(rs, alpha, axis=0), np.nanquantile(rs, 1 - alpha, axis=0)
 
 
 def ratio_effect(m_patched: np.ndarray, m_clean: np.ndarray) -> np.ndarray:

@@ -41,6 +41,17 @@ def test_bootstrap_pearson_interval_matches_a_plain_loop():
     assert (lo <= r).all() and (r <= hi).all() and (hi - lo > 0).all()
 
 
+def test_a_constant_column_has_no_interval_and_no_warning():
+    import warnings
+
+    x = X.copy()
+    x[:, 2] = 0.0  # a head that never attends (exactly 0, as bfloat16 rounds small weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "All-NaN slice" RuntimeWarning would fail here
+        lo, hi = bootstrap_pearson_ci(x, Y, n_boot=50, seed=1)
+    assert np.isnan(lo[2]) and np.isnan(hi[2]) and np.isfinite(lo[[0, 1, 3]]).all()
+
+
 def test_bootstrap_ratio_effect_point_and_interval():
     m_clean = RNG.uniform(5, 10, size=30)
     m_patched = m_clean[:, None] * np.array([0.5, 1.0, 1.2]) + RNG.normal(scale=0.1, size=(30, 3))
