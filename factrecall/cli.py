@@ -603,6 +603,9 @@ def schedule(
     baseline: Optional[Path] = typer.Option(None, help="Compare each run with this file instead of the run before."),
     api_url: Optional[str] = typer.Option(None, help=f"Prefect API (default: $PREFECT_API_URL or {DEFAULT_API})."),
     name: Optional[str] = typer.Option(None, help="Deployment name (default: reproduce-<spec name>)."),
+    runner: Annotated[str, _COMMON["runner"][0].__metadata__[0]] = "serial",
+    workers: Annotated[int, _COMMON["workers"][0].__metadata__[0]] = 2,
+    dask_address: Annotated[Optional[str], _COMMON["dask_address"][0].__metadata__[0]] = None,
 ) -> None:
     """Register a Prefect deployment that reproduces SPEC on a cron schedule, and serve it: runs until
     stopped (Ctrl-C pauses the schedule), each scheduled run a `factrecall reproduce` whose claims, drift
@@ -615,6 +618,7 @@ def schedule(
         _fail(str(exc))
     if baseline is not None and not baseline.is_file():
         _fail(f"baseline {baseline} not found; give a .csv or .parquet file of claim rows")
+    cluster = _cluster(runner, workers, dask_address, None)
     url = api_url or os.environ.get("PREFECT_API_URL") or DEFAULT_API
     if not _api_reachable(url):
         _fail(f"no Prefect server answers at {url}; start one with `factrecall server` (or `prefect server start "
@@ -639,7 +643,8 @@ def schedule(
                   f"API {url}; Ctrl-C stops serving and pauses the schedule", highlight=False)
     reproduce_flow.serve(name=deployment, cron=cron, entrypoint_type=EntrypointType.MODULE_PATH,
                          parameters={"spec_ref": str(parsed.path), "store_root": str(store_root),
-                                     "baseline": str(baseline.resolve()) if baseline else None},
+                                     "baseline": str(baseline.resolve()) if baseline else None,
+                                     "cluster": cluster},
                          description=f"factrecall reproduce {parsed.name}: {parsed.description}",
                          tags=["factrecall", parsed.name])
 

@@ -4,6 +4,7 @@ outlives the test (both commands stop on SIGTERM, the server with every process 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -73,7 +74,8 @@ def test_schedule_serves_a_cron_deployment_whose_run_lands_in_the_store(tmp_path
     serve, left_serving = None, []
     try:
         _wait(lambda: _healthy(api), 120, "the Prefect server", server)
-        serve = subprocess.Popen([BIN / "factrecall", "schedule", str(spec), "--cron", "0 3 * * *", "--store", str(store)],
+        serve = subprocess.Popen([BIN / "factrecall", "schedule", str(spec), "--cron", "0 3 * * *", "--store", str(store),
+                                  "--runner", "dask", "--workers", "1"],
                                  env=env, stdout=logs[1].open("w"), stderr=subprocess.STDOUT)
         _wait(lambda: "being served" in logs[1].read_text(), 120, "the deployment", serve)
         name = "factrecall-reproduce/reproduce-tiny-scheduled"
@@ -81,6 +83,7 @@ def test_schedule_serves_a_cron_deployment_whose_run_lands_in_the_store(tmp_path
                                  text=True, timeout=60)
         assert inspect.returncode == 0, inspect.stdout + inspect.stderr
         assert "'cron': '0 3 * * *'" in inspect.stdout
+        assert "'cluster': {" in inspect.stdout and "'workers': 1" in inspect.stdout  # each run on a Dask worker
         triggered = subprocess.run([BIN / "prefect", "deployment", "run", name], env=env, capture_output=True,
                                    text=True, timeout=60)
         assert triggered.returncode == 0, triggered.stdout + triggered.stderr
@@ -95,6 +98,8 @@ def test_schedule_serves_a_cron_deployment_whose_run_lands_in_the_store(tmp_path
         con = connect(store)
         assert con.execute("SELECT spec, verdict FROM reproductions").fetchall() == [("tiny-scheduled", "first")]
         assert con.execute("SELECT count(*) FROM claims").fetchall()[0][0] == 8
+        (config,) = con.execute("SELECT config FROM runs WHERE kind = 'reproduce'").fetchall()[0]
+        assert json.loads(config)["cluster"]["workers"] == 1  # the scheduled run went through the Dask runner
         runs = subprocess.run([BIN / "prefect", "flow-run", "ls", "--state", "COMPLETED"], env=env,
                               capture_output=True, text=True, timeout=60)
         assert "reproduce" in runs.stdout, runs.stdout + runs.stderr
