@@ -90,9 +90,10 @@ def _replaying(lm: LoadedModel, last_input):
 @torch.inference_mode()
 def text_logprobs(lm: LoadedModel, rows: list[torch.Tensor], head_scale: torch.Tensor | None = None,
                   mlp_alpha: float = 1.0, mlp_tokens: list[torch.Tensor] | None = None,
-                  last_inputs: list | None = None, record: list | None = None,
+                  last_inputs: list | None = None, record: list | None = None, with_top1: bool = True,
                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(log p of every next token `[N]`, concatenated over passages; each passage's top-1 tokens `[T]`).
+    """(log p of every next token `[N]`, concatenated over passages; each passage's top-1 tokens `[T]`, or an
+    empty list with ``with_top1=False``: the argmax over the vocabulary costs as much as a tenth of a pass).
 
     `head_scale [H]` and `mlp_alpha` with `mlp_tokens` (a token per position of each passage, e.g. the
     unmitigated top-1) apply the last-layer mitigation (`final_layer.mitigation_hooks`). The mitigation
@@ -111,5 +112,6 @@ def text_logprobs(lm: LoadedModel, rows: list[torch.Tensor], head_scale: torch.T
             logits = lm.model(input_ids=ids[None].to(lm.device), use_cache=False).logits[0].double()
         lp = torch.log_softmax(logits[:-1], dim=-1)
         logprobs.append(lp.gather(1, ids[1:, None].to(lm.device))[:, 0].float().cpu())
-        top1.append(logits.argmax(-1).cpu())
+        if with_top1:
+            top1.append(logits.argmax(-1).cpu())
     return torch.cat(logprobs), top1

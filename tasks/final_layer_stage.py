@@ -325,10 +325,10 @@ class TextControl:
                 scale = torch.ones(self.lm.dims.n_heads)
                 scale[self.suppressor_heads] = alpha
                 after = text_logprobs(self.lm, self.rows[split], head_scale=scale,
-                                      last_inputs=self.last_inputs[split])[0]
+                                      last_inputs=self.last_inputs[split], with_top1=False)[0]
             elif variant == "mlp_top1":
                 after = text_logprobs(self.lm, self.rows[split], mlp_alpha=alpha, mlp_tokens=self.top1[split],
-                                      last_inputs=self.last_inputs[split])[0]
+                                      last_inputs=self.last_inputs[split], with_top1=False)[0]
             else:
                 raise ValueError(f"{variant} has no plain-text cost (it needs the answer label)")
             self._cache[key] = after.double().numpy() - self.base[split]

@@ -246,5 +246,7 @@ def test_text_control_rerunning_the_last_layer_alone_equals_whole_forward_passes
         fast, fast_top1 = text_logprobs(lm, rows, last_inputs=recorded, **kwargs)
         torch.testing.assert_close(fast, whole, atol=1e-6, rtol=1e-6)
         assert all(torch.equal(a, b) for a, b in zip(fast_top1, whole_top1))
+        lean, none = text_logprobs(lm, rows, last_inputs=recorded, with_top1=False, **kwargs)
+        assert torch.equal(lean, fast) and none == []  # without the top-1 tokens: the same log p
     assert (text_logprobs(lm, rows, head_scale=scale)[0] - base).abs().max() > 1e-4  # the mitigation matters
     assert not any("forward" in vars(layer) for layer in lm.adapter.layer_modules(lm.model))  # restored
