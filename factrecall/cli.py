@@ -68,6 +68,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from factrecall.flows.preflight import PreflightError
     from factrecall.paths import PathsError
     from factrecall.storage.delta import TableLogError
+    from factrecall.storage.location import StoreAccessError
     from factrecall.storage.query import QueryError
     from factrecall.storage.store import StoreError
     from factrecall.tasks.adapters import UnsupportedModelError
@@ -75,8 +76,8 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from factrecall.tasks.relations import RelationError
     from factrecall.tasks.tokenization import TokenizationError
 
-    return (PreflightError, PathsError, TableLogError, QueryError, StoreError, UnsupportedModelError, ModelLoadError,
-            RelationError, TokenizationError)
+    return (PreflightError, PathsError, TableLogError, QueryError, StoreError, StoreAccessError, UnsupportedModelError,
+            ModelLoadError, RelationError, TokenizationError)
 
 
 def main() -> None:
@@ -198,7 +199,7 @@ def _run_stage(stage, settings: dict, models: str, relations: str, shots: str, d
     domains = _file_domains(relations, domain)
     cluster = _cluster(runner, workers, dask_address, threads)
     shot_list, warnings = _prepare_run(stage, settings, models, relations, shots, dtype, device, store_root, domains,
-                                       progress, threads)
+                                       progress, threads, remote=bool(dask_address))
     from factrecall.flows.stage_flow import stage_flow
 
     manifest = _guarded(lambda: stage_flow(stage.name, _split(models), _split(relations), shot_list, str(store_root),
@@ -239,9 +240,19 @@ def _store_root(store: str | None):
         _fail(str(exc))
 
 
+def _store_exists(root) -> bool:
+    """Whether the store is there (an object store that does not answer is one line, exit code 2)."""
+    from factrecall.storage.location import StoreAccessError
+
+    try:
+        return root.exists()
+    except StoreAccessError as exc:
+        _fail(str(exc))
+
+
 def _prepare_run(stage, settings: dict, models: str, relations: str, shots: str, dtype: str, device,
                  store_root: Path, domains: dict[str, str], progress: bool, threads: int | None,
-                 model_dtypes: dict[str, str] | None = None) -> tuple[list[int], list[str]]:
+                 model_dtypes: dict[str, str] | None = None, remote: bool = False) -> tuple[list[int], list[str]]:
     """Everything a running command does before its flow: check the command line, say how relation files
     are stored, quiet the libraries, set torch's threads, run the preflight (flows.preflight: everything
     that can fail before a write) and configure Prefect. Returns (shots, preflight warnings); an expected
@@ -251,7 +262,8 @@ def _prepare_run(stage, settings: dict, models: str, relations: str, shots: str,
     from factrecall.tasks.relations import get_relation
 
     shot_list = _validate(models, relations, shots, dtype, domains)
-    _check_device(device)
+    if not remote:  # on an existing Dask cluster the workers' devices count, not this machine's
+        _check_device(device)
     _print_file_relations(relations, domains)
     _quiet_libraries(progress)
     if threads:
@@ -345,7 +357,7 @@ def _report(manifest: dict, store_root: Path, example: str | None) -> None:
     written = sum(p["status"] == "written" for p in mine)
     skipped = sum(p["status"] == "skipped" for p in mine)
     for note in manifest.get("notes", []):
-        console.print(f"selection: {note}", highlight=False)
+        console.print(note if note.startswith("memory: ") else f"selection: {note}", highlight=False)
     for note in manifest.get("stale", []):
         console.print(note, highlight=False)
     console.print(f"run {manifest['run_id']}: {written} partition(s) written, {skipped} unchanged (skipped)")
@@ -448,7 +460,7 @@ def reproduce(
     cluster = _cluster(runner, workers, dask_address, threads)
     _, warnings = _prepare_run(STAGES["claims"], parsed.settings, ",".join(parsed.models), ",".join(parsed.relations),
                                ",".join(map(str, parsed.shots)), parsed.dtype, device, store_root,
-                               parsed.file_domains, progress, threads, parsed.model_dtypes)
+                               parsed.file_domains, progress, threads, parsed.model_dtypes, remote=bool(dask_address))
     from factrecall.flows.reproduce import reproduce_flow
 
     def run() -> dict:
@@ -499,7 +511,7 @@ def report(
     from factrecall.tasks.reproduction import SpecError, load_spec
 
     store_root = _store_root(store)
-    if not store_root.exists():
+    if not _store_exists(store_root):
         _fail(f"no store at {store_root}; run `factrecall reproduce paper-quick` first or pass --store")
     name = spec
     if spec is not None and (spec.endswith(".toml") or Path(spec).is_file()):
@@ -525,7 +537,7 @@ def runs(
     from factrecall.storage.query import QueryError, internal_query, open_store
 
     store_root = _store_root(store)
-    if not store_root.exists():
+    if not _store_exists(store_root):
         _fail(f"no store at {store_root}; run `factrecall reproduce paper-quick` first or pass --store")
     try:
         view = open_store(store_root)
@@ -671,7 +683,7 @@ def query(
     if (sql is None) == (named is None):
         _fail('give either SQL (factrecall query "SELECT ...") or --named NAME; `factrecall query --list` lists both')
     store_root = _store_root(store)
-    if not store_root.exists():
+    if not _store_exists(store_root):
         _fail(f"no store at {store_root}; run `factrecall capture` first or pass --store")
     try:
         text = named_query(named) if named else sql
@@ -703,7 +715,7 @@ def plots(
     from factrecall.storage.query import QueryError
 
     store_root = _store_root(store)
-    if not store_root.exists():
+    if not _store_exists(store_root):
         _fail(f"no store at {store_root}; run `factrecall capture` first or pass --store")
     folder = (out or state_dir() / "plots").resolve()
     try:
@@ -723,7 +735,7 @@ def gc(
     from factrecall.storage.store import Store, StoreError
 
     store_root = _store_root(store)
-    if not store_root.exists():
+    if not _store_exists(store_root):
         _fail(f"no store at {store_root}")
     try:
         done = Store(store_root).gc(drop_unselected=unselected)

@@ -26,6 +26,7 @@ def check_store_writable(root) -> None:
     and deleted) under its prefix."""
     root = store_location(root)
     if is_object_store(root):
+        root.exists()  # a store that does not answer is StoreAccessError, not "not writable"
         probe = root / f"_probe-{uuid.uuid4().hex}"
         try:
             with root.fs.open_output_stream(probe.key) as out:

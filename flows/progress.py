@@ -30,8 +30,8 @@ class Progress:
         task_id = self._p.add_task(description, total=None, status="")
 
         def update(total=None, advance=None, done=False, status=""):
-            if total is not None:
-                self._p.update(task_id, total=total)
+            if total is not None:  # (again when a partition starts over, e.g. at a smaller batch size)
+                self._p.update(task_id, total=total, completed=0)
             if advance:
                 self._p.advance(task_id, advance)
             if done:

@@ -19,6 +19,7 @@ Models are loaded on first need: a command whose every partition is reused loads
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import importlib.util
 import json
@@ -55,8 +56,9 @@ from factrecall.tasks.upstream_checks import StoreMismatchError
 
 __all__ = ["ModelHandle", "Outcome", "REFUSALS", "ResultReader", "Runner", "code_digest", "derive_config", "run_stage"]
 
-#: A model whose numbers do not add up is refused: its remaining partitions are not attempted.
-REFUSALS = (LedgerError, RerunMismatchError, StoreMismatchError)
+#: A model whose numbers do not add up, or that does not fit the device, is refused: its remaining partitions are
+#: not attempted (the other models of the command go on).
+REFUSALS = (LedgerError, RerunMismatchError, StoreMismatchError, DeviceMemoryError)
 
 
 class ModelHandle:
@@ -194,7 +196,8 @@ class Runner:
     def __init__(self, store: Store, run_id: str, catalog: Catalog | None = None) -> None:
         self.store, self.run_id = store, run_id
         self.catalog = catalog if catalog is not None else store.verified_catalog()[0]
-        self.notes: list[str] = []  # selection changes, in order
+        self.notes: list[str] = []  # selection changes (and "memory: ..." batch-size changes), in order
+        self._batch_limits: dict[tuple[str, str], int] = {}  # (model, stage) -> the batch size that fitted
         self.touched: set[Key] = set()
 
     # -- one partition ---------------------------------------------------------------------------
@@ -269,21 +272,34 @@ class Runner:
     def _compute(self, stage: Stage, config, model: ModelHandle, relation: Relation, shot: int, ident: Identity,
                  ups: dict[str, tuple[ResultRecord, Requirement]], progress) -> tuple[ResultRecord, float]:
         """Compute and commit one result. Out of device memory, it starts again at half the batch size (which
-        does not change results and is not part of the identity) down to 1; nothing of a failed try is kept."""
+        does not change results and is not part of the identity) down to 1, and later partitions of the model
+        start at the size that fitted; nothing of a failed try is kept."""
+        where = f"{model.model_id}/{relation.name}/shot={shot}"
+        if stage.needs_model:
+            try:
+                model.get()
+            except torch.OutOfMemoryError:
+                raise DeviceMemoryError(f"{model.model_id} does not fit in the device's memory; use --device cpu, "
+                                        "--dtype bfloat16 or a smaller model") from None
+        limit = self._batch_limits.get((model.model_id, stage.name))
+        if limit is not None and config.batch_size > limit:
+            config = dataclasses.replace(config, batch_size=limit)
         while True:
             try:
                 return self._compute_once(stage, config, model, relation, shot, ident, ups, progress)
             except torch.OutOfMemoryError:
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                where = f"{model.model_id}/{relation.name}/shot={shot}"
-                if config.batch_size <= 1:
-                    raise DeviceMemoryError(f"{stage.name} of {where} does not fit in the device's memory even at "
-                                            "batch size 1; use --device cpu, a smaller model or --dtype bfloat16") from None
-                smaller = max(1, config.batch_size // 2)
-                self.notes.append(f"{where}: {stage.name} ran out of device memory at batch size {config.batch_size}; "
-                                  f"computed at batch size {smaller}")
-                config = dataclasses.replace(config, batch_size=smaller)
+                pass  # (the tensors of the failed try are freed with the exception, before the cache is emptied)
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if config.batch_size <= 1:
+                raise DeviceMemoryError(f"{stage.name} of {where} does not fit in the device's memory even at batch "
+                                        "size 1; use --device cpu, --dtype bfloat16 or a smaller model")
+            smaller = max(1, config.batch_size // 2)
+            self.notes.append(f"memory: {where}: {stage.name} ran out of device memory at batch size "
+                              f"{config.batch_size}; computed at batch size {smaller} (same results)")
+            self._batch_limits[(model.model_id, stage.name)] = smaller
+            config = dataclasses.replace(config, batch_size=smaller)
 
     def _compute_once(self, stage: Stage, config, model: ModelHandle, relation: Relation, shot: int,
                       ident: Identity, ups: dict[str, tuple[ResultRecord, Requirement]],

@@ -10,9 +10,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .location import arrow_target
+from .location import ObjectPath, StoreAccessError, arrow_target, unreachable
 
-__all__ = ["Damage", "file_problem", "footer_problem", "is_gone"]
+__all__ = ["Damage", "StoreAccessError", "file_problem", "footer_problem", "is_gone"]
 
 
 @dataclass(frozen=True)
@@ -42,19 +42,36 @@ def footer_problem(path: Path) -> str | None:
     where, fs = arrow_target(path)
     try:
         pq.read_metadata(where, filesystem=fs)
-    except (OSError, pa.ArrowInvalid) as exc:
+    except pa.ArrowInvalid as exc:
+        return f"unreadable ({str(exc).splitlines()[0]})"
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        if isinstance(path, ObjectPath):
+            raise unreachable(path, exc) from None
         return f"unreadable ({str(exc).splitlines()[0]})"
     return None
 
 
-def file_problem(path: Path, size: int) -> str | None:
-    """``path``: a ``Path`` or an object-store ``ObjectPath`` (``storage.location``)."""
+def file_problem(path: Path, size: int, listing: dict[str, int] | None = None) -> str | None:
+    """``path``: a ``Path`` or an object-store ``ObjectPath`` (``storage.location``). ``listing``: the sizes of
+    the files of the object-store table ``path`` belongs to, listed once (one request per table instead of one
+    per file). An object store that does not answer raises ``StoreAccessError``: that is not damage."""
+    if listing is not None and isinstance(path, ObjectPath):
+        found = listing.get(path.key)
+        if found is None:
+            return "missing"
+        if found != size:
+            return f"truncated or changed ({found} bytes; the table's log says {size})"
+        return None
     try:
         st = path.stat()
     except FileNotFoundError:
         return "missing"
     except OSError as exc:
-        return f"unreadable ({exc.strerror})"
+        if isinstance(path, ObjectPath):
+            raise unreachable(path, exc) from None
+        return f"unreadable ({exc.strerror or str(exc).splitlines()[0]})"
     if st.st_size != size:
         return f"truncated or changed ({st.st_size} bytes; the table's log says {size})"
     if isinstance(path, Path) and not os.access(path, os.R_OK):

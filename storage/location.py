@@ -1,5 +1,6 @@
-"""Where a store lives: a local folder, or a prefix in an object store (``s3://bucket/prefix``, and the other
-URLs both Delta Lake and PyArrow read: ``gs://``, ``az://``/``abfs://``).
+"""Where a store lives: a local folder, or a prefix in an object store: ``s3://bucket/prefix`` (AWS S3 and
+S3-compatible servers) or ``gs://bucket/prefix`` (Google Cloud Storage), which both Delta Lake and PyArrow read.
+(Azure's URLs are not supported: PyArrow's Azure file system needs the account outside the URL.)
 
 A local store is a ``pathlib.Path``. An object-store location is an ``ObjectPath``: the few ``Path`` operations the
 store uses (``/``, ``name``, ``exists``, ``is_dir``, ``iterdir``, ``stat``, ``unlink``, ``mkdir``) over a PyArrow
@@ -23,14 +24,27 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-__all__ = ["ObjectPath", "StoreLocation", "arrow_target", "delta_options", "is_object_store", "store_location"]
+__all__ = ["LocationError", "ObjectPath", "StoreAccessError", "StoreLocation", "arrow_target", "delta_options",
+           "is_object_store", "store_location", "unreachable"]
 
 _S3 = ("s3", "s3a")
-OBJECT_SCHEMES = (*_S3, "gs", "gcs", "az", "abfs", "abfss")
+_GCS = ("gs", "gcs")
+OBJECT_SCHEMES = (*_S3, *_GCS)
 
 
 class LocationError(ValueError):
     """A store URL that cannot be used (unknown scheme, no bucket)."""
+
+
+class StoreAccessError(RuntimeError):
+    """An object store that does not answer (network, credentials, throttling): not damage, so nothing is
+    marked damaged or recomputed because of it; the command stops with one line."""
+
+
+def unreachable(where, exc: OSError) -> StoreAccessError:
+    detail = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:160]
+    return StoreAccessError(f"cannot reach the store at {where} ({detail}); check the network and the credentials "
+                            "(AWS_* variables for s3://), then run the command again")
 
 
 @dataclass(frozen=True)
@@ -74,7 +88,10 @@ class ObjectPath:
         return ObjectPath(self.scheme, self.key.rsplit("/", 1)[0], self.fs) if "/" in self.key else self
 
     def _info(self) -> pafs.FileInfo:
-        return self.fs.get_file_info(self.key)
+        try:
+            return self.fs.get_file_info(self.key)
+        except OSError as exc:
+            raise unreachable(self, exc) from None
 
     def exists(self) -> bool:
         return self._info().type != pafs.FileType.NotFound
@@ -94,7 +111,10 @@ class ObjectPath:
     def iterdir(self):
         if not self.is_dir():
             return iter(())
-        infos = self.fs.get_file_info(pafs.FileSelector(self.key, allow_not_found=True))
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.key, allow_not_found=True))
+        except OSError as exc:
+            raise unreachable(self, exc) from None
         return iter(sorted((ObjectPath(self.scheme, i.path, self.fs) for i in infos), key=str))
 
     def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
@@ -154,8 +174,11 @@ def store_location(root: str | Path | ObjectPath) -> StoreLocation:
     if scheme in _S3:
         fs = _s3_filesystem(_endpoint(), os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
         return ObjectPath("s3", key, fs)
-    fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{key.split('/', 1)[0]}")
-    return ObjectPath(scheme, key, fs)
+    try:
+        fs = pafs.GcsFileSystem()
+    except Exception as exc:  # noqa: BLE001 - PyArrow built without GCS, or no credentials: one line
+        raise LocationError(f"store {text}: cannot open Google Cloud Storage ({' '.join(str(exc).split())[:120]})") from None
+    return ObjectPath("gs", key, fs)
 
 
 def arrow_target(path) -> tuple[str, pafs.FileSystem | None]:

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .export import size_axis_png
+from .location import store_location
 from .query import QueryError, internal_query, open_store
 
 __all__ = ["FIGURES", "write_report"]
@@ -69,7 +70,7 @@ def write_report(root: Path | str, out: Path, spec: str | None = None, max_parti
             figures.append(("Size axis: the store's current claims, every model of known size",
                             "each claim's statistic (mean over relations; band: their range) against parameter count",
                             size))
-        provenance = {"store": str(Path(root).resolve())}
+        provenance = {"store": str(store_location(root))}
         if verdict:
             run = view.pl(internal_query("report_run"), {"run_id": verdict["run_id"]}).to_dicts()
             if run:

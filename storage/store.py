@@ -33,12 +33,13 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import delta
 from .catalog import RESULTS_SCHEMA, SELECTIONS_SCHEMA, Catalog, Key, ResultRecord
 from .integrity import Damage, file_problem, footer_problem, is_gone
-from .location import StoreLocation, arrow_target, is_object_store, store_location
+from .location import StoreLocation, arrow_target, is_object_store, store_location, unreachable
 from .parquet import parquet_options
 from .records import RECORDS, RUNS_SCHEMA
 from .writer import PARTITION_BY, TABLE_CONFIG, ResultWriter, SchemaMismatchError, check_id
@@ -157,6 +158,18 @@ class Store:
                              "UTC) and deleted the files of earlier versions; only later runs can be read as of")
         return json.loads(match["versions"][0].as_py() or "{}")
 
+    def _listing(self, table: str) -> dict[str, int] | None:
+        """On an object store, every file under ``table``'s prefix with its size, from one listing (the integrity
+        check then needs no request per file); None for a local store."""
+        root = self.table_dir(table)
+        if not is_object_store(root):
+            return None
+        try:
+            infos = root.fs.get_file_info(pafs.FileSelector(root.key, recursive=True, allow_not_found=True))
+        except OSError as exc:
+            raise unreachable(self.root, exc) from None
+        return {i.path: i.size for i in infos if i.type == pafs.FileType.File}
+
     # -- catalogue ---------------------------------------------------------------------------
     def scan(self, table: str) -> pa.Table | None:
         """A small table (catalogue, runs) whole, as this store version has it; None if it does not exist.
@@ -171,9 +184,10 @@ class Store:
             return None
         schema = pa.schema(dt.schema().to_arrow())
         good = []
+        listing = self._listing(table)
         for f in delta.list_files(dt):
             path = self.table_dir(table) / f.path
-            problem = file_problem(path, f.size)
+            problem = file_problem(path, f.size, listing)
             if problem:
                 self.meta_damage.append(Damage(table, str(path), {}, f"{problem}; the rows it held are unknown"))
             else:
@@ -188,7 +202,11 @@ class Store:
                     where, fs = arrow_target(path)
                     pq.read_table(where, filesystem=fs)
                     problem = None
-                except (pa.ArrowException, OSError) as exc:
+                except OSError as exc:
+                    if is_object_store(path) and not isinstance(exc, (pa.ArrowException, FileNotFoundError)):
+                        raise unreachable(self.root, exc) from None
+                    problem = f"unreadable ({' '.join(str(exc).split())[:120]})"
+                except pa.ArrowException as exc:
                     problem = f"unreadable ({' '.join(str(exc).split())[:120]})"
                 if problem:
                     self.meta_damage.append(Damage(table, str(path), {}, f"{problem}; the rows it held are unknown"))
@@ -228,8 +246,9 @@ class Store:
             if table is None:
                 continue
             good = []
+            listing = self._listing(name)
             for f in delta.list_files(table):
-                problem = file_problem(self.table_dir(name) / f.path, f.size)
+                problem = file_problem(self.table_dir(name) / f.path, f.size, listing)
                 if problem:
                     damage.append(Damage(name, str(self.table_dir(name) / f.path), f.partition, problem))
                 else:

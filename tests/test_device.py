@@ -45,44 +45,55 @@ def test_device_cuda_without_a_gpu_is_one_line_and_writes_nothing(tmp_path, monk
 
 
 def _out_of_memory_above(limit: int, calls: list[int]):
-    """The capture stage, failing like CUDA does whenever its batch size is above ``limit``."""
+    """The capture stage, failing like CUDA does whenever its batch size is above ``limit``: after its first batch
+    has been written, so the failed try leaves files that must go."""
     real = STAGES["capture"]
 
     def compute(inp):
         calls.append(inp.config.batch_size)
+        gen = real.compute(inp)
         if inp.config.batch_size > limit:
+            yield next(gen)
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
-        return (yield from real.compute(inp))
+        return (yield from gen)
 
     return dataclasses.replace(real, compute=compute)
 
 
-def _table(root, table: str) -> list[tuple]:
+def _table(root, table: str, shot: int) -> list[tuple]:
     from factrecall.storage.schema import SCHEMAS
 
     columns = ", ".join(SCHEMAS[table].names)  # the stored columns (the view adds the result's ids)
-    return connect(root).execute(f"SELECT {columns} FROM {table} ORDER BY ALL").fetchall()
+    return connect(root).execute(f"SELECT {columns} FROM {table} WHERE shot = {shot} ORDER BY ALL").fetchall()
 
 
 def test_out_of_device_memory_halves_the_batch_until_it_fits(tmp_path, monkeypatch):
+    from factrecall.flows.runner import ModelHandle
+
     lm = loaded_tiny_model("llama")
     config = STAGES["capture"].config(max_prompts=12, batch_size=16)
     calls: list[int] = []
     monkeypatch.setitem(STAGES, "capture", _out_of_memory_above(4, calls))
     store = Store(tmp_path / "adapted")
     runner = Runner(store, "r")
+    handle = ModelHandle(lm.model_id, loaded=lm)
     with store.writing():
-        from factrecall.flows.runner import ModelHandle
-
-        outcome = runner.run("capture", config, ModelHandle(lm.model_id, loaded=lm), paper_capital(), 0)
-    assert calls == [16, 8, 4] and outcome.status == "written"
-    assert any("out of device memory at batch size 8; computed at batch size 4" in n for n in runner.notes)
+        outcome = runner.run("capture", config, handle, paper_capital(), 0)
+        assert calls == [16, 8, 4] and outcome.status == "written"
+        runner.run("capture", config, handle, paper_capital(), 1)  # the next partition starts at the size that fitted
+    assert calls == [16, 8, 4, 4]
+    assert [n for n in runner.notes if n.startswith("memory: ")] == [
+        f"memory: {lm.model_id}/paper.capital/shot=0: capture ran out of device memory at batch size 16; computed at "
+        "batch size 8 (same results)",
+        f"memory: {lm.model_id}/paper.capital/shot=0: capture ran out of device memory at batch size 8; computed at "
+        "batch size 4 (same results)"]
     monkeypatch.undo()
     run_stage(tmp_path / "direct", "capture", lm, paper_capital(), 0, dataclasses.replace(config, batch_size=4))
-    for table in ("logits", "dla"):  # the same rows as a run at that batch size, and nothing of the failed tries
-        assert _table(store.root, table) == _table(tmp_path / "direct", table)
-    files = list((store.root / "logits").rglob("*.parquet"))
-    assert len(files) == 1, files
+    for table in ("logits", "dla"):  # the same rows as a run at that batch size
+        assert _table(store.root, table, 0) == _table(tmp_path / "direct", table, 0)
+    written = {p.relative_to(store.root) for p in store.root.rglob("*.parquet") if p.parts[-1].startswith("part-")}
+    committed = {p for p in written if not str(p).startswith("_")}
+    assert len([p for p in committed if str(p).startswith("logits/")]) == 2  # one per partition: the tries' are gone
 
 
 def test_out_of_device_memory_at_batch_size_one_is_an_error(tmp_path, monkeypatch):
@@ -109,10 +120,13 @@ def test_capture_and_heads_on_the_gpu_equal_the_cpu_and_the_ledger_holds(family,
     config = STAGES["heads"].config(max_prompts=12, n_boot=50)
     for lm, root in ((cpu, tmp_path / "cpu"), (gpu, tmp_path / "gpu")):
         run_stage(root, "heads", lm, paper_capital(), 0, config)
-    for table, column in (("logits", "logit"), ("dla", "value"), ("head_prompts", "effect_subject")):
-        a = connect(tmp_path / "cpu").execute(f"SELECT {column} FROM {table} ORDER BY ALL").fetchnumpy()[column]
-        b = connect(tmp_path / "gpu").execute(f"SELECT {column} FROM {table} ORDER BY ALL").fetchnumpy()[column]
-        np.testing.assert_allclose(np.asarray(b, float), np.asarray(a, float), rtol=1e-3, atol=1e-3)
+    for table, keys, value in (("logits", "prompt_id, variant", "answer_logit"),
+                               ("dla", "prompt_id, variant, token_role, component, layer, head", "value"),
+                               ("head_prompts", "prompt_id, layer, head", "effect_subject_pct")):
+        query = f"SELECT {keys}, {value} FROM {table} ORDER BY {keys}"  # row by row, keyed
+        a, b = (connect(tmp_path / d).execute(query).fetchall() for d in ("cpu", "gpu"))
+        assert [r[:-1] for r in a] == [r[:-1] for r in b] and len(a) > 0
+        np.testing.assert_allclose([r[-1] for r in b], [r[-1] for r in a], rtol=1e-3, atol=1e-3)
 
 
 @cuda

@@ -110,15 +110,22 @@ def test_a_reproduction_on_s3_equals_the_local_one_and_reads_as_of_a_run(s3, tmp
     assert now.exit_code == 0 and then.exit_code == 0, now.output + then.output
     assert int(now.output.split()[-1]) == int(then.output.split()[-1]) + 1  # one capture more since that run
 
+    report = runner.invoke(app, ["report", "--store", url, "--spec", "tiny-s3", "--out", str(tmp_path / "r.html")])
+    assert report.exit_code == 0, report.output
+    assert f"{url}" in (tmp_path / "r.html").read_text() and (tmp_path / "r.md").is_file()  # provenance names the URL
+    listed = runner.invoke(app, ["runs", "--store", url])
+    assert listed.exit_code == 0 and first in listed.output, listed.output
+
     gc = runner.invoke(app, ["gc", "--store", url])
     assert gc.exit_code == 2 and "local stores only" in gc.output and len(gc.output.strip().splitlines()) == 1
 
 
 _WRITER = """
-import sys
+import sys, time
 from factrecall.storage.store import Store
 from synthetic_store import put, table
 store = Store(sys.argv[1])
+time.sleep(max(0.0, float(sys.argv[4]) - time.time()))  # both writers start together, after their imports
 for i in range(int(sys.argv[3])):
     put(store, "claims", ("m", f"{sys.argv[2]}{i}", 0), {"claims": table("claims", {
         "claim": ["task_push"], "step": [3], "statistic": ["mean"], "value": [float(i)], "lo": [0.0], "hi": [1.0],
@@ -130,7 +137,8 @@ for i in range(int(sys.argv[3])):
 def test_two_concurrent_writers_commit_every_result_and_a_lost_object_is_named(s3, tmp_path):
     url, n = f"s3://{BUCKET}/concurrent/store", 6
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
-    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, url, name, str(n)], env=env,
+    start = time.time() + 15
+    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, url, name, str(n), str(start)], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for name in ("a", "b")]
     outputs = [w.communicate(timeout=300)[0] for w in writers]
     assert [w.returncode for w in writers] == [0, 0], outputs
@@ -138,6 +146,8 @@ def test_two_concurrent_writers_commit_every_result_and_a_lost_object_is_named(s
     got = con.execute("SELECT relation, value FROM claims ORDER BY relation").fetchall()
     assert got == [(f"{w}{i}", float(i)) for w in ("a", "b") for i in range(n)]  # every result of both, once
     assert con.execute("SELECT count(*) FROM results").fetchall()[0][0] == 2 * n
+    spans = dict(con.execute("SELECT run_id, [min(committed_at), max(committed_at)] FROM results GROUP BY run_id").fetchall())
+    assert max(spans["a"][0], spans["b"][0]) < min(spans["a"][1], spans["b"][1])  # their commits interleaved
 
     root = store_location(url)
     assert isinstance(root, ObjectPath)
@@ -154,7 +164,7 @@ def test_two_concurrent_writers_commit_every_result_and_a_lost_object_is_named(s
         view.close()
 
 
-def test_bad_store_urls_are_one_line_errors_and_write_nothing(s3, tmp_path):
+def test_bad_store_urls_are_one_line_errors_and_write_nothing(s3, tmp_path, monkeypatch):
     model = save_tiny_model_dir("llama", tmp_path / "tiny-llama")
     args = ["capture", "--models", str(model), "--relations", "paper.capital", "--shots", "0", "--max-prompts", "4",
             "--no-progress", "--store"]
@@ -162,4 +172,9 @@ def test_bad_store_urls_are_one_line_errors_and_write_nothing(s3, tmp_path):
                            ("ftp://host/store", "ftp:// is not a supported store URL")):
         result = runner.invoke(app, [*args, store])
         assert result.exit_code == 2 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # a server that does not answer
+    for command in ([*args, f"s3://{BUCKET}/store"], ["query", "SELECT 1", "--store", f"s3://{BUCKET}/store"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2 and "cannot reach the store" in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1
