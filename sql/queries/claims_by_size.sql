@@ -1,7 +1,8 @@
 -- Each claim's statistic against model size: per relation and pooled over relations ('all'), models smallest first
 -- METHOD.md §10-11. One row per (claim, relation or 'all', shot, model) of the current claims, with the model's
 -- family, dtype and parameter count (the `models` view: the published count of a packaged model, else the count
--- read). A model read in bfloat16 is another model of the same size: the plot draws float32 models only.
+-- read). A bfloat16 copy of a float32 model is not another size: the plot draws the float32 one, and a size
+-- measured only in bfloat16 (a spec's [model_dtypes]) with a hollow marker.
 -- Per relation: the partition's statistic, its interval and verdict. Pooled ('all'): the mean statistic over
 -- the relations where the claim was tested (no interval: relations differ in difficulty, so the spread across
 -- them, min_value..max_value, is shown instead), and how many of them hold. `plots` draws this query as
