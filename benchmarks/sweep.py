@@ -7,7 +7,8 @@ Runs the claims stage (and so capture, heads, mlp and final_layer) over models x
 then with `--runner dask --workers N` into another fresh store, and prints: wall time of each, their ratio, the
 seconds each stage recorded (summed over partitions, per model), model load time, and whether the two stores hold
 the same claims (values to 1e-6). With 2 cores a 2-worker cluster gains little (each worker gets one thread): the
-per-partition times say what more cores would give (printed as the estimate for N workers with a core each).
+per-partition times say what more cores would give (printed as the estimate for N workers with the threads each
+partition had here, i.e. N times the cores).
 The default is the paper's sweep on the two small models (hours on 2 cores); pass fewer relations to sample it.
 """
 
@@ -25,6 +26,12 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 PAPER = ("paper.capital,lre.country_capital_city,lre.country_language,pararel.P36,lre.object_superclass,"
          "lre.word_sentiment,lre.adj_antonym,lre.adj_comparative,lre.name_gender")
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def main() -> None:
@@ -71,8 +78,8 @@ def main() -> None:
         bins = [0.0] * args.workers  # longest partitions first onto the least loaded worker: an ideal N-core cluster
         for s in everything:
             bins[bins.index(min(bins))] += s
-        print(f"  estimate with {args.workers} workers of a core each (stage time only, no load): "
-              f"{max(bins) / 60:.1f} min ({sum(everything) / max(bins):.2f}x)")
+        print(f"  estimate with {args.workers} workers of {torch_threads()} threads each, as here (2x the cores; "
+              f"partitions longest first): {max(bins) / 60:.1f} min ({sum(everything) / max(bins):.2f}x)")
         if args.no_dask:
             return
         dask = run(dask_root, {"workers": args.workers, "address": None, "threads": None})
