@@ -240,14 +240,19 @@ def _store_root(store: str | None):
         _fail(str(exc))
 
 
-def _store_exists(root) -> bool:
-    """Whether the store is there (an object store that does not answer is one line, exit code 2)."""
+def _existing_store(store: str | None, hint: str = ""):
+    """The store ``--store`` names, which must exist (else one line ending in ``hint``; an object store that does not
+    answer is one line too; exit code 2)."""
     from factrecall.storage.location import StoreAccessError
 
+    root = _store_root(store)
     try:
-        return root.exists()
+        there = root.exists()
     except StoreAccessError as exc:
         _fail(str(exc))
+    if not there:
+        _fail(f"no store at {root}{hint}")
+    return root
 
 
 def _prepare_run(stage, settings: dict, models: str, relations: str, shots: str, dtype: str, device,
@@ -510,9 +515,7 @@ def report(
     from factrecall.storage.query import QueryError
     from factrecall.tasks.reproduction import SpecError, load_spec
 
-    store_root = _store_root(store)
-    if not _store_exists(store_root):
-        _fail(f"no store at {store_root}; run `factrecall reproduce paper-quick` first or pass --store")
+    store_root = _existing_store(store, "; run `factrecall reproduce paper-quick` first or pass --store")
     name = spec
     if spec is not None and (spec.endswith(".toml") or Path(spec).is_file()):
         try:
@@ -536,9 +539,7 @@ def runs(
     """List reproductions, latest first, with their verdict and drift."""
     from factrecall.storage.query import QueryError, internal_query, open_store
 
-    store_root = _store_root(store)
-    if not _store_exists(store_root):
-        _fail(f"no store at {store_root}; run `factrecall reproduce paper-quick` first or pass --store")
+    store_root = _existing_store(store, "; run `factrecall reproduce paper-quick` first or pass --store")
     try:
         view = open_store(store_root)
         df = view.pl(internal_query("reproductions_list"), {"spec": spec or "", "limit": str(limit)})
@@ -682,9 +683,7 @@ def query(
         return
     if (sql is None) == (named is None):
         _fail('give either SQL (factrecall query "SELECT ...") or --named NAME; `factrecall query --list` lists both')
-    store_root = _store_root(store)
-    if not _store_exists(store_root):
-        _fail(f"no store at {store_root}; run `factrecall capture` first or pass --store")
+    store_root = _existing_store(store, "; run `factrecall capture` first or pass --store")
     try:
         text = named_query(named) if named else sql
         params = {}
@@ -714,9 +713,7 @@ def plots(
     from factrecall.storage.export import export_plots
     from factrecall.storage.query import QueryError
 
-    store_root = _store_root(store)
-    if not _store_exists(store_root):
-        _fail(f"no store at {store_root}; run `factrecall capture` first or pass --store")
+    store_root = _existing_store(store, "; run `factrecall capture` first or pass --store")
     folder = (out or state_dir() / "plots").resolve()
     try:
         written = export_plots(store_root, folder, as_of)
@@ -734,9 +731,7 @@ def gc(
     files of crashed writes, damaged results' files, and with --unselected the results nothing selects."""
     from factrecall.storage.store import Store, StoreError
 
-    store_root = _store_root(store)
-    if not _store_exists(store_root):
-        _fail(f"no store at {store_root}")
+    store_root = _existing_store(store)
     try:
         done = Store(store_root).gc(drop_unselected=unselected)
     except StoreError as exc:

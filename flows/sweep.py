@@ -89,10 +89,11 @@ def sweep(stage: str, models: list[str], relations: list[str], shots: list[int],
     rels = [get_relation(r, (domains or {}).get(r)) for r in relations]  # bad names fail before any model loads
     model_dtypes = model_dtypes or {}
     handles = [ModelHandle(ref, model_dtypes.get(ref, dtype), device) for ref in models]
+    root = store_location(store_root)
     warnings = checked if checked is not None else preflight(spec, config, handles, rels, list(shots),
-                                                                store_location(store_root))  # before any write
+                                                                root)  # before any write
     models_rows = model_records(run_id, handles)
-    store = Store(store_location(store_root))
+    store = Store(root)
     partitions: list[dict] = []
     refused: dict[str, str] = {}
     timings: dict[str, float] = {}

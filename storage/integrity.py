@@ -59,21 +59,19 @@ def file_problem(path: Path, size: int, listing: dict[str, int] | None = None) -
     per file). An object store that does not answer raises ``StoreAccessError``: that is not damage."""
     if listing is not None and isinstance(path, ObjectPath):
         found = listing.get(path.key)
-        if found is None:
-            return "missing"
-        if found != size:
-            return f"truncated or changed ({found} bytes; the table's log says {size})"
-        return None
-    try:
-        st = path.stat()
-    except FileNotFoundError:
+    else:
+        try:
+            found = path.stat().st_size
+        except FileNotFoundError:
+            found = None
+        except OSError as exc:
+            if isinstance(path, ObjectPath):
+                raise unreachable(path, exc) from None
+            return f"unreadable ({exc.strerror or str(exc).splitlines()[0]})"
+    if found is None:
         return "missing"
-    except OSError as exc:
-        if isinstance(path, ObjectPath):
-            raise unreachable(path, exc) from None
-        return f"unreadable ({exc.strerror or str(exc).splitlines()[0]})"
-    if st.st_size != size:
-        return f"truncated or changed ({st.st_size} bytes; the table's log says {size})"
+    if found != size:
+        return f"truncated or changed ({found} bytes; the table's log says {size})"
     if isinstance(path, Path) and not os.access(path, os.R_OK):
         return "unreadable (no read permission)"
     return None

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from factrecall.cli import app
 from factrecall.storage.location import ObjectPath, store_location
 from factrecall.storage.query import connect, open_store
-from tiny_models import save_tiny_model_dir
+from tiny_models import save_tiny_model_dir, tiny_spec
 
 runner = CliRunner()
 BUCKET = "factrecall-test"
@@ -64,20 +64,6 @@ def s3():
                 os.environ[k] = v
 
 
-def _spec(path: Path, model_dir) -> str:
-    path.write_text(f"""name = "tiny-s3"
-models = ["{model_dir}"]
-shots = [0, 1]
-[settings]
-max_prompts = 10
-n_boot = 50
-batch_size = 5
-[[relations]]
-name = "paper.capital"
-""")
-    return str(path)
-
-
 def _claims(root) -> pl.DataFrame:
     return connect(root).sql("SELECT relation, shot, claim, value, verdict FROM claims ORDER BY ALL").pl()
 
@@ -85,7 +71,7 @@ def _claims(root) -> pl.DataFrame:
 @pytest.mark.flow
 def test_a_reproduction_on_s3_equals_the_local_one_and_reads_as_of_a_run(s3, tmp_path):
     model = save_tiny_model_dir("llama", tmp_path / "tiny-llama")
-    spec = _spec(tmp_path / "tiny.toml", model)
+    spec = tiny_spec(tmp_path / "tiny.toml", model)
     url, local = f"s3://{BUCKET}/runs/store", tmp_path / "local"
     for store in (url, str(local)):
         result = runner.invoke(app, ["reproduce", spec, "--store", store, "--no-progress", "--no-report"])
@@ -110,7 +96,7 @@ def test_a_reproduction_on_s3_equals_the_local_one_and_reads_as_of_a_run(s3, tmp
     assert now.exit_code == 0 and then.exit_code == 0, now.output + then.output
     assert int(now.output.split()[-1]) == int(then.output.split()[-1]) + 1  # one capture more since that run
 
-    report = runner.invoke(app, ["report", "--store", url, "--spec", "tiny-s3", "--out", str(tmp_path / "r.html")])
+    report = runner.invoke(app, ["report", "--store", url, "--spec", "tiny", "--out", str(tmp_path / "r.html")])
     assert report.exit_code == 0, report.output
     assert f"{url}" in (tmp_path / "r.html").read_text() and (tmp_path / "r.md").is_file()  # provenance names the URL
     listed = runner.invoke(app, ["runs", "--store", url])

@@ -16,27 +16,11 @@ from factrecall.cli import app
 from factrecall.storage.query import connect
 from factrecall.storage.report import write_report
 from factrecall.tasks.claims import CLAIMS
-from tiny_models import save_tiny_model_dir
+from tiny_models import save_tiny_model_dir, tiny_spec
 
 pytestmark = pytest.mark.flow
 runner = CliRunner()
 N_PARTITIONS = 2
-
-
-def _spec(path, model_dir, tolerance: str = "") -> str:
-    path.write_text(f"""name = "tiny"
-description = "tiny random model"
-models = ["{model_dir}"]
-shots = [0, 1]
-[settings]
-max_prompts = 10
-n_boot = 50
-batch_size = 5
-[[relations]]
-name = "paper.capital"
-domain = "factual"
-{tolerance}""")
-    return str(path)
 
 
 def _reproduce(spec, store, *extra):
@@ -48,7 +32,7 @@ def reproduced(tmp_path_factory):
     """A store reproduced twice with the same spec: (root, spec path, first output, second output)."""
     tmp = tmp_path_factory.mktemp("reproduce")
     model_dir = save_tiny_model_dir("llama", tmp / "tiny-llama")
-    spec = _spec(tmp / "tiny.toml", model_dir)
+    spec = tiny_spec(tmp / "tiny.toml", model_dir)
     root = tmp / "store"
     first, second = _reproduce(spec, root), _reproduce(spec, root)
     return root, spec, model_dir, first, second
@@ -123,9 +107,9 @@ def test_a_planted_change_is_exactly_the_drift_and_exits_1(reproduced, tmp_path)
 def test_a_tighter_tolerance_turns_a_small_change_into_drift(reproduced, tmp_path):
     root, _, model_dir, _, _ = reproduced
     baseline = _baseline(root, tmp_path, {("final_layer_suppresses", 0): 0.005})
-    loose = _spec(tmp_path / "loose.toml", model_dir, "[tolerance]\ndefault = 0.01\n")
+    loose = tiny_spec(tmp_path / "loose.toml", model_dir, "[tolerance]\ndefault = 0.01\n")
     assert _reproduce(loose, root, "--baseline", str(baseline)).exit_code == 0
-    tight = _spec(tmp_path / "tight.toml", model_dir, "[tolerance]\ndefault = 0.01\nfinal_layer_suppresses = 0.001\n")
+    tight = tiny_spec(tmp_path / "tight.toml", model_dir, "[tolerance]\ndefault = 0.01\nfinal_layer_suppresses = 0.001\n")
     result = _reproduce(tight, root, "--baseline", str(baseline))
     assert result.exit_code == 1, result.output
     run = _run_ids(root)[-1]

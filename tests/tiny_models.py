@@ -100,3 +100,21 @@ def loaded_tiny_model(family: str):
     return LoadedModel(model_id=f"tiny-{family}", source="test", file_sha256=None, model=model,
                        tokenizer=tokenizer_for(family), adapter=adapter, dims=adapter.dims(model.config),
                        dtype=torch.float32, device=torch.device("cpu"))
+
+
+def tiny_spec(path, model_dir, tolerance: str = "") -> str:
+    """A reproduction spec "tiny" at ``path``: the model at ``model_dir``, paper.capital at shots 0 and 1, 10 prompts
+    (``tolerance``: a [tolerance] table appended); returns the path as text."""
+    path.write_text(f"""name = "tiny"
+description = "tiny random model"
+models = ["{model_dir}"]
+shots = [0, 1]
+[settings]
+max_prompts = 10
+n_boot = 50
+batch_size = 5
+[[relations]]
+name = "paper.capital"
+domain = "factual"
+{tolerance}""")
+    return str(path)
