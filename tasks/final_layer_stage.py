@@ -30,7 +30,7 @@ from .final_layer import (
     token_directions,
 )
 from .intervals import bootstrap_mean_ci, mean_ci_fields, significantly_negative
-from .logit_lens import TokenStats, depth_residuals, runner_up, token_stats, token_stats_many
+from .logit_lens import TokenStats, depth_residuals, logit_lens_many, runner_up, token_stats
 from .models import LoadedModel
 from .path_patching import EndRunner
 from .prompts import build_prompts
@@ -115,14 +115,10 @@ def clean_pass(lm: LoadedModel, runner: EndRunner, prompts: list[TokenizedPrompt
         cap = capture_batch(lm.model, lm.adapter, lm.dims, [list(p.input_ids) for p in batch], lm.pad_id)
         answer = torch.tensor([p.answer_token_id for p in batch], device=lm.device)
         competitor = runner_up(runner.logits(cap.resid_pre[:, -1]), answer)
-        resid = depth_residuals(cap)
-        lens_a, lens_c = [], []
-        for k in range(depth):
-            stats_a, stats_c = token_stats_many(runner.logits(resid[:, k]), [answer, competitor])
-            lens_a.append(stats_a)
-            lens_c.append(stats_c)
+        lens_a, lens_c = logit_lens_many(runner, depth_residuals(cap),
+                                         [answer[:, None].expand(-1, depth), competitor[:, None].expand(-1, depth)])
         for name, value in (
-            ("lens_answer", _stack_stats(lens_a)), ("lens_competitor", _stack_stats(lens_c)),
+            ("lens_answer", lens_a), ("lens_competitor", lens_c),
             ("dla_answer", final_layer_dla(cap, norm, w_u, answer)),
             ("dla_competitor", final_layer_dla(cap, norm, w_u, competitor)),
             ("competitor", competitor), ("inputs", LastLayerInputs.from_capture(cap)), ("answer", answer),
@@ -148,10 +144,6 @@ def clean_pass(lm: LoadedModel, runner: EndRunner, prompts: list[TokenizedPrompt
 
 
 _STAT_FIELDS = ("logit", "logprob", "rank", "entropy", "top1")
-
-
-def _stack_stats(per_layer: list[TokenStats]) -> TokenStats:
-    return TokenStats(*(torch.stack([getattr(s, f) for s in per_layer], 1) for f in _STAT_FIELDS))
 
 
 @dataclass

@@ -69,13 +69,36 @@ def depth_residuals(cap: EndCapture) -> torch.Tensor:
     return torch.cat([cap.resid_pre[:, :1], cap.resid_post], dim=1)
 
 
-@torch.inference_mode()
-def logit_lens(runner: EndRunner, resid: torch.Tensor, token_ids: torch.Tensor) -> TokenStats:
-    """Lens statistics `[B, L+1]` of `token_ids [B, L+1]` (a token per row and layer) for `resid [B, L+1, d]`.
+#: Rows (prompt x depth) of full-vocabulary logits read out at once: `[rows, V]` float64 is 300 MB at V = 150k.
+#: Every readout reads the whole unembedding (`[V, d]`, 0.5-1 GB in float32 on the packaged Qwen and Gemma
+#: models) however few its rows, so the lens reads many depths per call instead of one depth per call.
+LENS_ROWS = 256
+_FIELDS = ("logit", "logprob", "rank", "entropy", "top1")
 
-    One layer at a time, so memory is `[B, V]` whatever the depth.
+
+@torch.inference_mode()
+def logit_lens_many(runner: EndRunner, resid: torch.Tensor, token_sets: list[torch.Tensor],
+                    max_rows: int = LENS_ROWS) -> list[TokenStats]:
+    """Lens statistics `[B, L+1]` for `resid [B, L+1, d]`, one per `[B, L+1]` tensor of ``token_sets`` (a
+    token per row and layer; the softmax over the vocabulary is shared by all of them).
+
+    Depths are read out together, about ``max_rows`` rows per call (at least one depth), so memory is
+    `[max_rows, V]` whatever the depth and the unembedding is read once per call.
     """
-    B, depth, _ = resid.shape
-    parts = [token_stats(runner.logits(resid[:, k]), token_ids[:, k]) for k in range(depth)]
-    return TokenStats(*(torch.stack([getattr(p, f) for p in parts], 1)
-                        for f in ("logit", "logprob", "rank", "entropy", "top1")))
+    B, depth, d = resid.shape
+    per_call = max(1, max_rows // max(B, 1))
+    parts: list[list[TokenStats]] = [[] for _ in token_sets]
+    for k0 in range(0, depth, per_call):
+        chunk = resid[:, k0 : k0 + per_call]  # [B, k, d], rows in (prompt, depth) order
+        k = chunk.shape[1]
+        stats = token_stats_many(runner.logits(chunk.reshape(B * k, d)),
+                                 [t[:, k0 : k0 + k].reshape(B * k) for t in token_sets])
+        for acc, s in zip(parts, stats):
+            acc.append(s)
+    return [TokenStats(*(torch.cat([getattr(s, f).reshape(B, -1) for s in acc], 1) for f in _FIELDS))
+            for acc in parts]
+
+
+def logit_lens(runner: EndRunner, resid: torch.Tensor, token_ids: torch.Tensor) -> TokenStats:
+    """Lens statistics `[B, L+1]` of `token_ids [B, L+1]` (a token per row and layer) for `resid [B, L+1, d]`."""
+    return logit_lens_many(runner, resid, [token_ids])[0]

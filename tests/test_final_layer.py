@@ -75,6 +75,29 @@ def test_token_stats_of_several_token_sets_equal_one_set_at_a_time():
             assert torch.equal(getattr(many, f), getattr(one, f)), f
     assert not torch.equal(token_stats_many(logits, sets)[0].logit, token_stats_many(logits, sets)[1].logit)
 
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("max_rows", [1, 4, 7, 10_000])
+def test_lens_reads_several_depths_per_call_as_one_depth_at_a_time(family, max_rows):
+    """The lens reads out up to max_rows (prompt, depth) rows per call; each depth's statistics are those
+    of reading that depth alone, for a token that differs per prompt and per depth."""
+    from factrecall.tasks.logit_lens import logit_lens_many
+
+    lm, _, cap = _setup(family)
+    runner = EndRunner(lm)
+    resid = depth_residuals(cap)
+    B, depth = resid.shape[:2]
+    tokens = torch.arange(B * depth).reshape(B, depth) * 37 % 1000
+    other = ANSWER[:, None].expand(-1, depth)
+    lens, lens_other = logit_lens_many(runner, resid, [tokens, other], max_rows=max_rows)
+    for k in range(depth):
+        one = token_stats(runner.logits(resid[:, k]), tokens[:, k])
+        one_other = token_stats(runner.logits(resid[:, k]), ANSWER)
+        for f in ("logit", "logprob", "rank", "entropy", "top1"):
+            torch.testing.assert_close(getattr(lens, f)[:, k], getattr(one, f), atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(getattr(lens_other, f)[:, k], getattr(one_other, f), atol=1e-6, rtol=1e-6)
+    assert lens.logit.shape == (B, depth)
+
+
 
 def test_token_stats_against_a_direct_computation():
     logits = torch.tensor([[2.0, 1.0, 0.5, 3.0], [0.0, 0.0, 1.0, -1.0]])

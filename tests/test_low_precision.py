@@ -41,3 +41,24 @@ def test_a_bfloat16_model_reaches_the_claims(family, tmp_path):
     assert dtype == [("bfloat16",)]
     worst = con.execute("SELECT max(abs(dla_sum - model_logit) / greatest(1, abs(model_logit))) FROM ledger").fetchone()[0]
     assert np.isfinite(worst) and worst <= ledger_rtol(torch.bfloat16)
+
+
+def test_the_float32_unembedding_of_a_bfloat16_model_is_made_once_and_follows_edits():
+    """Stages ask for W_U in float32 per batch and per mitigation row: a bfloat16 model's copy is made once
+    (the same tensor comes back) and remade after an in-place edit of the weight; a float32 model's W_U is its
+    own weight (no copy at all)."""
+    from factrecall.tasks.readout import unembedding
+
+    lm32 = loaded_tiny_model("qwen2")
+    w32, _ = unembedding(lm32)
+    assert w32.data_ptr() == lm32.model.get_output_embeddings().weight.data_ptr()
+    lm = _bf16("qwen2")
+    head = lm.model.get_output_embeddings()
+    first, _ = unembedding(lm)
+    assert first.dtype == torch.float32 and unembedding(lm)[0] is first
+    torch.testing.assert_close(first, head.weight.float(), atol=0, rtol=0)
+    with torch.no_grad():
+        head.weight.mul_(2)
+    again, _ = unembedding(lm)
+    assert again is not first
+    torch.testing.assert_close(again, head.weight.float(), atol=0, rtol=0)
