@@ -672,6 +672,9 @@ def query(
     as_of: Optional[str] = typer.Option(None, "--as-of", help="Answer from the store as it was after this run id."),
     list_: bool = typer.Option(False, "--list", help="List views and named queries."),
     param: list[str] = typer.Option([], "--param", help="Query parameter name=value (repeatable), e.g. --param model=smollm2-135m."),
+    published: Optional[Path] = typer.Option(
+        None, help="Query a folder of published claims (files of `--named published_claims`, e.g. results/size-axis) "
+                   "instead of a store: views claims, models and published."),
 ) -> None:
     """Query the store with DuckDB SQL (read-only: the store's views and nothing else)."""
     from factrecall.storage.query import QueryError, list_named_queries, named_query, run_query, view_names
@@ -683,7 +686,9 @@ def query(
         return
     if (sql is None) == (named is None):
         _fail('give either SQL (factrecall query "SELECT ...") or --named NAME; `factrecall query --list` lists both')
-    store_root = _existing_store(store, "; run `factrecall capture` first or pass --store")
+    if published is not None and (store is not None or as_of is not None):
+        _fail("--published reads published claims, not a store: drop --store and --as-of")
+    store_root = None if published is not None else _existing_store(store, "; run `factrecall capture` first or pass --store")
     try:
         text = named_query(named) if named else sql
         params = {}
@@ -693,7 +698,7 @@ def query(
                 _fail(f"--param needs name=value, got {item!r}")
             params[name.strip()] = value
         result = run_query(store_root, text, fmt=fmt, out=out, params=params or None, as_of=as_of,
-                           warn=lambda line: err.print(f"warning: {line}", highlight=False))
+                           warn=lambda line: err.print(f"warning: {line}", highlight=False), published=published)
     except (QueryError, ValueError) as exc:
         _fail(str(exc))
     if out is not None and fmt != "parquet":
@@ -708,15 +713,20 @@ def plots(
     out: Optional[Path] = typer.Option(None, help="Folder to write the PNGs to (default: <state>/plots)."),
     store: StoreRoot = None,
     as_of: Optional[str] = typer.Option(None, "--as-of", help="The plots of the store as it was after this run id."),
+    published: Optional[Path] = typer.Option(
+        None, help="Draw from a folder of published claims instead of a store (the size axis only)."),
 ) -> None:
     """Export the plots of every current result, and each model's plots over its current results, as PNG files."""
-    from factrecall.storage.export import export_plots
+    from factrecall.storage.export import export_plots, export_published_plots
     from factrecall.storage.query import QueryError
 
-    store_root = _existing_store(store, "; run `factrecall capture` first or pass --store")
+    if published is not None and (store is not None or as_of is not None):
+        _fail("--published reads published claims, not a store: drop --store and --as-of")
+    store_root = None if published is not None else _existing_store(store, "; run `factrecall capture` first or pass --store")
     folder = (out or state_dir() / "plots").resolve()
     try:
-        written = export_plots(store_root, folder, as_of)
+        written = (export_published_plots(published, folder) if published is not None
+                   else export_plots(store_root, folder, as_of))
     except QueryError as exc:
         _fail(str(exc))
     console.print(f"{len(written)} plot(s) in {folder}")

@@ -9,7 +9,7 @@ from factrecall.tasks.plots import save, size_axis
 
 from .query import internal_query, named_query, open_store
 
-__all__ = ["export_plots", "size_axis_png"]
+__all__ = ["export_plots", "export_published_plots", "size_axis_png"]
 
 
 def size_axis_png(view) -> bytes | None:
@@ -47,3 +47,13 @@ def export_plots(root: Path | str, folder: Path, as_of: str | None = None) -> li
     finally:
         view.close()
     return written
+
+
+def export_published_plots(published: Path | str, folder: Path) -> list[Path]:
+    """Write ``<folder>/claims/size_axis.png`` from a folder of published claims (``storage.published``: the
+    claims and models views only, so only the plots drawn from them); returns the paths written."""
+    from .published import open_published
+
+    with open_published(published) as view:
+        png = size_axis_png(view)
+    return [] if png is None else [save(png, folder / "claims" / "size_axis.png")]

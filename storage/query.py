@@ -370,23 +370,11 @@ def _unreadable_file(e: duckdb.Error, root: Path | str) -> Damage | None:
     return Damage(table, str(store_location(root) / table / rel), partition, f"unreadable ({problem.splitlines()[0]})")
 
 
-def run_query(root: Path | str, sql: str, fmt: str = "table", out: Path | None = None,
-              params: dict[str, str] | None = None, as_of: str | None = None, warn=None) -> str:
-    """Run ``sql`` against the store; return the result as text (or the parquet file's path).
-
-    fmt: "table" (text table), "csv", "json" (list of records) or "parquet" (needs ``out``).
-    With ``out`` the text formats are also written there. ``params`` binds DuckDB named parameters
-    (``$name`` in ``sql``) to string values; every ``$name`` must be given and nothing else. ``as_of`` (a
-    run id) answers from the store as it was after that run; ``warn(line)`` receives one line per damaged
-    file. SQL errors, blocked statements and missing/unknown parameters raise ``QueryError``.
-    """
-    if fmt not in _FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(_FORMATS)}")
-    if fmt == "parquet" and out is None:
-        raise ValueError("format parquet needs an output path (out)")
-    bind = _check_params(sql, params)
+def _on_store(root: Path | str, sql: str, bind: dict | None, as_of: str | None) -> tuple[pl.DataFrame, list[str]]:
+    """The query's result over the store and its damage lines; a file that fails to read (corrupt, of the right
+    size) is left out, and the query retried."""
     found: list[Damage] = []
-    while True:  # a file that fails to read (corrupt, of the right size) is left out, and the query retried
+    while True:
         try:
             view = open_store(root, as_of, found)
         except (StoreError, delta.TableLogError) as exc:
@@ -396,7 +384,7 @@ def run_query(root: Path | str, sql: str, fmt: str = "table", out: Path | None =
             df = rel.pl() if rel is not None else pl.DataFrame()
             if df.height == 0 and bind:
                 _check_param_values(view, bind)
-            break
+            return df, view.warnings()
         except duckdb.Error as e:
             bad = _unreadable_file(e, root)
             if bad is None or any(d.path == bad.path for d in found):
@@ -404,7 +392,44 @@ def run_query(root: Path | str, sql: str, fmt: str = "table", out: Path | None =
             found.append(bad)
         finally:
             view.close()
-    for line in view.warnings():
+
+
+def _on_published(folder: Path | str, sql: str, bind: dict | None) -> tuple[pl.DataFrame, list[str]]:
+    """The query's result over a folder of published claims and the files left out (``storage.published``)."""
+    from .published import PUBLISHED_VIEWS, open_published
+
+    with open_published(folder) as view:
+        try:
+            rel = view.sql(sql, bind)
+            return (rel.pl() if rel is not None else pl.DataFrame()), view.warnings()
+        except duckdb.Error as e:
+            line = _explain(e, view, sql)
+            if isinstance(e, duckdb.CatalogException) and not line.startswith("not allowed"):
+                line = (f"published claims have the views {', '.join(PUBLISHED_VIEWS)} only (the others need the "
+                        f"store); DuckDB: {' '.join(str(e).splitlines()[0].split())[:200]}")
+            raise QueryError(line) from e
+
+
+def run_query(root: Path | str | None, sql: str, fmt: str = "table", out: Path | None = None,
+              params: dict[str, str] | None = None, as_of: str | None = None, warn=None,
+              published: Path | str | None = None) -> str:
+    """Run ``sql`` against the store; return the result as text (or the parquet file's path).
+
+    fmt: "table" (text table), "csv", "json" (list of records) or "parquet" (needs ``out``).
+    With ``out`` the text formats are also written there. ``params`` binds DuckDB named parameters
+    (``$name`` in ``sql``) to string values; every ``$name`` must be given and nothing else. ``as_of`` (a
+    run id) answers from the store as it was after that run; ``warn(line)`` receives one line per damaged
+    file. SQL errors, blocked statements and missing/unknown parameters raise ``QueryError``. With
+    ``published`` (a folder of published claims, ``storage.published``) the query runs over those files
+    instead of a store (``root`` and ``as_of`` unused).
+    """
+    if fmt not in _FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(_FORMATS)}")
+    if fmt == "parquet" and out is None:
+        raise ValueError("format parquet needs an output path (out)")
+    bind = _check_params(sql, params)
+    df, warnings = _on_published(published, sql, bind) if published is not None else _on_store(root, sql, bind, as_of)
+    for line in warnings:
         if warn is not None:
             warn(line)
     if fmt == "parquet":

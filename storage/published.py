@@ -1,0 +1,119 @@
+"""Published claims: claim rows written out of a store with what produced them, read back without it
+(docs/METHOD.md §11).
+
+A folder of published claims (``results/<spec>/`` in the repository) holds files written by the named query
+``published_claims`` (``factrecall query --named published_claims --format csv --out FILE``), one per run or
+machine. ``open_published(folder)`` reads every ``*.csv`` and ``*.parquet`` file in it into a sandboxed,
+in-memory DuckDB connection with the views ``claims`` and ``models`` (the store's columns, so the named queries
+over them run unchanged: ``claims_by_size``, ``claim_matrix``, ``claims_by_domain``) and ``published`` (every
+column, provenance included). Nothing is mixed silently: two files that publish different results for the same
+(model, relation, shot, claim) are refused with both named, a file that cannot be read or lacks a column is
+named and left out (the others are read), and the same result published twice is read once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from .query import _SANDBOX, QueryError, _sql_files
+
+__all__ = ["PUBLISHED_COLUMNS", "PUBLISHED_VIEWS", "PublishedError", "PublishedView", "open_published"]
+
+#: The columns of the named query ``published_claims``, each with the type it is read back as.
+PUBLISHED_COLUMNS: dict[str, pl.DataType] = {
+    "model": pl.String, "family": pl.String, "dtype": pl.String, "params": pl.Int64, "model_sha256": pl.String,
+    "relation": pl.String, "domain": pl.String, "relation_hash": pl.String, "shot": pl.Int32, "step": pl.Int8,
+    "claim": pl.String, "statistic": pl.String, "value": pl.Float64, "lo": pl.Float64, "hi": pl.Float64,
+    "n": pl.Int32, "threshold": pl.Float64, "verdict": pl.String, "note": pl.String, "result_id": pl.String,
+    "source_result_id": pl.String, "input_hash": pl.String, "stage_version": pl.Int32, "code_digest": pl.String,
+    "max_prompts": pl.Int64, "seed": pl.Int64, "run_id": pl.String, "code_version": pl.String,
+    "committed_at": pl.String,
+}
+_KEY = ("model", "relation", "shot", "claim")
+#: What a query over published claims can use (the rest of a store's views need the store).
+PUBLISHED_VIEWS = ("claims", "models", "published")
+
+
+class PublishedError(QueryError):
+    """Published claims that cannot be read as one coherent set (one line: what and what to do)."""
+
+
+@dataclass
+class PublishedView:
+    """A sandboxed connection over a folder's published claims, and the files it left out."""
+
+    con: duckdb.DuckDBPyConnection
+    files: list[Path]
+    damage: list[str] = field(default_factory=list)  # one line per file left out
+    missing: dict[str, str] = field(default_factory=dict)  # (the store's empty views; none here)
+
+    def sql(self, text: str, params: dict | None = None):
+        return self.con.sql(text, params=params) if params else self.con.sql(text)
+
+    def pl(self, text: str, params: dict | None = None) -> pl.DataFrame:
+        return self.sql(text, params).pl()
+
+    def warnings(self) -> list[str]:
+        return list(self.damage)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "PublishedView":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _read(path: Path) -> pl.DataFrame:
+    """One published file with the published columns and types (raises ValueError saying what is wrong)."""
+    try:
+        df = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path, infer_schema=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem
+        raise ValueError(f"cannot be read ({' '.join(str(exc).split())[:160]})") from None
+    lacking = [c for c in PUBLISHED_COLUMNS if c not in df.columns]
+    if lacking:
+        raise ValueError(f"lacks column(s) {', '.join(lacking)} (not written by the named query published_claims)")
+    try:
+        return df.select([pl.col(c).cast(pl.String).cast(t, strict=True) if t != pl.String else pl.col(c).cast(pl.String)
+                          for c, t in PUBLISHED_COLUMNS.items()])
+    except Exception as exc:  # noqa: BLE001 - a value of the wrong type
+        raise ValueError(f"has a value of the wrong type ({' '.join(str(exc).split())[:160]})") from None
+
+
+def open_published(folder: Path | str) -> PublishedView:
+    """The published claims in ``folder`` as a sandboxed DuckDB connection (see the module docstring)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PublishedError(f"{folder}: no such folder of published claims; give the folder the "
+                             "`published_claims` files were written to (e.g. results/size-axis)")
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".csv", ".parquet") and p.is_file())
+    frames, damage, read = [], [], []
+    for path in files:
+        try:
+            frames.append(_read(path).with_columns(pl.lit(path.name).alias("published_file")))
+            read.append(path)
+        except ValueError as exc:
+            damage.append(f"damaged: {path}: {exc}; left out")
+    if not frames:
+        why = f"; {len(damage)} file(s) left out" if damage else ""
+        raise PublishedError(f"{folder}: no readable published claims (*.csv, *.parquet){why}; write them with "
+                             "`factrecall query --named published_claims --format csv --out FILE`")
+    rows = pl.concat(frames).unique(subset=[*_KEY, "result_id"], keep="first", maintain_order=True)
+    clash = rows.group_by(list(_KEY)).agg(pl.col("result_id").n_unique().alias("k"), pl.col("published_file"),
+                                          pl.col("result_id")).filter(pl.col("k") > 1)
+    if clash.height:
+        first = clash.sort(list(_KEY)).row(0, named=True)
+        raise PublishedError(
+            f"{folder}: {clash.height} claim(s) published twice with different results, e.g. {first['claim']} of "
+            f"{first['model']}/{first['relation']}/shot={first['shot']} in {' and '.join(first['published_file'])} "
+            f"(results {', '.join(first['result_id'])}); keep one file per result (move the other out of the folder)")
+    con = duckdb.connect(":memory:", config=_SANDBOX)
+    con.register("_published", rows.to_arrow())
+    con.execute(_sql_files("internal")["published_views"])
+    return PublishedView(con, read, damage)
