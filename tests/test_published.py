@@ -65,7 +65,7 @@ def test_claims_published_from_two_stores_give_the_table_of_one_store(tmp_path):
     _publish(_store(tmp_path / "a", ["small", "mid"]), folder / "claims-a.csv")  # one machine
     _publish(_store(tmp_path / "b", ["big"]), folder / "claims-b.csv")  # another
     both = _store(tmp_path / "both", ["small", "mid", "big"])
-    for query in ("claims_by_size", "claim_matrix"):
+    for query in ("claims_by_size", "claim_matrix", "claims_by_domain"):
         from_store = _frame(run_query(both.root, named_query(query), fmt="json"))
         published = _frame(run_query(None, named_query(query), fmt="json", published=folder))
         columns = [c for c in from_store.columns if "result_id" not in c]  # ids differ between stores
