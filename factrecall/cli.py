@@ -80,19 +80,47 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
             ModelLoadError, RelationError, TokenizationError)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt: what is being written is abandoned
+    through the same clean-up (no partial result is committed, temporary files go) and the command ends with
+    one line. The `server` and `schedule` commands install their own handler."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+def _interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (or Terminated) an exit came from, following the exception's causes."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main() -> None:
     """The `factrecall` command: an expected failure is one line and exit code 2; an unexpected one is one
-    line and exit code 1 (the traceback with --verbose or FACTRECALL_DEBUG=1)."""
+    line and exit code 1 (the traceback with --verbose or FACTRECALL_DEBUG=1); Ctrl-C (130) and SIGTERM (143)
+    one line each."""
+    import signal
+
     from factrecall.paths import debug
 
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
-    except (SystemExit, typer.Exit):
-        raise
-    except KeyboardInterrupt:
-        err.print("[bold red]error:[/] interrupted; rerun the command to resume (finished partitions are kept)",
+    except (SystemExit, typer.Exit, KeyboardInterrupt) as exc:
+        code = exc.code if isinstance(exc, SystemExit) else getattr(exc, "exit_code", 1)
+        interrupt = _interrupt_in(exc) if code not in (0, None) else None  # a command that stops on Ctrl-C: 0
+        if interrupt is None:  # (typer turns Ctrl-C into a silent exit 130: say what happened)
+            raise
+        how = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
+        err.print(f"[bold red]error:[/] {how}; rerun the command to resume (finished partitions are kept)",
                   highlight=False, soft_wrap=True)
-        sys.exit(130)
+        sys.exit(143 if isinstance(interrupt, Terminated) else 130)
     except Exception as exc:  # noqa: BLE001 - the last line of defence of the error contract
         if isinstance(exc, _expected_errors()):
             try:

@@ -101,6 +101,39 @@ def test_killed_run_resumes_without_duplicates_or_partial_results(model_dir, tmp
     assert connect(store).sql("SELECT count(*) FROM logits").fetchall()[0][0] == N * 3
 
 
+def test_sigterm_to_the_process_group_ends_the_command_at_once_with_one_line(model_dir, tmp_path):
+    """What Ctrl-C in a terminal, `timeout` and a service manager do: signal the whole process group. The command
+    ends within seconds with one line and exit code 143, the partition being written leaves no file, and no
+    process it started is left (Prefect's server runs in its own session, so the flow still reaches it: in the
+    group it died first and the command spent 78 s retrying it, then failed with an unexpected ConnectError)."""
+    import psutil
+
+    store = tmp_path / "store"
+    env = {**os.environ, "FACTRECALL_HOME": str(tmp_path / "home")}
+    cmd = [sys.executable, "-m", "factrecall.cli", "capture", "--models", model_dir, "--relations", "paper.capital",
+           "--shots", "0,1,2", "--max-prompts", str(N), "--batch-size", "1", "--store", str(store),
+           "--no-example", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (_committed(store) >= 1 and len(list((store / "logits").rglob("*.parquet"))) >= 2):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.05)
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert family, "Prefect's server should be running"
+    started = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+    seconds = time.monotonic() - started
+    stderr = proc.stderr.read().decode().strip().splitlines()
+    assert proc.returncode == 143 and seconds < 20, (proc.returncode, seconds, stderr[-3:])
+    assert stderr[-1] == ("error: terminated (SIGTERM); rerun the command to resume (finished partitions are kept)")
+    _, alive = psutil.wait_procs(family, timeout=10)
+    assert not alive, alive
+    committed = _committed(store)
+    assert 1 <= committed < 3, "the command must be stopped mid-way for this test to mean anything"
+    assert len(list((store / "logits").rglob("*.parquet"))) == committed  # the partition being written: no file
+
+
 def test_final_layer_command_runs_the_flow_and_plots_each_model(model_dir, tmp_path):
     from typer.testing import CliRunner
 
