@@ -330,7 +330,8 @@ def _quiet_libraries(progress: bool) -> None:
 
         from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
-        gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
+        if not isinstance(gguf_utils.tqdm, functools.partial):  # once per process
+            gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
 
 
 def _validate(models: str, relations: str, shots: str, dtype: str, domains: dict[str, str] | None = None) -> list[int]:
