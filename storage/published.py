@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from .query import _SANDBOX, QueryError, _sql_files
+from .query import _SANDBOX, QueryError, SandboxedView, _sql_files
 
 __all__ = ["PUBLISHED_COLUMNS", "PUBLISHED_VIEWS", "PublishedError", "PublishedView", "open_published"]
 
@@ -43,7 +43,7 @@ class PublishedError(QueryError):
 
 
 @dataclass
-class PublishedView:
+class PublishedView(SandboxedView):
     """A sandboxed connection over a folder's published claims, and the files it left out."""
 
     con: duckdb.DuckDBPyConnection
@@ -51,23 +51,8 @@ class PublishedView:
     damage: list[str] = field(default_factory=list)  # one line per file left out
     missing: dict[str, str] = field(default_factory=dict)  # (the store's empty views; none here)
 
-    def sql(self, text: str, params: dict | None = None):
-        return self.con.sql(text, params=params) if params else self.con.sql(text)
-
-    def pl(self, text: str, params: dict | None = None) -> pl.DataFrame:
-        return self.sql(text, params).pl()
-
     def warnings(self) -> list[str]:
         return list(self.damage)
-
-    def close(self) -> None:
-        self.con.close()
-
-    def __enter__(self) -> "PublishedView":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _read(path: Path) -> pl.DataFrame:

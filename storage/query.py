@@ -119,14 +119,10 @@ def view_names() -> list[str]:
     return sorted(tables | set(_sql_files("views")))
 
 
-@dataclass
-class StoreView:
-    """A sandboxed connection to one store version, and what its integrity check found."""
+class SandboxedView:
+    """What every read-only view (a store's, published claims') offers over its sandboxed connection ``con``."""
 
     con: duckdb.DuckDBPyConnection
-    catalog: Catalog
-    damage: list[Damage] = field(default_factory=list)
-    missing: dict[str, str] = field(default_factory=dict)  # view -> why it is empty
 
     def sql(self, text: str, params: dict | None = None):
         return self.con.sql(text, params=params) if params else self.con.sql(text)
@@ -134,6 +130,25 @@ class StoreView:
     def pl(self, text: str, params: dict | None = None) -> pl.DataFrame:
         """The query's result as a Polars DataFrame."""
         return self.sql(text, params).pl()
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class StoreView(SandboxedView):
+    """A sandboxed connection to one store version, and what its integrity check found."""
+
+    con: duckdb.DuckDBPyConnection
+    catalog: Catalog
+    damage: list[Damage] = field(default_factory=list)
+    missing: dict[str, str] = field(default_factory=dict)  # view -> why it is empty
 
     def warnings(self) -> list[str]:
         """One line per damaged file, saying what becomes of it."""
@@ -151,15 +166,6 @@ class StoreView:
                 what = "its result (not shown by any view) is left out; `factrecall gc` removes it"
             out.append(f"damaged: {d.message()}; {what}")
         return out
-
-    def close(self) -> None:
-        self.con.close()
-
-    def __enter__(self) -> "StoreView":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _results_table(catalog: Catalog) -> pa.Table:
