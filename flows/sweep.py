@@ -98,6 +98,11 @@ def sweep(stage: str, models: list[str], relations: list[str], shots: list[int],
     refused: dict[str, str] = {}
     timings: dict[str, float] = {}
     with store.writing():
+        # what the results are computed from, recorded before the first of them: a run stopped half-way (Ctrl-C,
+        # SIGTERM, a lost machine) leaves committed results whose relations (domain) and models (family, size) say
+        # what they are; only the run's own row (its manifest) needs the run to finish
+        store.append_records("relations", relation_records(run_id, rels))
+        store.append_records("models", models_rows)
         if cluster:
             with Progress(show_progress) as progress:
                 partitions, refused, timings, notes = run_on_dask(stage, config, handles, rels, list(shots),
@@ -138,8 +143,6 @@ def sweep(stage: str, models: list[str], relations: list[str], shots: list[int],
             "timings": timings,
             "store": str(store.root),
         }
-        store.append_records("relations", relation_records(run_id, rels))
-        store.append_records("models", [r for r in models_rows if r["model"] not in refused])
         if after is not None:
             manifest |= after(store, runner.catalog, manifest)
         manifest["finished_at"] = datetime.now(timezone.utc)

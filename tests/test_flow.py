@@ -132,6 +132,9 @@ def test_sigterm_to_the_process_group_ends_the_command_at_once_with_one_line(mod
     committed = _committed(store)
     assert 1 <= committed < 3, "the command must be stopped mid-way for this test to mean anything"
     assert len(list((store / "logits").rglob("*.parquet"))) == committed  # the partition being written: no file
+    con = connect(store)  # what the committed results were computed from is recorded although the run stopped
+    assert con.sql("SELECT relation, domain FROM relations").fetchall() == [("paper.capital", "factual")]
+    assert con.sql("SELECT family, n_layers FROM models").fetchall() == [("llama", 3)]
 
 
 def test_final_layer_command_runs_the_flow_and_plots_each_model(model_dir, tmp_path):
