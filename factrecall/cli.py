@@ -268,6 +268,16 @@ def _store_root(store: str | None):
         _fail(str(exc))
 
 
+def _store_unless_published(store: str | None, as_of: str | None, published: Path | None):
+    """The existing store of a reading command, or None when it reads ``--published`` claims instead (which
+    takes neither ``--store`` nor ``--as-of``: one line, exit code 2)."""
+    if published is None:
+        return _existing_store(store, "; run `factrecall capture` first or pass --store")
+    if store is not None or as_of is not None:
+        _fail("--published reads published claims, not a store: drop --store and --as-of")
+    return None
+
+
 def _existing_store(store: str | None, hint: str = ""):
     """The store ``--store`` names, which must exist (else one line ending in ``hint``; an object store that does not
     answer is one line too; exit code 2)."""
@@ -715,9 +725,7 @@ def query(
         return
     if (sql is None) == (named is None):
         _fail('give either SQL (factrecall query "SELECT ...") or --named NAME; `factrecall query --list` lists both')
-    if published is not None and (store is not None or as_of is not None):
-        _fail("--published reads published claims, not a store: drop --store and --as-of")
-    store_root = None if published is not None else _existing_store(store, "; run `factrecall capture` first or pass --store")
+    store_root = _store_unless_published(store, as_of, published)
     try:
         text = named_query(named) if named else sql
         params = {}
@@ -749,9 +757,7 @@ def plots(
     from factrecall.storage.export import export_plots, export_published_plots
     from factrecall.storage.query import QueryError
 
-    if published is not None and (store is not None or as_of is not None):
-        _fail("--published reads published claims, not a store: drop --store and --as-of")
-    store_root = None if published is not None else _existing_store(store, "; run `factrecall capture` first or pass --store")
+    store_root = _store_unless_published(store, as_of, published)
     folder = (out or state_dir() / "plots").resolve()
     try:
         written = (export_published_plots(published, folder) if published is not None

@@ -65,8 +65,7 @@ def _read(path: Path) -> pl.DataFrame:
     if lacking:
         raise ValueError(f"lacks column(s) {', '.join(lacking)} (not written by the named query published_claims)")
     try:
-        return df.select([pl.col(c).cast(pl.String).cast(t, strict=True) if t != pl.String else pl.col(c).cast(pl.String)
-                          for c, t in PUBLISHED_COLUMNS.items()])
+        return df.select([pl.col(c).cast(pl.String).cast(t, strict=True) for c, t in PUBLISHED_COLUMNS.items()])
     except Exception as exc:  # noqa: BLE001 - a value of the wrong type
         raise ValueError(f"has a value of the wrong type ({' '.join(str(exc).split())[:160]})") from None
 
