@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import textwrap
 import uuid
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +25,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import NullLocator
 
 __all__ = ["bands", "bars", "heatmap", "save", "scatter", "size_axis"]
 
@@ -233,7 +235,7 @@ def _size_axis_figure(rows: Sequence[dict]) -> Figure | None:
         return None
     ncols = min(4, len(claims))
     nrows = int(np.ceil(len(claims) / ncols))
-    fig = Figure(figsize=(3.6 * ncols, 3.0 * nrows), dpi=_DPI, layout="constrained")
+    fig = Figure(figsize=(3.8 * ncols, 3.2 * nrows), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     cmap = mpl.colormaps["tab10"]
     shots = sorted({int(r["shot"]) for r in rows})
@@ -254,14 +256,23 @@ def _size_axis_figure(rows: Sequence[dict]) -> Figure | None:
             ax.fill_between(x, [r["min_value"] for r in pts], [r["max_value"] for r in pts], color=color,
                             alpha=0.15, linewidth=0)
         ax.set_xscale("log")
+        sizes = sorted({r["params"] for r in mine})
+        ax.set_xticks(sizes, [_params_label(p) for p in sizes])  # the models' own sizes, not powers of ten
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_title(claim.replace("_", " "), fontsize="medium")
-        ax.set_ylabel(mine[0].get("statistic") or "", fontsize="small")
+        # the statistic's description is long: wrapped to the panel's height so it stays clear of its neighbour
+        ax.set_ylabel(textwrap.fill(mine[0].get("statistic") or "", 46), fontsize="x-small", linespacing=1.0)
         ax.tick_params(labelsize="small")
         if i == 0:
             ax.legend(fontsize="x-small", loc="best")
     low = sorted({r["model"] for r in rows if r.get("dtype") not in (None, "float32")})
     fig.supxlabel("parameters (log scale)" + (f"; hollow: bfloat16 ({', '.join(low)})" if low else ""))
     return fig
+
+
+def _params_label(params: float) -> str:
+    """A parameter count as people write it: 135M, 1.5B."""
+    return f"{params / 1e9:.2g}B" if params >= 1e9 else f"{params / 1e6:.0f}M"
 
 
 def size_axis(rows: Sequence[dict]) -> bytes | None:

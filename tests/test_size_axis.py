@@ -120,6 +120,29 @@ def test_the_size_axis_plot_needs_two_sized_models_and_stays_small(tmp_path):
     assert tmp_path / "plots" / "claims" / "size_axis.png" in written
 
 
+def test_the_size_axis_labels_stay_inside_their_own_panel():
+    from factrecall.tasks.plots import _size_axis_figure
+
+    statistic = ("path-patching effect% of the strongest head (simultaneous 95% interval over all heads, "
+                 "the longest description a claim has today, and then some more)")
+    rows = [{"claim": f"claim_{c}", "statistic": statistic, "relation": "all", "shot": 0, "model": m, "params": p,
+             "value": 0.1, "min_value": 0.0, "max_value": 0.2}
+            for c in range(8) for m, p in (("a", 1.35e8), ("b", 4.94e8), ("c", 1.54e9))]
+    fig = _size_axis_figure(rows)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = fig.axes
+    whole = fig.bbox
+    for ax in axes:
+        label = ax.yaxis.label.get_window_extent(renderer)
+        assert whole.x0 <= label.x0 and label.x1 <= whole.x1 and whole.y0 <= label.y0 and label.y1 <= whole.y1
+        for other in axes:
+            if other is not ax:
+                assert not label.overlaps(other.get_window_extent(renderer)), (ax.get_title(), other.get_title())
+        ticks = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+        assert ticks == ["135M", "494M", "1.5B"]  # each model's size, read as people write it
+
+
 def test_dtype_agreement_pairs_each_low_precision_claim_with_its_float32_claim(tmp_path):
     store = Store(tmp_path / "store")
     claims = {  # model -> claim -> (value, verdict)
