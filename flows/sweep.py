@@ -97,12 +97,30 @@ def sweep(stage: str, models: list[str], relations: list[str], shots: list[int],
     partitions: list[dict] = []
     refused: dict[str, str] = {}
     timings: dict[str, float] = {}
+    manifest = {
+        "run_id": run_id, "kind": kind or stage, "started_at": started, "finished_at": None,
+        "code_version": code_version(), "packages": package_versions(), "python": platform.python_version(),
+        "seed": config.seed,
+        "config": {"models": models, "relations": relations, "shots": list(shots), "dtype": dtype,
+                   "model_dtypes": model_dtypes,
+                   "device": device, "threads": torch.get_num_threads(), "stage": stage, "cluster": cluster,
+                   "settings": {k: getattr(config, k) for k in config.__dataclass_fields__},
+                   "bos": "tokenizer default", "answer_token": "first token of ' ' + object after the prompt",
+                   "padding": "right",
+                   "ledger_rtol": {m.model_id: ledger_rtol(DTYPES[m.dtype]) for m in handles}},
+        "model_sha256": {m.model_id: m.file_sha256 for m in handles},
+        "relation_sha256": {r.name: r.content_hash() for r in rels},
+        "relation_repairs": {r.name: list(r.repairs) for r in rels if r.repairs},
+        "store": str(store.root),
+    }
     with store.writing():
         # what the results are computed from, recorded before the first of them: a run stopped half-way (Ctrl-C,
-        # SIGTERM, a lost machine) leaves committed results whose relations (domain) and models (family, size) say
-        # what they are; only the run's own row (its manifest) needs the run to finish
+        # SIGTERM, a lost machine) leaves committed results whose relations (domain), models (family, size) and
+        # run (code version, settings: the start row, finished_at null) say what they are; the run's end row adds
+        # what happened to each partition
         store.append_records("relations", relation_records(run_id, rels))
         store.append_records("models", models_rows)
+        store.write_run(manifest)
         if cluster:
             with Progress(show_progress) as progress:
                 partitions, refused, timings, notes = run_on_dask(stage, config, handles, rels, list(shots),
@@ -125,24 +143,7 @@ def sweep(stage: str, models: list[str], relations: list[str], shots: list[int],
                     except REFUSALS as exc:  # the model's numbers do not add up
                         refused[model.model_id] = str(exc)
             timings = {f"load:{m.model_id}": round(m.load_seconds, 3) for m in handles if m.loaded}
-        manifest = {
-            "run_id": run_id, "kind": kind or stage, "started_at": started, "finished_at": datetime.now(timezone.utc),
-            "code_version": code_version(), "packages": package_versions(), "python": platform.python_version(),
-            "seed": config.seed,
-            "config": {"models": models, "relations": relations, "shots": list(shots), "dtype": dtype,
-                       "model_dtypes": model_dtypes,
-                       "device": device, "threads": torch.get_num_threads(), "stage": stage, "cluster": cluster,
-                       "settings": {k: getattr(config, k) for k in config.__dataclass_fields__},
-                       "bos": "tokenizer default", "answer_token": "first token of ' ' + object after the prompt",
-                       "padding": "right",
-                       "ledger_rtol": {m.model_id: ledger_rtol(DTYPES[m.dtype]) for m in handles}},
-            "model_sha256": {m.model_id: m.file_sha256 for m in handles},
-            "relation_sha256": {r.name: r.content_hash() for r in rels},
-            "relation_repairs": {r.name: list(r.repairs) for r in rels if r.repairs},
-            "partitions": partitions, "refused": refused,
-            "timings": timings,
-            "store": str(store.root),
-        }
+        manifest |= {"partitions": partitions, "refused": refused, "timings": timings}
         if after is not None:
             manifest |= after(store, runner.catalog, manifest)
         manifest["finished_at"] = datetime.now(timezone.utc)

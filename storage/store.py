@@ -149,7 +149,12 @@ class Store:
             recent = runs.sort_by([("started_at", "descending")])["run_id"].to_pylist()[:5]
             raise StoreError(f"--as-of {run_id}: no such run in {self.root}; recent runs: {', '.join(recent)} "
                              "(`factrecall query \"SELECT run_id, kind, started_at FROM runs\"` lists them all)")
-        self._as_of_finished = match["finished_at"][0].as_py() or match["started_at"][0].as_py()
+        ended = match.filter(pc.is_valid(match["finished_at"]))  # a run's end row (its start row has no end)
+        if ended.num_rows == 0:
+            raise StoreError(f"--as-of {run_id}: that run did not finish (stopped, crashed or still running), so no "
+                             "version of the store was recorded at its end; read as of a finished run, or the latest")
+        match = ended
+        self._as_of_finished = match["finished_at"][0].as_py()
         started = match["started_at"][0].as_py()
         gcs = runs.filter(pc.equal(runs["kind"], "gc"))
         later = [t for t in gcs["started_at"].to_pylist() if started is not None and t is not None and t > started]
@@ -411,7 +416,9 @@ class Store:
         return done
 
     def write_run(self, manifest: dict) -> None:
-        """Append one run manifest; dict/list values are stored as JSON, with the table versions now."""
+        """Append one run manifest; dict/list values are stored as JSON, with the table versions now. A sweep
+        writes two rows: at its start (``finished_at`` null: the code and settings of a run that may never end)
+        and at its end; the ``runs`` view shows each run's latest row."""
         self._require_writable()
         row = {}
         for name in RUNS_SCHEMA.names:

@@ -135,6 +135,9 @@ def test_sigterm_to_the_process_group_ends_the_command_at_once_with_one_line(mod
     con = connect(store)  # what the committed results were computed from is recorded although the run stopped
     assert con.sql("SELECT relation, domain FROM relations").fetchall() == [("paper.capital", "factual")]
     assert con.sql("SELECT family, n_layers FROM models").fetchall() == [("llama", 3)]
+    from factrecall.version import code_version  # and the run: its code and settings, marked as not finished
+    run = con.sql("SELECT code_version, finished_at, partitions, json_extract(config, '$.shots') FROM runs").fetchall()
+    assert run == [(code_version(), None, None, "[0,1,2]")]
 
 
 def test_final_layer_command_runs_the_flow_and_plots_each_model(model_dir, tmp_path):

@@ -179,10 +179,12 @@ def test_as_of_a_run_answers_from_the_store_as_it_was(tmp_path):
     store = Store(tmp_path)
     capture(store, KEY, 5, tag=1.0, run_id="r1")
     with store.writing():
-        store.write_run({"run_id": "r1", "kind": "capture", "started_at": "2026-01-01T00:00:00+00:00"})
+        store.write_run({"run_id": "r1", "kind": "capture", "started_at": "2026-01-01T00:00:00+00:00",
+                         "finished_at": "2026-01-01T00:01:00+00:00"})
     capture(store, KEY, 3, tag=2.0, seed=1, run_id="r2")
     with store.writing():
-        store.write_run({"run_id": "r2", "kind": "capture", "started_at": "2026-01-02T00:00:00+00:00"})
+        store.write_run({"run_id": "r2", "kind": "capture", "started_at": "2026-01-02T00:00:00+00:00",
+                         "finished_at": "2026-01-02T00:01:00+00:00"})
     assert rows(tmp_path) == [(i, 2.0) for i in range(3)]
     assert rows(tmp_path, as_of="r1") == [(i, 1.0) for i in range(5)]
     assert connect(tmp_path, as_of="r1").execute("SELECT count(*) FROM results").fetchall()[0][0] == 1
@@ -306,6 +308,26 @@ def test_gc_refuses_while_a_writer_is_active(tmp_path):
     with store.writing():
         with pytest.raises(Exception, match="writing"):
             Store(tmp_path).gc()
+
+
+def test_a_run_that_did_not_finish_keeps_its_start_row_and_cannot_be_read_as_of(tmp_path):
+    """A sweep writes its run row when it starts and again when it ends: a run stopped half-way still says which
+    code and settings produced the results it committed; `runs` shows each run once (its latest row)."""
+    store = Store(tmp_path)
+    start = {"run_id": "done", "kind": "capture", "started_at": "2026-01-01T00:00:00+00:00", "code_version": "0.1+a"}
+    with store.writing():
+        store.write_run(start)
+        store.write_run({"run_id": "stopped", "kind": "capture", "started_at": "2026-01-01T00:00:30+00:00",
+                         "code_version": "0.1+b"})
+    capture(store, KEY, 2, run_id="done")
+    with store.writing():
+        store.write_run(start | {"finished_at": "2026-01-01T00:01:00+00:00", "partitions": [{"shot": 0}]})
+    got = connect(tmp_path).execute(
+        "SELECT run_id, code_version, finished_at IS NULL, partitions FROM runs ORDER BY run_id").fetchall()
+    assert got == [("done", "0.1+a", False, '[{"shot": 0}]'), ("stopped", "0.1+b", True, None)]
+    assert rows(tmp_path, as_of="done") == [(0, 0.0), (1, 0.0)]  # the end row's versions, not the start row's
+    with pytest.raises(QueryError, match="did not finish"):
+        run_query(tmp_path, "SELECT 1", as_of="stopped")
 
 
 def test_run_manifest_records_the_table_versions(tmp_path):
