@@ -146,7 +146,8 @@ class Store:
             raise StoreError(f"--as-of {run_id}: the store at {self.root} has no runs yet")
         match = runs.filter(pc.equal(runs["run_id"], run_id))
         if match.num_rows == 0:
-            recent = runs.sort_by([("started_at", "descending")])["run_id"].to_pylist()[:5]
+            ended = runs.filter(pc.is_valid(runs["finished_at"]))  # the runs that can be read as of
+            recent = ended.sort_by([("started_at", "descending")])["run_id"].to_pylist()[:5]
             raise StoreError(f"--as-of {run_id}: no such run in {self.root}; recent runs: {', '.join(recent)} "
                              "(`factrecall query \"SELECT run_id, kind, started_at FROM runs\"` lists them all)")
         ended = match.filter(pc.is_valid(match["finished_at"]))  # a run's end row (its start row has no end)
@@ -219,7 +220,9 @@ class Store:
                     ok.append(f)
             data = delta.dataset(self.table_dir(table), schema, ok).to_table()
         if table == RUNS and self._as_of_finished is not None:
-            data = data.filter(pc.less_equal(data["started_at"], self._as_of_finished))
+            # the rows written by then: a run that ended later (runs may overlap) shows its start row, unfinished
+            data = data.filter(pc.less_equal(pc.coalesce(data["finished_at"], data["started_at"]),
+                                             self._as_of_finished))
         return data
 
     def catalog(self, damage: list[Damage] | None = None) -> Catalog:
@@ -416,9 +419,9 @@ class Store:
         return done
 
     def write_run(self, manifest: dict) -> None:
-        """Append one run manifest; dict/list values are stored as JSON, with the table versions now. A sweep
-        writes two rows: at its start (``finished_at`` null: the code and settings of a run that may never end)
-        and at its end; the ``runs`` view shows each run's latest row."""
+        """Append one run manifest; dict/list values are stored as JSON, with the table versions now (null on a
+        start row). A sweep writes two rows: at its start (``finished_at`` null: the code and settings of a run
+        that may never end) and at its end; the ``runs`` view shows each run's latest row."""
         self._require_writable()
         row = {}
         for name in RUNS_SCHEMA.names:
@@ -428,7 +431,8 @@ class Store:
             elif isinstance(value, Path):
                 value = str(value)
             row[name] = value
-        row["versions"] = json.dumps(self.versions(), sort_keys=True)
+        # the versions a run leaves behind: none yet on a run's start row
+        row["versions"] = None if row["finished_at"] is None else json.dumps(self.versions(), sort_keys=True)
         for t in ("started_at", "finished_at"):
             if isinstance(row[t], str):
                 row[t] = datetime.fromisoformat(row[t])

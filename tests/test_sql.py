@@ -119,7 +119,8 @@ def build_store(root: Path, seed: int = 0) -> dict:
                     )),
                 })
     with store.writing():
-        store.write_run({"run_id": "run1", "started_at": "2024-01-01T00:00:00+00:00", "seed": 0,
+        store.write_run({"run_id": "run1", "started_at": "2024-01-01T00:00:00+00:00",
+                         "finished_at": "2024-01-01T00:01:00+00:00", "seed": 0,
                          "config": {"models": list(MODELS)}, "packages": {"duckdb": duckdb.__version__}})
     return truth
 

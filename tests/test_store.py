@@ -319,15 +319,24 @@ def test_a_run_that_did_not_finish_keeps_its_start_row_and_cannot_be_read_as_of(
         store.write_run(start)
         store.write_run({"run_id": "stopped", "kind": "capture", "started_at": "2026-01-01T00:00:30+00:00",
                          "code_version": "0.1+b"})
+        late = {"run_id": "late", "kind": "capture", "started_at": "2026-01-01T00:00:40+00:00"}
+        store.write_run(late)
     capture(store, KEY, 2, run_id="done")
     with store.writing():
         store.write_run(start | {"finished_at": "2026-01-01T00:01:00+00:00", "partitions": [{"shot": 0}]})
-    got = connect(tmp_path).execute(
-        "SELECT run_id, code_version, finished_at IS NULL, partitions FROM runs ORDER BY run_id").fetchall()
-    assert got == [("done", "0.1+a", False, '[{"shot": 0}]'), ("stopped", "0.1+b", True, None)]
+        store.write_run(late | {"finished_at": "2026-01-01T00:02:00+00:00"})
+    got = connect(tmp_path).execute("SELECT run_id, code_version, finished_at IS NULL, partitions, versions IS NULL "
+                                    "FROM runs ORDER BY run_id").fetchall()
+    assert got == [("done", "0.1+a", False, '[{"shot": 0}]', False), ("late", None, False, None, False),
+                   ("stopped", "0.1+b", True, None, True)]
     assert rows(tmp_path, as_of="done") == [(0, 0.0), (1, 0.0)]  # the end row's versions, not the start row's
+    # as of "done", the run that ended after it is shown as it was then: started, not finished
+    as_of = connect(tmp_path, as_of="done").execute("SELECT run_id, finished_at IS NULL FROM runs ORDER BY run_id")
+    assert as_of.fetchall() == [("done", False), ("late", True), ("stopped", True)]
     with pytest.raises(QueryError, match="did not finish"):
         run_query(tmp_path, "SELECT 1", as_of="stopped")
+    with pytest.raises(QueryError, match=r"recent runs: late, done \("):  # each once, only runs one can read as of
+        run_query(tmp_path, "SELECT 1", as_of="nope")
 
 
 def test_run_manifest_records_the_table_versions(tmp_path):
@@ -335,7 +344,8 @@ def test_run_manifest_records_the_table_versions(tmp_path):
     capture(store, KEY, 2)
     capture(store, OTHER, 2)
     with store.writing():
-        store.write_run({"run_id": "r", "kind": "capture", "started_at": "2026-01-01T00:00:00+00:00"})
+        store.write_run({"run_id": "r", "kind": "capture", "started_at": "2026-01-01T00:00:00+00:00",
+                         "finished_at": "2026-01-01T00:01:00+00:00"})
     versions = json.loads(connect(tmp_path).execute("SELECT versions FROM runs").fetchall()[0][0])
     assert versions["logits"] == 1 and versions["_results"] == 1 and versions["_selections"] == 1
     assert "runs" not in versions  # its own row is the first version of runs; as-of reads runs up to it
