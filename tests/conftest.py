@@ -15,6 +15,17 @@ os.environ["FACTRECALL_HOME"] = tempfile.mkdtemp(prefix="factrecall-test-home-")
 os.environ.pop("FACTRECALL_STORE", None)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stop_prefects_temporary_server():
+    """Tests that run a flow in this process start Prefect's temporary server, which Prefect stops at exit with a
+    log line; by then pytest has closed the stream its handler writes to ("--- Logging error ---" ended every
+    run's output). Stop it while the session's streams are open."""
+    yield
+    server = sys.modules.get("prefect.server.api.server")
+    for instance in list(getattr(getattr(server, "SubprocessASGIServer", None), "_instances", {}).values()):
+        instance.stop()
+
+
 @pytest.fixture(scope="session")
 def smollm2(tmp_path_factory):
     """The packaged SmolLM2-135M (Llama family), loaded once per session on the CPU in float32.
