@@ -746,6 +746,29 @@ def query(
 
 
 @app.command()
+def publish(
+    to: Path = typer.Option(..., "--to", help="The folder of published claims to add to, e.g. results/size-axis."),
+    store: StoreRoot = None,
+    name: Optional[str] = typer.Option(None, help="File name in the folder (default: claims-<UTC date>[-k].csv)."),
+) -> None:
+    """Publish the store's current claims that the folder does not hold yet, with what produced each (a new file in
+    it; nothing is replaced). Refused, writing nothing, when a claim has a different result in the folder."""
+    from factrecall.storage.published import publish as publish_claims
+    from factrecall.storage.query import QueryError
+
+    store_root = _existing_store(store, "; run `factrecall reproduce` first or pass --store")
+    try:
+        done = publish_claims(store_root, to, name, warn=lambda line: err.print(f"warning: {line}", highlight=False))
+    except QueryError as exc:
+        _fail(str(exc))
+    if done.path is None:
+        console.print(f"nothing to publish: the {done.already} current claim(s) of the store are all in {to}", soft_wrap=True)
+    else:
+        console.print(f"published {done.claims} claim(s) of {done.partitions} partition(s) to {done.path} "
+                      f"({done.already} already in {to})", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def plots(
     out: Optional[Path] = typer.Option(None, help="Folder to write the PNGs to (default: <state>/plots)."),
     store: StoreRoot = None,

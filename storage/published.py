@@ -9,11 +9,18 @@ over them run unchanged: ``claims_by_size``, ``claim_matrix``, ``claims_by_domai
 column, provenance included). Nothing is mixed silently: two files that publish different results for the same
 (model, relation, shot, claim) are refused with both named, a file that cannot be read or lacks a column is
 named and left out (the others are read), and the same result published twice is read once.
+
+``publish(store, folder)`` (`factrecall publish`) writes the store's current claims that the folder does not hold
+yet to a new file there: how a sweep run in parts, on one machine after another, is published part by part. It
+writes nothing when a claim of the store has a different result in the folder, or a file of the folder cannot be
+read (either would make the folder refuse to open, or hide a conflict).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
@@ -21,7 +28,8 @@ import polars as pl
 
 from .query import _SANDBOX, QueryError, SandboxedView, _sql_files
 
-__all__ = ["PUBLISHED_COLUMNS", "PUBLISHED_VIEWS", "PublishedError", "PublishedView", "open_published"]
+__all__ = ["PUBLISHED_COLUMNS", "PUBLISHED_VIEWS", "Publication", "PublishedError", "PublishedView", "open_published",
+           "publish"]
 
 #: The columns of the named query ``published_claims``, each with the type it is read back as.
 PUBLISHED_COLUMNS: dict[str, pl.DataType] = {
@@ -101,3 +109,79 @@ def open_published(folder: Path | str) -> PublishedView:
     con.register("_published", rows.to_arrow())
     con.execute(_sql_files("internal")["published_views"])
     return PublishedView(con, read, damage)
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What ``publish`` did: the file written (None: nothing new), its rows, and the claims already there."""
+
+    path: Path | None
+    claims: int
+    partitions: int
+    already: int
+
+
+def publish(root, folder: Path | str, name: str | None = None, warn=None) -> Publication:
+    """Write the current claims of the store at ``root`` that ``folder`` does not hold yet to ``folder/name``
+    (default ``claims-<UTC date>[-k].csv``, the first free one), in the named query ``published_claims``'s columns.
+    Refused (``PublishedError``, nothing written) when a claim has a different result in the folder or a file there
+    cannot be read; ``warn(line)`` receives the store's damage lines."""
+    from .query import _flatten_nested, _on_store, named_query
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PublishedError(f"{folder}: not a folder; give the folder to publish into (e.g. results/size-axis)")
+    current, warnings = _on_store(root, named_query("published_claims"), None, None)
+    for line in warnings:
+        if warn is not None:
+            warn(line)
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".csv", ".parquet") and p.is_file()) \
+        if folder.is_dir() else []
+    held = []
+    for path in files:
+        try:
+            held.append(_read(path).select([*_KEY, "result_id"]).with_columns(pl.lit(path.name).alias("file")))
+        except ValueError as exc:
+            raise PublishedError(f"{path}: {exc}; nothing published (repair the file or move it out of {folder}, "
+                                 "then publish again)") from None
+    held = pl.concat(held) if held else pl.DataFrame(schema={**{k: PUBLISHED_COLUMNS[k] for k in _KEY},
+                                                             "result_id": pl.String, "file": pl.String})
+    mine = current.select([pl.col(c).cast(PUBLISHED_COLUMNS[c]) for c in _KEY] + [pl.col("result_id")])
+    other = mine.join(held, on=list(_KEY), how="inner").filter(pl.col("result_id") != pl.col("result_id_right"))
+    if other.height:
+        first = other.sort(list(_KEY)).row(0, named=True)
+        raise PublishedError(
+            f"{folder}: {other.height} claim(s) of the store have a different result there, e.g. {first['claim']} of "
+            f"{first['model']}/{first['relation']}/shot={first['shot']} (published {first['result_id_right']} in "
+            f"{first['file']}, the store's current {first['result_id']}); nothing published: publish into another "
+            "folder, or move the older file out if the new results replace it")
+    new = current.join(held.select([*_KEY, "result_id"]).with_columns(
+        [pl.col(c).cast(current.schema[c]) for c in _KEY]), on=[*_KEY, "result_id"], how="anti")
+    already = current.height - new.height
+    if new.height == 0:
+        return Publication(None, 0, 0, already)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (name or _free_name(folder))
+    if path.exists():
+        raise PublishedError(f"{path} exists; give another file name (published files are never replaced)")
+    if path.suffix not in (".csv", ".parquet"):
+        raise PublishedError(f"{path}: give a .csv or .parquet file name")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        if path.suffix == ".parquet":
+            new.write_parquet(tmp)
+        else:
+            tmp.write_text(_flatten_nested(new).write_csv())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    partitions = new.select(["model", "relation", "shot"]).unique().height
+    return Publication(path, new.height, partitions, already)
+
+
+def _free_name(folder: Path) -> str:
+    stem = f"claims-{datetime.now(timezone.utc):%Y%m%d}"
+    k = 1
+    while any((folder / f"{stem}{'' if k == 1 else f'-{k}'}{ext}").exists() for ext in (".csv", ".parquet")):
+        k += 1
+    return f"{stem}{'' if k == 1 else f'-{k}'}.csv"

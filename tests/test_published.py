@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from factrecall.cli import app
-from factrecall.storage.published import PublishedError, open_published
+from factrecall.storage.published import PublishedError, open_published, publish
 from factrecall.storage.query import QueryError, connect, named_query, run_query
 from factrecall.storage.store import Store
 from synthetic_store import put, table
@@ -145,3 +145,61 @@ def test_the_cli_queries_and_plots_published_claims(tmp_path, monkeypatch):
     plots = cli.invoke(app, ["plots", "--published", str(folder), "--out", str(tmp_path / "png")])
     assert plots.exit_code == 0, plots.output
     assert (tmp_path / "png" / "claims" / "size_axis.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _claims(view_or_root, published=None) -> pl.DataFrame:
+    sql = "SELECT model, relation, shot, claim, value, verdict, result_id FROM claims"
+    out = _frame(run_query(view_or_root, sql, fmt="json", published=published))
+    return out.sort(["model", "relation", "shot", "claim"])
+
+
+def test_publishing_in_parts_adds_only_what_the_folder_lacks(tmp_path):
+    """A sweep run in parts into one store (or several): each `publish` writes the claims the folder lacks, so the
+    folder always reads as the store's claims, none twice."""
+    folder = tmp_path / "results" / "spec"
+    store = _store(tmp_path / "a", ["small"])
+    first = publish(store.root, folder)
+    assert (first.claims, first.partitions, first.already) == (4, 2, 0)
+    assert first.path.parent == folder and first.path.name.startswith("claims-") and first.path.suffix == ".csv"
+    again = publish(store.root, folder)  # nothing new: nothing written
+    assert again.path is None and again.already == 4 and sorted(folder.iterdir()) == [first.path]
+    _store(tmp_path / "a", ["big"])  # the next part, in the same store
+    second = publish(store.root, folder)
+    assert (second.claims, second.partitions, second.already) == (4, 2, 4) and second.path != first.path
+    assert pl.read_csv(second.path)["model"].unique().to_list() == ["big"]  # only what the folder lacked
+    assert _claims(None, published=folder).equals(_claims(store.root))  # the folder reads as the store
+    assert sorted(p.name for p in folder.iterdir()) == sorted([first.path.name, second.path.name])  # no temp file
+
+
+def test_publish_refuses_a_different_result_or_an_unreadable_file_and_writes_nothing(tmp_path):
+    folder = tmp_path / "p"
+    publish(_store(tmp_path / "a", ["small"]).root, folder, "first.csv")
+    rerun = _store(tmp_path / "b", ["small", "big"], seed=1, shift=0.01)  # other results for small's claims
+    with pytest.raises(PublishedError) as err:
+        publish(rerun.root, folder)
+    line = str(err.value)
+    assert "4 claim(s) of the store have a different result" in line and "first.csv" in line and "\n" not in line
+    assert [p.name for p in folder.iterdir()] == ["first.csv"]  # not even big's claims, which had no conflict
+    (folder / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(PublishedError, match="bad.parquet: cannot be read.*nothing published"):
+        publish(_store(tmp_path / "c", ["big"]).root, folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["bad.parquet", "first.csv"]
+    (folder / "bad.parquet").unlink()
+    with pytest.raises(PublishedError, match="first.csv exists"):  # a published file is never replaced
+        publish(_store(tmp_path / "d", ["big"]).root, folder, "first.csv")
+
+
+def test_the_cli_publishes_in_one_line_and_refuses_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACTRECALL_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "p"
+    cli = CliRunner()
+    store = _store(tmp_path / "a", ["small"])
+    ok = cli.invoke(app, ["publish", "--store", str(store.root), "--to", str(folder), "--name", "part1.csv"])
+    assert ok.exit_code == 0, ok.output
+    assert ok.output.strip() == f"published 4 claim(s) of 2 partition(s) to {folder / 'part1.csv'} (0 already in {folder})"
+    same = cli.invoke(app, ["publish", "--store", str(store.root), "--to", str(folder)])
+    assert same.exit_code == 0 and same.output.startswith("nothing to publish: the 4 current claim(s)")
+    other = _store(tmp_path / "b", ["small"], seed=1, shift=0.01)
+    refused = cli.invoke(app, ["publish", "--store", str(other.root), "--to", str(folder)])
+    assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1
+    assert refused.output.startswith("error:") and "different result" in refused.output
