@@ -19,6 +19,7 @@ Models are loaded on first need: a command whose every partition is reused loads
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import hashlib
 import importlib.util
@@ -122,13 +123,30 @@ def derive_config(config_cls: type, config) -> object:
 
 
 def code_digest(stage: Stage) -> str:
-    """sha256[:12] of the source of the modules that compute ``stage`` (recorded, not hashed)."""
+    """sha256[:12] of the source of the modules that compute ``stage`` (recorded, not hashed). Read once per
+    process (``pin_code``): the code a run computes with is the code it imported, even if the files change while
+    it runs (a checkout updated under a long sweep recorded the new files' digest)."""
+    return _source_digest(tuple(stage.code))
+
+
+@functools.lru_cache(maxsize=None)
+def _source_digest(modules: tuple[str, ...]) -> str:
     digest = hashlib.sha256()
-    for module in stage.code:
+    for module in modules:
         spec = importlib.util.find_spec(module)
         digest.update(module.encode())
         digest.update(Path(spec.origin).read_bytes())
     return digest.hexdigest()[:12]
+
+
+def pin_code() -> str:
+    """Read the code's digests now, at a run's start, when the modules have just been imported: every stage's
+    ``code_digest`` and the package's ``code_version`` (both cached for the process); returns the latter."""
+    from factrecall.version import code_version
+
+    for stage in STAGES.values():
+        code_digest(stage)
+    return code_version()
 
 
 def _hash(payload: dict) -> str:

@@ -251,3 +251,23 @@ def test_two_concurrent_commands_leave_every_partition_consistent(tmp_path):
                            GROUP BY h.shot ORDER BY h.shot""").fetchall()
     assert shown == [(0, 1, True), (1, 1, True), (2, 1, True)]
     assert con.execute("SELECT count(*) FROM results").fetchall()[0][0] == 12  # both settings stay stored
+
+
+def test_a_runs_code_digest_is_the_code_it_imported_not_the_files_now(tmp_path, monkeypatch):
+    """A checkout updated under a long sweep must not change the digest the sweep records for the code it runs."""
+    import sys
+
+    from factrecall.flows.runner import code_digest, pin_code
+    from factrecall.version import code_version
+
+    source = tmp_path / "stage_code_under_test.py"
+    source.write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    stage = dataclasses.replace(STAGES["capture"], code=("stage_code_under_test",))
+    before = code_digest(stage)
+    source.write_text("X = 2  # edited while the run goes on\n")
+    assert code_digest(stage) == before
+    other = dataclasses.replace(STAGES["capture"], code=("stage_code_under_test", "factrecall.tasks.capture"))
+    assert code_digest(other) != before  # the digest still depends on the modules
+    assert pin_code() == code_version()  # what a sweep records at its start
+    sys.modules.pop("stage_code_under_test", None)
