@@ -761,8 +761,12 @@ def publish(
         done = publish_claims(store_root, to, name, warn=lambda line: err.print(f"warning: {line}", highlight=False))
     except QueryError as exc:
         _fail(str(exc))
-    if done.path is None:
-        console.print(f"nothing to publish: the {done.already} current claim(s) of the store are all in {to}", soft_wrap=True)
+    if done.path is None and done.already == 0:
+        console.print("nothing to publish: the store has no current claims (`factrecall reproduce SPEC` makes them)",
+                      soft_wrap=True)
+    elif done.path is None:
+        console.print(f"nothing to publish: the {done.already} current claim(s) of the store are all in {to}",
+                      soft_wrap=True)
     else:
         console.print(f"published {done.claims} claim(s) of {done.partitions} partition(s) to {done.path} "
                       f"({done.already} already in {to})", highlight=False, soft_wrap=True)

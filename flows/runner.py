@@ -380,3 +380,6 @@ def run_stage(store: Store | Path | str, stage: str, lm: LoadedModel, relation: 
     with store.writing():
         return Runner(store, run_id).run(stage, config, ModelHandle(lm.model_id, loaded=lm), relation, shot,
                                          force=force)
+
+
+pin_code()  # at import, in every process that runs stages (a command, a Dask worker): the code just imported

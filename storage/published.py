@@ -131,6 +131,8 @@ def publish(root, folder: Path | str, name: str | None = None, warn=None) -> Pub
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise PublishedError(f"{folder}: not a folder; give the folder to publish into (e.g. results/size-axis)")
+    if name is not None and (Path(name).name != name or Path(name).suffix not in (".csv", ".parquet")):
+        raise PublishedError(f"--name {name}: give a file name (no folder) ending in .csv or .parquet")
     current, warnings = _on_store(root, named_query("published_claims"), None, None)
     for line in warnings:
         if warn is not None:
@@ -160,19 +162,21 @@ def publish(root, folder: Path | str, name: str | None = None, warn=None) -> Pub
     already = current.height - new.height
     if new.height == 0:
         return Publication(None, 0, 0, already)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / (name or _free_name(folder))
     if path.exists():
         raise PublishedError(f"{path} exists; give another file name (published files are never replaced)")
-    if path.suffix not in (".csv", ".parquet"):
-        raise PublishedError(f"{path}: give a .csv or .parquet file name")
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = folder / f".{path.name}.{os.getpid()}.tmp"  # a leading dot: never read as published claims
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".parquet":
             new.write_parquet(tmp)
         else:
-            tmp.write_text(_flatten_nested(new).write_csv())
-        os.replace(tmp, path)
+            tmp.write_text(_flatten_nested(new).write_csv(), encoding="utf-8")
+        os.link(tmp, path)  # fails if the name was taken meanwhile: a published file is never replaced
+    except FileExistsError:
+        raise PublishedError(f"{path} exists; give another file name (published files are never replaced)") from None
+    except OSError as exc:
+        raise PublishedError(f"{path}: cannot be written ({exc.strerror or exc}); nothing published") from None
     finally:
         tmp.unlink(missing_ok=True)
     partitions = new.select(["model", "relation", "shot"]).unique().height

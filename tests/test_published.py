@@ -203,3 +203,23 @@ def test_the_cli_publishes_in_one_line_and_refuses_in_one_line(tmp_path, monkeyp
     refused = cli.invoke(app, ["publish", "--store", str(other.root), "--to", str(folder)])
     assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1
     assert refused.output.startswith("error:") and "different result" in refused.output
+
+
+def test_publish_writes_parquet_too_and_leaves_nothing_behind_when_a_write_fails(tmp_path, monkeypatch):
+    store = _store(tmp_path / "a", ["small", "big"])
+    for bad in ("sub/x.csv", "../x.csv", "x.txt"):
+        with pytest.raises(PublishedError, match="give a file name"):
+            publish(store.root, tmp_path / "new" / "folder", bad)
+    assert not (tmp_path / "new").exists() and not (tmp_path / "x.csv").exists()  # refused before any write
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    folder = tmp_path / "p"
+    with monkeypatch.context() as m:
+        m.setattr("factrecall.storage.published.os.link", full_disk)
+        with pytest.raises(PublishedError, match="cannot be written .No space left on device.; nothing published"):
+            publish(store.root, folder, "c.csv")
+    assert list(folder.iterdir()) == []  # no file, no temporary file
+    done = publish(store.root, folder, "c.parquet")
+    assert done.claims == 8 and _claims(None, published=folder).equals(_claims(store.root))
