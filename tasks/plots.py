@@ -256,8 +256,10 @@ def _size_axis_figure(rows: Sequence[dict]) -> Figure | None:
             ax.fill_between(x, [r["min_value"] for r in pts], [r["max_value"] for r in pts], color=color,
                             alpha=0.15, linewidth=0)
         ax.set_xscale("log")
-        sizes = sorted({r["params"] for r in mine})
-        ax.set_xticks(sizes, [_params_label(p) for p in sizes])  # the models' own sizes, not powers of ten
+        family = {r["params"]: r.get("family") for r in mine}
+        sizes = sorted(family)
+        # the models' own sizes (not powers of ten), with their family: a size step may also be a family step
+        ax.set_xticks(sizes, [_params_label(p) + (f"\n{family[p]}" if family[p] else "") for p in sizes])
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_title(claim.replace("_", " "), fontsize="medium")
         # the statistic's description is long: wrapped to the panel's height so it stays clear of its neighbour

@@ -141,6 +141,9 @@ def test_the_size_axis_labels_stay_inside_their_own_panel():
                 assert not label.overlaps(other.get_window_extent(renderer)), (ax.get_title(), other.get_title())
         ticks = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
         assert ticks == ["135M", "494M", "1.5B"]  # each model's size, read as people write it
+    with_family = _size_axis_figure([dict(r, family={"a": "llama", "b": "qwen2", "c": "qwen2"}[r["model"]])
+                                     for r in rows])
+    assert [t.get_text() for t in with_family.axes[0].get_xticklabels()] == ["135M\nllama", "494M\nqwen2", "1.5B\nqwen2"]
 
 
 def test_dtype_agreement_pairs_each_low_precision_claim_with_its_float32_claim(tmp_path):
