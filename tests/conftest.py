@@ -1,8 +1,10 @@
 """Test session set-up: isolated state (Prefect home, stores) in a temporary directory; the
 dequantised model cache shared with the project (`.factrecall/models`) so it is built only once."""
 
+import atexit
 import os
 import pathlib
+import shutil
 import sys
 import tempfile
 
@@ -12,6 +14,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 REPO = pathlib.Path(__file__).resolve().parent.parent
 os.environ.setdefault("FACTRECALL_MODEL_CACHE", str(REPO / ".factrecall" / "models"))
 os.environ["FACTRECALL_HOME"] = tempfile.mkdtemp(prefix="factrecall-test-home-")
+atexit.register(shutil.rmtree, os.environ["FACTRECALL_HOME"], ignore_errors=True)  # no temporary folder outlives the run
 os.environ.pop("FACTRECALL_STORE", None)
 
 
