@@ -139,14 +139,14 @@ def _source_digest(modules: tuple[str, ...]) -> str:
     return digest.hexdigest()[:12]
 
 
-def pin_code() -> str:
-    """Read the code's digests now, at a run's start, when the modules have just been imported: every stage's
-    ``code_digest`` and the package's ``code_version`` (both cached for the process); returns the latter."""
+def pin_code() -> None:
+    """Read the code's digests now, when the modules have just been imported (this module's import, below): every
+    stage's ``code_digest`` and the package's ``code_version``, both cached for the process."""
     from factrecall.version import code_version
 
     for stage in STAGES.values():
         code_digest(stage)
-    return code_version()
+    code_version()
 
 
 def _hash(payload: dict) -> str:

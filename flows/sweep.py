@@ -33,12 +33,12 @@ from factrecall.storage.store import Store  # noqa: E402
 from factrecall.tasks.ledger import ledger_rtol  # noqa: E402
 from factrecall.tasks.models import DTYPES  # noqa: E402
 from factrecall.tasks.relations import get_relation  # noqa: E402
-from factrecall.version import package_versions  # noqa: E402
+from factrecall.version import code_version, package_versions  # noqa: E402
 
 from .cluster import ClusterOptions, run_on_dask  # noqa: E402
 from .preflight import preflight  # noqa: E402
 from .progress import Progress  # noqa: E402
-from .runner import REFUSALS, ModelHandle, Runner, pin_code  # noqa: E402
+from .runner import REFUSALS, ModelHandle, Runner  # noqa: E402
 
 __all__ = ["model_records", "new_run_id", "relation_records", "sweep"]
 
@@ -82,7 +82,6 @@ def sweep(stage: str, models: list[str], relations: list[str], shots: list[int],
     it gets when its lines name none (`--domain`, a spec's relation domain). ``cluster``: run the partitions on
     Dask (``flows.cluster.ClusterOptions`` as a dict: local workers or a scheduler address); None: one by one here.
     ``model_dtypes``: model -> its dtype where it is not ``dtype`` (a spec's ``[model_dtypes]``)."""
-    code = pin_code()  # the code this run computes with, read before anything else can change the files
     spec = STAGES[stage]
     config = spec.config(**(settings or {}))
     run_id = new_run_id()
@@ -100,7 +99,8 @@ def sweep(stage: str, models: list[str], relations: list[str], shots: list[int],
     timings: dict[str, float] = {}
     manifest = {
         "run_id": run_id, "kind": kind or stage, "started_at": started, "finished_at": None,
-        "code_version": code, "packages": package_versions(), "python": platform.python_version(),
+        # the code version was read when the runner was imported (`pin_code`): the code this run computes with
+        "code_version": code_version(), "packages": package_versions(), "python": platform.python_version(),
         "seed": config.seed,
         "config": {"models": models, "relations": relations, "shots": list(shots), "dtype": dtype,
                    "model_dtypes": model_dtypes,

@@ -18,6 +18,7 @@ read (either would make the folder refuse to open, or hide a conflict).
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -84,7 +85,7 @@ def open_published(folder: Path | str) -> PublishedView:
     if not folder.is_dir():
         raise PublishedError(f"{folder}: no such folder of published claims; give the folder the "
                              "`published_claims` files were written to (e.g. results/size-axis)")
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".csv", ".parquet") and p.is_file())
+    files = _published_files(folder)
     frames, damage, read = [], [], []
     for path in files:
         try:
@@ -137,19 +138,18 @@ def publish(root, folder: Path | str, name: str | None = None, warn=None) -> Pub
     for line in warnings:
         if warn is not None:
             warn(line)
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".csv", ".parquet") and p.is_file()) \
-        if folder.is_dir() else []
     held = []
-    for path in files:
+    for path in _published_files(folder) if folder.is_dir() else []:
         try:
             held.append(_read(path).select([*_KEY, "result_id"]).with_columns(pl.lit(path.name).alias("file")))
         except ValueError as exc:
             raise PublishedError(f"{path}: {exc}; nothing published (repair the file or move it out of {folder}, "
                                  "then publish again)") from None
-    held = pl.concat(held) if held else pl.DataFrame(schema={**{k: PUBLISHED_COLUMNS[k] for k in _KEY},
-                                                             "result_id": pl.String, "file": pl.String})
-    mine = current.select([pl.col(c).cast(PUBLISHED_COLUMNS[c]) for c in _KEY] + [pl.col("result_id")])
-    other = mine.join(held, on=list(_KEY), how="inner").filter(pl.col("result_id") != pl.col("result_id_right"))
+    keys = {c: current.schema[c] for c in _KEY}  # the folder's keys in the store's types, to join on
+    held = (pl.concat(held).with_columns([pl.col(c).cast(t) for c, t in keys.items()]) if held
+            else pl.DataFrame(schema={**keys, "result_id": pl.String, "file": pl.String}))
+    other = current.select([*_KEY, "result_id"]).join(held, on=list(_KEY)).filter(
+        pl.col("result_id") != pl.col("result_id_right"))
     if other.height:
         first = other.sort(list(_KEY)).row(0, named=True)
         raise PublishedError(
@@ -157,14 +157,11 @@ def publish(root, folder: Path | str, name: str | None = None, warn=None) -> Pub
             f"{first['model']}/{first['relation']}/shot={first['shot']} (published {first['result_id_right']} in "
             f"{first['file']}, the store's current {first['result_id']}); nothing published: publish into another "
             "folder, or move the older file out if the new results replace it")
-    new = current.join(held.select([*_KEY, "result_id"]).with_columns(
-        [pl.col(c).cast(current.schema[c]) for c in _KEY]), on=[*_KEY, "result_id"], how="anti")
+    new = current.join(held.select([*_KEY, "result_id"]), on=[*_KEY, "result_id"], how="anti")
     already = current.height - new.height
     if new.height == 0:
         return Publication(None, 0, 0, already)
     path = folder / (name or _free_name(folder))
-    if path.exists():
-        raise PublishedError(f"{path} exists; give another file name (published files are never replaced)")
     tmp = folder / f".{path.name}.{os.getpid()}.tmp"  # a leading dot: never read as published claims
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -183,9 +180,13 @@ def publish(root, folder: Path | str, name: str | None = None, warn=None) -> Pub
     return Publication(path, new.height, partitions, already)
 
 
+def _published_files(folder: Path) -> list[Path]:
+    """The files of a folder of published claims, in name order (hidden temporary files are not among them)."""
+    return sorted(p for p in folder.iterdir() if p.suffix in (".csv", ".parquet") and p.is_file())
+
+
 def _free_name(folder: Path) -> str:
+    """``claims-<UTC date>.csv``, or ``claims-<UTC date>-<k>.csv`` with the first k whose stem no file has."""
     stem = f"claims-{datetime.now(timezone.utc):%Y%m%d}"
-    k = 1
-    while any((folder / f"{stem}{'' if k == 1 else f'-{k}'}{ext}").exists() for ext in (".csv", ".parquet")):
-        k += 1
-    return f"{stem}{'' if k == 1 else f'-{k}'}.csv"
+    taken = {p.stem for p in _published_files(folder)} if folder.is_dir() else set()
+    return next(f"{c}.csv" for c in (stem if k == 1 else f"{stem}-{k}" for k in itertools.count(1)) if c not in taken)

@@ -144,17 +144,15 @@ class Store:
         runs = self.scan(RUNS)
         if runs is None:
             raise StoreError(f"--as-of {run_id}: the store at {self.root} has no runs yet")
-        match = runs.filter(pc.equal(runs["run_id"], run_id))
+        ended = runs.filter(pc.is_valid(runs["finished_at"]))  # end rows: the runs that can be read as of
+        match = ended.filter(pc.equal(ended["run_id"], run_id))
+        if match.num_rows == 0 and pc.any(pc.equal(runs["run_id"], run_id)).as_py():  # a start row only
+            raise StoreError(f"--as-of {run_id}: that run did not finish (stopped, crashed or still running), so no "
+                             "version of the store was recorded at its end; read as of a finished run, or the latest")
         if match.num_rows == 0:
-            ended = runs.filter(pc.is_valid(runs["finished_at"]))  # the runs that can be read as of
             recent = ended.sort_by([("started_at", "descending")])["run_id"].to_pylist()[:5]
             raise StoreError(f"--as-of {run_id}: no such run in {self.root}; recent runs: {', '.join(recent)} "
                              "(`factrecall query \"SELECT run_id, kind, started_at FROM runs\"` lists them all)")
-        ended = match.filter(pc.is_valid(match["finished_at"]))  # a run's end row (its start row has no end)
-        if ended.num_rows == 0:
-            raise StoreError(f"--as-of {run_id}: that run did not finish (stopped, crashed or still running), so no "
-                             "version of the store was recorded at its end; read as of a finished run, or the latest")
-        match = ended
         self._as_of_finished = match["finished_at"][0].as_py()
         started = match["started_at"][0].as_py()
         gcs = runs.filter(pc.equal(runs["kind"], "gc"))
