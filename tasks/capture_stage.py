@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 
 from .capture import EndCapture, capture_batch
-from .ledger import Ledger, compute_ledger, ledger_rtol, norm_scale, stack_components
+from .ledger import Ledger, compute_ledger, ledger_rtol, ledger_scales_with_prompt, norm_scale, stack_components
 from .metrics import LogitSummary, summarize_logits
 from .prompts import VARIANTS, build_prompts
 from .readout import FinalNorm, final_norm_of, unembedding
@@ -117,7 +117,8 @@ def _batch(lm, batch, cap: EndCapture, norm: FinalNorm, w_u, b_u, stats: _Stats)
     ids = {"answer": answer, "subject": subject, "top1": summary.topk_ids[:, 0]}
     components = stack_components(cap)
     ledgers = {role: compute_ledger(cap, components, ids[role], w_u, b_u, norm.gain, norm.bias, norm.eps, norm.kind,
-                                    lm.dims.logit_softcap, rtol=ledger_rtol(lm.dtype))
+                                    lm.dims.logit_softcap, rtol=ledger_rtol(lm.dtype),
+                                    prompt_scale=ledger_scales_with_prompt(lm.dtype))
                for role in TOKEN_ROLES}
     _check_ledger(batch, ledgers, stats)
     stats.n_prompts += len(batch)
@@ -140,7 +141,7 @@ def _check_ledger(batch: list[TokenizedPrompt], ledgers: dict[str, Ledger], stat
             stats.worst_ratio = float(ratio[worst])
             stats.worst_failure = (
                 f"DLA terms sum to {float(led.dla_sum[worst]):.6f} but the model's {role} logit is "
-                f"{float(led.model_logit[worst]):.6f} (error {err:.3g} > {led.rtol} * max(1, |logit|)) for "
+                f"{float(led.model_logit[worst]):.6f} (error {err:.3g} > {led.bound_text(worst)}) for "
                 f"prompt {p.prompt_id} ({p.variant}) {p.text!r}")
 
 

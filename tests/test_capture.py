@@ -23,7 +23,7 @@ from factrecall.storage.store import Store
 from factrecall.tasks.adapters import adapter_for_config
 from factrecall.tasks.capture import capture_batch
 from factrecall.tasks.capture_stage import CaptureConfig, LedgerError, capture_prompts
-from factrecall.tasks.ledger import LEDGER_RTOL, compute_ledger, stack_components
+from factrecall.tasks.ledger import LEDGER_RTOL, Ledger, compute_ledger, stack_components
 from factrecall.tasks.metrics import summarize_logits
 from factrecall.tasks.models import LoadedModel
 from factrecall.tasks.prompts import build_prompts
@@ -341,6 +341,41 @@ def test_wrong_convention_breaks_the_ledger(family, adapter):
     for role, ids in attributed_tokens(prompts, cap).items():
         led = ledger_for(lm, cap, ids)
         assert not bool(led.holds().all()), role  # the error exceeds the ledger rule on some prompt
+
+
+def test_the_lower_precision_ledger_is_relative_to_the_prompts_top_logit():
+    """In bfloat16 the rounding is relative to the residual's size (the prompt's top-1 logit), not to the token's
+    own logit: the Qwen2.5-Coder-1.5B subject logit that broke an absolute 3e-2 holds; float32 keeps its rule."""
+    logit, dla_sum = torch.tensor([-0.992188]), torch.tensor([-0.956417])
+    error = (dla_sum - logit).abs()
+    as_float32 = Ledger(torch.zeros(1, 1), [], dla_sum, logit, error, rtol=3e-2)
+    as_bf16 = dataclasses.replace(as_float32, scale=torch.tensor([16.5]))
+    assert not bool(as_float32.holds()[0]) and bool(as_bf16.holds()[0])
+    assert "|top-1 logit| 16.5" in as_bf16.bound_text(0) and "top-1" not in as_float32.bound_text(0)
+    too_far = dataclasses.replace(as_bf16, error=torch.tensor([0.03 * 16.5 * 1.01]))
+    assert not bool(too_far.holds()[0])
+
+
+def _bf16_with_large_logits(adapter=None) -> LoadedModel:
+    """The tiny Qwen2 in bfloat16 with its final norm's gain scaled so that top-1 logits are as large as a real
+    model's (10-30): the regime where the lower-precision bound is looser than max(1, |logit|)."""
+    model = copy.deepcopy(tiny_model("qwen2")).to(torch.bfloat16)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(60)
+    return dataclasses.replace(make_lm("qwen2", model=model, adapter=adapter), dtype=torch.bfloat16)
+
+
+def test_the_lower_precision_ledger_still_breaks_on_a_wrong_convention_at_real_logit_scales():
+    lm = _bf16_with_large_logits()
+    prompts = list(sample_prompts("qwen2"))
+    parts, output = drain(capture_prompts(lm, prompts, batch_size=4))
+    batches = [part for part in parts if hasattr(part, "ledgers")]
+    top = torch.cat([b.ledgers["top1"].model_logit.float().abs() for b in batches])
+    assert top.min() > 10, top  # the regime the test is about
+    assert batches and all(b.ledgers["subject"].scale is not None for b in batches)
+    broken = dataclasses.replace(lm.adapter, norm_kind="layernorm")
+    with pytest.raises(LedgerError, match=r"max\(1, \|logit\|, \|top-1 logit\| "):
+        drain(capture_prompts(_bf16_with_large_logits(broken), prompts, batch_size=4))
 
 
 # ----------------------------------------------------------------------------- partition tables
