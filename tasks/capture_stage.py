@@ -116,9 +116,9 @@ def _batch(lm, batch, cap: EndCapture, norm: FinalNorm, w_u, b_u, stats: _Stats)
     summary = summarize_logits(cap.logits, answer)
     ids = {"answer": answer, "subject": subject, "top1": summary.topk_ids[:, 0]}
     components = stack_components(cap)
+    scale = summary.topk_logits[:, 0].abs() if ledger_scales_with_prompt(lm.dtype) else None  # once per batch
     ledgers = {role: compute_ledger(cap, components, ids[role], w_u, b_u, norm.gain, norm.bias, norm.eps, norm.kind,
-                                    lm.dims.logit_softcap, rtol=ledger_rtol(lm.dtype),
-                                    prompt_scale=ledger_scales_with_prompt(lm.dtype))
+                                    lm.dims.logit_softcap, rtol=ledger_rtol(lm.dtype), scale=scale)
                for role in TOKEN_ROLES}
     _check_ledger(batch, ledgers, stats)
     stats.n_prompts += len(batch)

@@ -131,10 +131,11 @@ def compute_ledger(
     norm_kind: str,
     logit_softcap: float | None,
     rtol: float = LEDGER_RTOL,
-    prompt_scale: bool = False,
+    scale: torch.Tensor | None = None,
 ) -> Ledger:
     """Attribute the logit of `token_ids [batch]` to every component; `w_u [vocab, d]` (lm_head weight).
-    ``prompt_scale``: the tolerance is relative to the prompt's top-1 logit too (``ledger_scales_with_prompt``)."""
+    ``scale [batch]``: |top-1 logit| of each prompt where the tolerance is relative to it too
+    (``ledger_scales_with_prompt``), else None."""
     sigma = norm_scale(cap.final_resid, norm_kind, final_eps)
     dirs = w_u[token_ids].float()  # [batch, d]
     dla = direct_logit_attribution(components.vectors, dirs, final_gain, sigma, norm_kind)
@@ -148,5 +149,4 @@ def compute_ledger(
     dla_sum = terms.double().sum(1).float()
     model_logit = cap.logits.gather(1, token_ids[:, None])[:, 0]
     error = (softcap(dla_sum, logit_softcap) - model_logit).abs()
-    scale = cap.logits.max(-1).values.abs().float() if prompt_scale else None
     return Ledger(terms, labels, dla_sum, model_logit, error, rtol, scale)
