@@ -20,10 +20,15 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("value", pa.float64()),
         _f("lo", pa.float64()),  # its interval (null: none, e.g. fewer than 2 prompts)
         _f("hi", pa.float64()),
-        _f("n", pa.int32()),
-        _f("threshold", pa.float64()),  # the value the interval is compared with
+        _f("n", pa.int32()),  # prompts (answered correctly) the statistic rests on
+        _f("threshold", pa.float64()),  # the effect size the interval is compared with
+        _f("null_value", pa.float64()),  # the stated null (0, 0.5, the shuffled-prompt R², the chance rate)
         _f("verdict", pa.string()),  # holds | does not | inconclusive | not tested
         _f("note", pa.string()),
+        _f("value_all", pa.float64()),  # the same statistic over every prompt, kept beside (null: not defined)
+        _f("lo_all", pa.float64()),
+        _f("hi_all", pa.float64()),
+        _f("n_all", pa.int32()),
         _f("rule", pa.string()),
         _f("source_stage", pa.string()),  # the stage whose result holds the statistic
         _f("source_result_id", pa.string()),  # exactly which result

@@ -25,7 +25,10 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("subject_rank", pa.int32()),  # rank of the subject token in the logit lens of the output (0 = top)
         _f("m_clean", pa.float32()),  # M = logit(y) - mean vocab logit, clean run
         _f("effect_subject_pct", pa.float32()),  # sender mean over subject-corrupted prompts
-        _f("effect_relation_pct", pa.float32()),  # sender = its output with the relation word corrupted (null if none)
+        _f("effect_relation_pct", pa.float32()),  # sender = its output with the relation word corrupted (NaN: no twin)
+        _f("copy_auc", pa.float32()),  # share of the relation's other subject tokens the own subject beats in the lens
+        _f("correct", pa.bool_()),  # the model answers the prompt correctly (top-1): a judged prompt
+        _f("answer_in_subject", pa.bool_()),  # the answer token is a subject token: left out of copy statistics
     ]),
     "mlp_patching": pa.schema([
         _f("prompt_id", pa.int32()),
@@ -33,15 +36,16 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("effect_subject_pct", pa.float32()),
         _f("effect_relation_pct", pa.float32()),
     ]),
-    "head_summary": pa.schema([  # per head over the partition's clean prompts
+    "head_summary": pa.schema([  # per head over the judged prompts (answered correctly; *_all: every prompt)
         _f("layer", pa.int16()),
         _f("head", pa.int16()),
-        _f("n", pa.int32()),
+        _f("n", pa.int32()),  # judged prompts (the model's answer is correct)
+        _f("n_all", pa.int32()),
         _f("mean_attn_to_s", pa.float64()),
         _f("mean_dla_subject", pa.float64()),
         _f("mean_dla_answer", pa.float64()),
         _f("median_subject_rank", pa.float64()),
-        _f("pearson_r", pa.float64()),  # attention END->S vs DLA onto the subject, across prompts
+        _f("pearson_r", pa.float64()),  # attention END->S vs DLA onto the subject, across the copy prompts
         _f("r_lo", pa.float64()),
         _f("r_hi", pa.float64()),
         _f("effect_pct", pa.float64()),  # 100 (mean M_patched - mean M_clean) / mean M_clean
@@ -51,8 +55,18 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("effect_simul_lo", pa.float64()),  # simultaneous interval over the partition's heads (Bonferroni)
         _f("effect_simul_hi", pa.float64()),
         _f("significant", pa.bool_()),  # effect_simul_hi < 0: the head's effect is significantly negative
+        _f("effect_all_pct", pa.float64()),  # effect% over every prompt, with its interval
+        _f("effect_all_lo", pa.float64()),
+        _f("effect_all_hi", pa.float64()),
         _f("effect_relation_pct", pa.float64()),  # same with relation-word corruption (null if none)
-        _f("attention_passes", pa.bool_()),  # mean attention END->S above its layer's median and the floor
+        _f("copy_auc", pa.float64()),  # mean copy AUC over the copy prompts (judged, answer not a subject token)
+        _f("copy_auc_lo", pa.float64()),
+        _f("copy_auc_hi", pa.float64()),
+        _f("copy_n", pa.int32()),
+        _f("copy_auc_all", pa.float64()),  # over every prompt whose answer is not a subject token
+        _f("subject_top_share", pa.float64()),  # share of judged prompts whose largest attention target is the subject
+        _f("sink_share", pa.float64()),  # share whose largest attention target is position 0
+        _f("attention_passes", pa.bool_()),  # the head-set rule's attention filter (median, floor, subject-top share)
         _f("in_head_set", pa.bool_()),
         _f("set_order", pa.int16()),  # 1 = largest negative effect in the set; null outside it
     ]),
@@ -85,9 +99,12 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("set_effect_pct", pa.float64()),  # sum of the set's head effects (subject corruption)
         _f("set_effect_relation_pct", pa.float64()),  # same under relation-word corruption (null if none)
         _f("n_prompts", pa.int32()),
+        _f("n_correct", pa.int32()),  # prompts answered correctly: the head set is chosen on these
+        _f("n_copy", pa.int32()),  # of those, whose answer token is not a subject token
+        _f("n_answer_in_subject", pa.int32()),
         _f("n_corrupt_subject", pa.int32()),
         _f("n_corrupt_relation", pa.int32()),
-        _f("relation_corruption", pa.string()),  # "word->replacement" pairs used, or why it is missing
+        _f("relation_corruption", pa.string()),  # the relation words replaced, and the templates that name none
         _f("seconds_patching", pa.float64()),
         _f("skipped_reason", pa.string()),  # non-null: the analysis was skipped (e.g. fewer than 2 subjects)
     ]),
@@ -107,6 +124,8 @@ def encode(r: HeadsResult) -> dict[str, pa.Table]:
         "subject_rank": grid(r.ranks).astype(np.int32), "m_clean": np.repeat(r.m_clean, L * H).astype(np.float32),
         "effect_subject_pct": grid(r.effect_subject).astype(np.float32),
         "effect_relation_pct": grid(r.effect_relation).astype(np.float32) if r.effect_relation is not None else None,
+        "copy_auc": grid(r.copy).astype(np.float32), "correct": np.repeat(r.correct, L * H),
+        "answer_in_subject": np.repeat(r.answer_in_subject, L * H),
     }, n * L * H)
     mlp = table_from_columns(SCHEMAS["mlp_patching"], {
         "prompt_id": np.repeat(pid, L), "layer": np.tile(np.arange(L), n),
@@ -150,21 +169,29 @@ def _set_row(values: dict) -> pa.Table:
 def _summary(r: HeadsResult) -> pa.Table:
     L, H, n = r.n_layers, r.n_heads, len(r.prompt_ids)
     (pr, r_lo, r_hi), (effect, lo, hi, se, simul_lo, simul_hi) = r.pearson, r.effect
+    c_mean, c_lo, c_hi, c_n = r.copy_summary
+    a_eff, a_lo, a_hi = r.effect_all
     order = {lh: i + 1 for i, lh in enumerate(r.head_set.heads)}
     num = lambda x: None if np.isnan(x) else float(x)  # noqa: E731
+    judged = r.correct if r.correct.any() else np.ones(n, dtype=bool)
     rows = []
     for l in range(L):
         for h in range(H):
             k = l * H + h
             rows.append(dict(
-                layer=l, head=h, n=n, mean_attn_to_s=float(r.attn[:, l, h].mean()),
-                mean_dla_subject=float(r.dla_subject[:, l, h].mean()), mean_dla_answer=float(r.dla_answer[:, l, h].mean()),
-                median_subject_rank=float(np.median(r.ranks[:, l, h])),
+                layer=l, head=h, n=int(r.correct.sum()), n_all=n, mean_attn_to_s=float(r.attn[judged, l, h].mean()),
+                mean_dla_subject=float(r.dla_subject[judged, l, h].mean()),
+                mean_dla_answer=float(r.dla_answer[judged, l, h].mean()),
+                median_subject_rank=float(np.median(r.ranks[judged, l, h])),
                 pearson_r=num(pr[k]), r_lo=num(r_lo[k]), r_hi=num(r_hi[k]),
-                effect_pct=float(effect[k]), effect_lo=float(lo[k]), effect_hi=float(hi[k]),
-                effect_se=float(se[k]), effect_simul_lo=float(simul_lo[k]), effect_simul_hi=float(simul_hi[k]),
+                effect_pct=num(effect[k]), effect_lo=num(lo[k]), effect_hi=num(hi[k]),
+                effect_se=num(se[k]), effect_simul_lo=num(simul_lo[k]), effect_simul_hi=num(simul_hi[k]),
                 significant=bool(r.head_set.significant[l, h]),
-                effect_relation_pct=float(r.effect_relation_pct[k]) if r.effect_relation_pct is not None else None,
+                effect_all_pct=float(a_eff[k]), effect_all_lo=float(a_lo[k]), effect_all_hi=float(a_hi[k]),
+                effect_relation_pct=num(r.effect_relation_pct[k]) if r.effect_relation_pct is not None else None,
+                copy_auc=num(c_mean[k]), copy_auc_lo=num(c_lo[k]), copy_auc_hi=num(c_hi[k]), copy_n=int(c_n),
+                copy_auc_all=num(r.copy_all[k]), subject_top_share=float(r.subject_top[k]),
+                sink_share=float(r.sink_top[k]),
                 attention_passes=bool(r.head_set.above_median[l, h]),
                 in_head_set=(l, h) in order, set_order=order.get((l, h)),
             ))

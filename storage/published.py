@@ -42,6 +42,10 @@ PUBLISHED_COLUMNS: dict[str, pl.DataType] = {
     "max_prompts": pl.Int64, "seed": pl.Int64, "run_id": pl.String, "code_version": pl.String,
     "committed_at": pl.String,
 }
+#: Columns a file written before claims version 2 lacks: read as null there.
+OPTIONAL_COLUMNS: dict[str, pl.DataType] = {
+    "null_value": pl.Float64, "value_all": pl.Float64, "lo_all": pl.Float64, "hi_all": pl.Float64, "n_all": pl.Int32,
+}
 _KEY = ("model", "relation", "shot", "claim")
 #: What a query over published claims can use (the rest of a store's views need the store).
 PUBLISHED_VIEWS = ("claims", "models", "published")
@@ -73,8 +77,10 @@ def _read(path: Path) -> pl.DataFrame:
     lacking = [c for c in PUBLISHED_COLUMNS if c not in df.columns]
     if lacking:
         raise ValueError(f"lacks column(s) {', '.join(lacking)} (not written by the named query published_claims)")
+    df = df.with_columns([pl.lit(None, dtype=pl.String).alias(c) for c in OPTIONAL_COLUMNS if c not in df.columns])
     try:
-        return df.select([pl.col(c).cast(pl.String).cast(t, strict=True) for c, t in PUBLISHED_COLUMNS.items()])
+        return df.select([pl.col(c).cast(pl.String).cast(t, strict=True)
+                          for c, t in {**PUBLISHED_COLUMNS, **OPTIONAL_COLUMNS}.items()])
     except Exception as exc:  # noqa: BLE001 - a value of the wrong type
         raise ValueError(f"has a value of the wrong type ({' '.join(str(exc).split())[:160]})") from None
 

@@ -12,6 +12,7 @@ All captured tensors are float32 and indexed `[batch, ...]`, END position only:
 - `resid_pre, resid_post [B, L, d]`             the residual entering / leaving each layer
 - `final_resid [B, d]`                          the residual entering the final norm
 - `attn [B, L, H, T]`                           attention weights END -> each position (0 beyond the row's length)
+- `z [B, L, H*d_head]`                          each layer's heads' z at END (the output projection's input)
 - `logits [B, V]`                               the HF model's own logits at END (after soft-capping, if any)
 """
 
@@ -42,6 +43,7 @@ class EndCapture:
     attn: torch.Tensor
     logits: torch.Tensor
     lengths: torch.Tensor  # [B] number of real tokens per row; END = lengths - 1
+    z: torch.Tensor | None = None
 
 
 def _first_tensor(output) -> torch.Tensor:
@@ -158,7 +160,8 @@ def capture_batch(
         return torch.stack([parts[i] for i in range(len(parts))], dim=1)
 
     proj_out = stack("proj_out")
-    head_out, attn_bias, head_raw = _split_heads(model, adapter, dims, stack("z"), proj_out)
+    z = stack("z")
+    head_out, attn_bias, head_raw = _split_heads(model, adapter, dims, z, proj_out)
     attn_out = stack("attn_out") if adapter.attn_post_norm is not None else proj_out
     return EndCapture(
         embed=rec.store["embed"][0],
@@ -175,6 +178,7 @@ def capture_batch(
         attn=stack("attn"),
         logits=logits,
         lengths=lengths,
+        z=z,
     )
 
 

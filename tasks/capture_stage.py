@@ -41,6 +41,13 @@ class CaptureConfig(StageConfig):
             raise ValueError(f"variants must include 'clean' and come from {', '.join(VARIANTS)}; got {self.variants}")
 
 
+def extra_inputs(config: CaptureConfig) -> dict | None:
+    """Hashed inputs beyond the settings: a capture of relation-corrupted prompts depends on the rule that picks
+    the relation word (version 2: per template, docs/METHOD.md §1); a capture without them does not, so its
+    identity is unchanged."""
+    return {"relation_word_rule": 2} if "relation_corrupt" in config.variants else None
+
+
 @dataclass
 class CaptureBatch:
     """One batch: prompts, the END capture, the logit summary, and the ledgers of the three roles."""

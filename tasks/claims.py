@@ -1,16 +1,18 @@
 """The paper's claims as verdicts on one partition's stored statistics (docs/METHOD.md §10).
 
 Every claim is one row: the statistic that tests it (``value`` with its interval ``lo``/``hi`` and its
-``n``), the threshold the interval is compared with, and a verdict:
+``n``) on the prompts the model answers correctly (``*_all``: the same over every prompt, kept beside), the
+threshold the interval is compared with (an effect size the claim needs, not only "not zero"), the stated null
+(``null_value``), and a verdict:
 
 - ``holds``: the interval lies entirely on the claimed side of the threshold;
-- ``does not``: it lies entirely on the other side (the mitigation claim also when nothing within the
-  cost bound changes anything, as its rule states);
+- ``does not``: it lies entirely on the other side (each rule states its further cases);
 - ``inconclusive``: the interval straddles the threshold, or it rests on fewer than ``MIN_N`` prompts;
-- ``not tested``: an upstream step was skipped or has nothing to test (``note`` says why).
+- ``not tested``: an upstream step was skipped, has nothing to test, or the model answers fewer than
+  ``MIN_N`` prompts correctly (``note`` says why).
 
 The rules are pure functions of upstream rows (dicts of one partition's tables), so they are tested
-without a model. ``CLAIMS`` lists them in the order of the paper's steps.
+without a model. ``CLAIMS`` lists them in the order of the paper's steps; ``judge_all`` applies them.
 """
 
 from __future__ import annotations
@@ -20,14 +22,12 @@ from typing import Callable
 
 import numpy as np
 
-from .intervals import bootstrap_indices, mean_ci_fields
+from .intervals import MIN_N, bootstrap_indices, mean_ci_fields, wilson_interval
 
 __all__ = ["CLAIMS", "Claim", "HOLDS", "DOES_NOT", "INCONCLUSIVE", "NOT_TESTED", "VERDICTS", "interval_verdict",
-           "simultaneous_mean_ci"]
+           "judge_all", "simultaneous_mean_ci"]
 
 HOLDS, DOES_NOT, INCONCLUSIVE, NOT_TESTED = "holds", "does not", "inconclusive", "not tested"
-#: Fewer prompts than this make a percentile-bootstrap interval too optimistic to decide on: inconclusive.
-MIN_N = 10
 VERDICTS = (HOLDS, DOES_NOT, INCONCLUSIVE, NOT_TESTED)
 
 
@@ -37,7 +37,7 @@ class Claim:
     step: int  # the paper's step (1-4)
     text: str  # the claim, as the report prints it
     statistic: str  # what ``value`` is
-    rule: str  # how the verdict follows from the interval
+    rule: str  # how the verdict follows from the interval: the effect size and the null
     source: str  # the stage whose result holds the statistic
     judge: Callable[[dict, object], dict]  # (upstream rows, config) -> row fields
 
@@ -78,12 +78,28 @@ def simultaneous_mean_ci(columns: list[np.ndarray], n_boot: int, seed: int,
     return out
 
 
-def _row(value=None, lo=None, hi=None, n=None, threshold=0.0, verdict=NOT_TESTED, note=None) -> dict:
-    num = lambda x: None if x is None or not np.isfinite(x) else float(x)  # noqa: E731
+def simultaneous_from_se(values: list[float], se: list[float], level: float = 0.95) -> list[tuple[float, float]]:
+    """Bonferroni-simultaneous normal intervals value ± z se over the k values (z = Φ⁻¹(1 − (1 − level)/(2k)))."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(1 - (1 - level) / (2 * max(1, len(values))))
+    return [(v - z * e, v + z * e) for v, e in zip(values, se)]
+
+
+def _num(x) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def _row(value=None, lo=None, hi=None, n=None, threshold=0.0, verdict=NOT_TESTED, note=None, null=None,
+         value_all=None, lo_all=None, hi_all=None, n_all=None) -> dict:
+    """One claim's fields. ``value``/``lo``/``hi``/``n`` are on the judged prompts (answered correctly); ``*_all``
+    the same statistic over every prompt, kept beside; ``null`` the stated null's value."""
     if verdict in (HOLDS, DOES_NOT) and n is not None and n < MIN_N:
         verdict, note = INCONCLUSIVE, f"only {n} prompts (fewer than {MIN_N}): no verdict; " + (note or "")
-    return {"value": num(value), "lo": num(lo), "hi": num(hi), "n": None if n is None else int(n),
-            "threshold": float(threshold), "verdict": verdict, "note": note}
+    return {"value": _num(value), "lo": _num(lo), "hi": _num(hi), "n": None if n is None else int(n),
+            "threshold": float(threshold), "null_value": _num(null), "verdict": verdict, "note": note,
+            "value_all": _num(value_all), "lo_all": _num(lo_all), "hi_all": _num(hi_all),
+            "n_all": None if n_all is None else int(n_all)}
 
 
 def _first(rows: list[dict]) -> dict | None:
@@ -96,175 +112,301 @@ def _skip_reason(up: dict, table: str, stage: str) -> str | None:
     return f"the {stage} stage has no result for this partition" if row is None else row.get("skipped_reason")
 
 
-def _skipped(up: dict) -> str | None:
-    return _skip_reason(up, "head_sets", "heads")
+def _too_few_correct(n_correct: int | None, n: int | None) -> str | None:
+    """The not-tested reason when fewer than MIN_N prompts are answered correctly (claims are judged on those)."""
+    if n_correct is None or n_correct >= MIN_N:
+        return None
+    acc = f" (accuracy {n_correct / n:.2f})" if n else ""
+    return (f"the model answers {n_correct} of {n} prompts correctly{acc}; the claims are judged on correctly "
+            f"answered prompts and need at least {MIN_N}")
+
+
+def _heads_gate(up: dict) -> str | None:
+    skipped = _skip_reason(up, "head_sets", "heads")
+    if skipped:
+        return f"heads skipped: {skipped}"
+    sets = up["head_sets"][0]
+    return _too_few_correct(sets.get("n_correct"), sets.get("n_prompts"))
 
 
 # -- step 1 ------------------------------------------------------------------------------------------------
 def _argument_heads(up: dict, config) -> dict:
-    skipped = _skipped(up)
-    if skipped:
-        return _row(note=f"heads skipped: {skipped}")
+    bound = -config.min_effect
+    gate = _heads_gate(up)
+    if gate:
+        return _row(threshold=bound, note=gate)
     sets = up["head_sets"][0]
-    summary = up.get("head_summary", [])
+    summary = [r for r in up.get("head_summary", []) if r["effect_simul_lo"] is not None]
     if not summary:
-        return _row(note="no head statistics")
-    strongest = min(summary, key=lambda r: (r["set_order"] is None, r["set_order"] or 0, r["effect_pct"]))
+        return _row(threshold=bound, note="no head statistics")
+    attending = [r for r in summary if r["attention_passes"]]
     if sets["n_heads"]:
-        verdict, note = HOLDS, f"head set {', '.join(sets['heads'])}"
-    elif sets["n_significant"]:  # the attention filter is a point estimate: not evidence of absence
-        verdict, note = INCONCLUSIVE, (f"{sets['n_significant']} head(s) significantly lower the answer's logit but "
-                                       "none passes the attention filter: " + (sets.get("no_heads_reason") or ""))
+        head = next(r for r in summary if r["set_order"] == 1)
+        verdict = HOLDS if head["effect_simul_hi"] < bound else INCONCLUSIVE
+        note = (f"head set {', '.join(sets['heads'])}; L{head['layer']}.H{head['head']}'s effect is "
+                + ("beyond" if verdict == HOLDS else "not significantly beyond") + f" {bound:g}%")
+    elif attending and all(r["effect_simul_lo"] > bound for r in attending):
+        head = min(attending, key=lambda r: r["effect_simul_lo"])
+        verdict, note = DOES_NOT, (f"no head that attends to the subject (of {len(attending)}) can move M by "
+                                   f"{config.min_effect:g}%: every simultaneous interval lies above {bound:g}")
     else:
-        verdict, note = INCONCLUSIVE, "no head's effect is significantly below 0 (simultaneous intervals)"
-    return _row(strongest["effect_pct"], strongest["effect_simul_lo"], strongest["effect_simul_hi"], sets["n_prompts"],
-                0.0, verdict, note)
+        head = min(attending or summary, key=lambda r: r["effect_pct"])
+        verdict = INCONCLUSIVE
+        note = (sets.get("no_heads_reason") or "no head set") + (
+            "" if attending else "; no head passes the attention filter (a point estimate: no evidence of absence)")
+    return _row(head["effect_pct"], head["effect_simul_lo"], head["effect_simul_hi"], sets["n_correct"], bound,
+                verdict, note, null=0.0, value_all=head.get("effect_all_pct"), lo_all=head.get("effect_all_lo"),
+                hi_all=head.get("effect_all_hi"), n_all=sets["n_prompts"])
 
 
 def _heads_copy_subject(up: dict, config) -> dict:
-    skipped = _skipped(up)
-    if skipped:
-        return _row(note=f"heads skipped: {skipped}")
+    gate = _heads_gate(up)
+    if gate:
+        return _row(threshold=config.copy_threshold, note=gate)
     top = [r for r in up.get("head_summary", []) if r["set_order"] == 1]
     if not top:
-        return _row(note="no argument-passing heads to test")
+        return _row(threshold=config.copy_threshold, note="no argument-passing heads to test")
     r = top[0]
-    verdict = interval_verdict(r["r_lo"], r["r_hi"], 0.0, "above")
-    return _row(r["pearson_r"], r["r_lo"], r["r_hi"], r["n"], 0.0, verdict,
-                f"L{r['layer']}.H{r['head']}: mean attention END->S {r['mean_attn_to_s']:.3f}")
+    verdict = interval_verdict(r["copy_auc_lo"], r["copy_auc_hi"], config.copy_threshold, "above")
+    pearson = ("n/a" if r["pearson_r"] is None else
+               f"{r['pearson_r']:.2f} [{_fmt(r['r_lo'])}, {_fmt(r['r_hi'])}]")
+    return _row(r["copy_auc"], r["copy_auc_lo"], r["copy_auc_hi"], r["copy_n"], config.copy_threshold, verdict,
+                f"L{r['layer']}.H{r['head']}: mean attention END->S {r['mean_attn_to_s']:.3f}, the subject its "
+                f"largest target in {r['subject_top_share']:.0%}; Pearson r (attention vs DLA onto the subject, "
+                f"secondary) {pearson}", null=0.5, value_all=r.get("copy_auc_all"),
+                n_all=_minus(up["head_sets"][0].get("n_prompts"), up["head_sets"][0].get("n_answer_in_subject")))
 
 
 # -- steps 2 and 3 ---------------------------------------------------------------------------------------
-def _mlp_skipped(up: dict) -> str | None:
-    return _skip_reason(up, "function_application", "mlp")
+def _mlp_gate(up: dict) -> str | None:
+    skipped = _skip_reason(up, "function_application", "mlp")
+    if skipped:
+        return f"mlp skipped: {skipped}"
+    fa = up["function_application"][0]
+    return _too_few_correct(fa.get("n_correct"), fa.get("n_prompts"))
 
 
 def _mlp_linear(up: dict, config) -> dict:
-    skipped = _mlp_skipped(up)
-    if skipped:
-        return _row(threshold=config.r2_threshold, note=f"mlp skipped: {skipped}")
-    layers = {r["layer"] for r in up.get("regression_layers", []) if r["holds_head_set_head"]}
-    by_prompt: dict[int, list[float]] = {}
-    for r in up.get("regression_prompts", []):
-        if r["layer"] in layers and not r["singular"] and r["r2"] is not None and np.isfinite(r["r2"]):
-            by_prompt.setdefault(r["prompt_id"], []).append(r["r2"])
-    values = np.array([np.mean(v) for _, v in sorted(by_prompt.items())])
-    if len(values) == 0:
-        return _row(threshold=config.r2_threshold, note="no non-singular regression at a head-set layer")
-    f = mean_ci_fields("r2", values, config.n_boot, config.seed)
-    return _row(f["r2"], f["r2_lo"], f["r2_hi"], len(values), config.r2_threshold,
-                interval_verdict(f["r2_lo"], f["r2_hi"], config.r2_threshold, "above"),
-                f"head-set layers {sorted(layers)}")
+    gate = _mlp_gate(up)
+    if gate:
+        return _row(threshold=config.r2_threshold, note=gate)
+    fa = up["function_application"][0]
+    if fa.get("pooled_r2") is None:
+        return _row(threshold=config.r2_threshold, note="design B is singular at a head-set layer: no R²")
+    lo, hi, null_q = fa["pooled_r2_lo"], fa["pooled_r2_hi"], fa["pooled_r2_null_q95"]
+    bar = max(config.r2_threshold, null_q if null_q is not None else 0.0)
+    if lo is None or hi is None:
+        verdict = INCONCLUSIVE
+    elif lo > bar:
+        verdict = HOLDS
+    elif hi < config.r2_threshold or (null_q is not None and hi < null_q):
+        verdict = DOES_NOT
+    else:
+        verdict = INCONCLUSIVE
+    layers = sorted({r["layer"] for r in up.get("regression_layers", []) if r["holds_head_set_head"]})
+    return _row(fa["pooled_r2"], lo, hi, fa.get("pooled_r2_n"), config.r2_threshold, verdict,
+                f"design B (task-shared betas and intercept) at head-set layers {layers}; shuffled-prompt null R² "
+                f"{_fmt(fa.get('pooled_r2_null'))} (95th percentile {_fmt(null_q)})",
+                null=fa.get("pooled_r2_null"), value_all=fa.get("pooled_r2_all"), n_all=fa.get("n_prompts"))
 
 
 def _mlp_scales_heads(up: dict, config) -> dict:
-    skipped = _mlp_skipped(up)
-    if skipped:
-        return _row(note=f"mlp skipped: {skipped}")
-    betas: dict[tuple[int, int], list[float]] = {}
-    for r in up.get("regression_betas", []):
-        if r["in_head_set"]:
-            betas.setdefault((r["layer"], r["head"]), []).append(np.nan if r["beta"] is None else r["beta"])
-    if not betas:
-        return _row(note="no head-set head has a regression coefficient")
-    heads = sorted(betas)
-    cis = simultaneous_mean_ci([np.array(betas[h]) for h in heads], config.n_boot, config.seed)
-    finite = [k for k, (m, _, _) in enumerate(cis) if np.isfinite(m)]
-    if not finite:
-        return _row(note="every head-set regression is singular: no coefficient")
-    scaled = [k for k in finite if interval_verdict(cis[k][1], cis[k][2], 0.0, "nonzero") == HOLDS]
-    k = max(scaled or finite, key=lambda j: abs(cis[j][0]))  # the reported head: a scaled one when there is one
-    mean, lo, hi = cis[k]
-
-    def label(j: int) -> str:  # the mlp stage's labels, of the median beta (METHOD.md §5)
-        med = float(np.nanmedian(np.array(betas[heads[j]], dtype=float)))
-        return "erased" if med <= -0.5 else "attenuated" if med < 0 else "amplified" if med > 0 else "unchanged"
-
-    names = [f"L{heads[j][0]}.H{heads[j][1]} ({label(j)})" for j in scaled]
-    n = int(np.isfinite(np.array(betas[heads[k]], dtype=float)).sum())
-    note = (f"reported: L{heads[k][0]}.H{heads[k][1]}; " +
-            (f"scaled (interval excludes 0): {', '.join(names)}" if names else "no head's beta interval excludes 0"))
-    return _row(mean, lo, hi, n, 0.0, HOLDS if scaled else INCONCLUSIVE, note)
+    bound = config.beta_bound
+    gate = _mlp_gate(up)
+    if gate:
+        return _row(threshold=bound, note=gate)
+    heads = [r for r in up.get("regression_heads", []) if r["in_head_set"]]
+    fitted = [r for r in heads if r["pooled_beta"] is not None and r["pooled_beta_se"] is not None]
+    if not fitted:
+        return _row(threshold=bound, note="no head-set head has a design B coefficient (singular design)")
+    cis = simultaneous_from_se([r["pooled_beta"] for r in fitted], [r["pooled_beta_se"] for r in fitted])
+    beyond = [k for k, (lo, hi) in enumerate(cis) if lo > bound or hi < -bound]
+    within = all(-bound < lo and hi < bound for lo, hi in cis)
+    k = max(beyond or range(len(fitted)), key=lambda j: abs(fitted[j]["pooled_beta"]))
+    verdict = HOLDS if beyond else DOES_NOT if within else INCONCLUSIVE
+    r = fitted[k]
+    names = ", ".join(f"L{h['layer']}.H{h['head']} {h['pooled_beta']:+.2f} ({h['pooled_label']})" for h in fitted)
+    layers = {h["layer"] for h in fitted}
+    standing = [(l["median_subject_rank_before"], l["median_subject_rank_after"])
+                for l in up.get("regression_layers", []) if l["layer"] in layers
+                and l.get("median_subject_rank_before") is not None]
+    stand = "; ".join(f"{b:g} -> {a:g}" for b, a in standing)
+    return _row(r["pooled_beta"], cis[k][0], cis[k][1], up["function_application"][0].get("n_correct"), bound,
+                verdict, f"reported: L{r['layer']}.H{r['head']}; design B betas: {names}; the subject's median rank "
+                f"in the residual before -> after the MLP: {stand or 'n/a'}", null=0.0,
+                value_all=r.get("pooled_beta_all"), n_all=up["function_application"][0].get("n_prompts"))
 
 
 def _task_push(up: dict, config) -> dict:
-    skipped = _mlp_skipped(up)
-    if skipped:
-        return _row(note=f"mlp skipped: {skipped}")
+    gate = _mlp_gate(up)
+    if gate:
+        return _row(threshold=config.push_bound, note=gate)
     fa = up["function_application"][0]
-    return _row(fa["push"], fa["push_lo"], fa["push_hi"], fa["push_n"], 0.0,
-                interval_verdict(fa["push_lo"], fa["push_hi"], 0.0, "above"), f"best layer {fa['best_layer']}")
+    if fa.get("push") is None:
+        return _row(threshold=config.push_bound, note="no held-out prompt with a task-aware component")
+    note = (f"best layer {fa['best_layer']} (chosen on the calibration half); c's push {_fmt(fa.get('push_raw'))} "
+            f"against its shuffled-prompt null {_fmt(fa.get('push_null'))}; the MLP output's own push minus null "
+            f"{_fmt(fa.get('push_mlp'))} [{_fmt(fa.get('push_mlp_lo'))}, {_fmt(fa.get('push_mlp_hi'))}]; the shared "
+            f"intercept's {_fmt(fa.get('push_intercept'))}")
+    return _row(fa["push"], fa["push_lo"], fa["push_hi"], fa["push_n"], config.push_bound,
+                interval_verdict(fa["push_lo"], fa["push_hi"], config.push_bound, "above"), note,
+                null=0.0, value_all=fa.get("push_all"), lo_all=fa.get("push_all_lo"), hi_all=fa.get("push_all_hi"),
+                n_all=fa.get("push_all_n"))
 
 
 def _argument_swap(up: dict, config) -> dict:
-    skipped = _mlp_skipped(up)
-    if skipped:
-        return _row(note=f"mlp skipped: {skipped}")
+    bound = config.swap_threshold
+    gate = _mlp_gate(up)
+    if gate:
+        return _row(threshold=bound, note=gate)
     rows = [r for r in up.get("argument_swap", []) if r["eligible"]]
+    excluded = sum(bool(r.get("excluded_answer_in_subject")) for r in up.get("argument_swap", []))
     if not rows:
-        return _row(note="no eligible prompt (answer top-1 before and the other subject's object not)")
-    diff = np.array([float(r["success"]) - float(r["chance_success"]) for r in rows])
-    f = mean_ci_fields("d", diff, config.n_boot, config.seed)
-    success = np.mean([r["success"] for r in rows])
-    chance = np.mean([r["chance_success"] for r in rows])
-    return _row(f["d"], f["d_lo"], f["d_hi"], len(rows), 0.0, interval_verdict(f["d_lo"], f["d_hi"], 0.0, "above"),
-                f"success {success:.3f} vs chance {chance:.3f} (random head sets of the same size)")
+        return _row(threshold=bound, note="no eligible prompt (X's object the greedy answer before, the objects "
+                                          f"distinguishable, no subject copy; {excluded} excluded as subject copies)")
+    n, k, kc = len(rows), sum(bool(r["success"]) for r in rows), sum(bool(r["chance_success"]) for r in rows)
+    lo, hi = wilson_interval(k, n)
+    c_lo, c_hi = wilson_interval(kc, n)
+    if lo > bound and lo > c_hi:
+        verdict = HOLDS
+    elif hi < bound or hi < c_lo:
+        verdict = DOES_NOT
+    else:
+        verdict = INCONCLUSIVE
+    return _row(k / n, lo, hi, n, bound, verdict,
+                f"success {k}/{n} against chance {kc}/{n} [{c_lo:.3f}, {c_hi:.3f}] (random head sets of the same "
+                f"size); {excluded} prompts left out (an answer token is a subject token)", null=kc / n)
 
 
 # -- step 4 ----------------------------------------------------------------------------------------------
+def _last_layer_deltas(up: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per prompt Δp(answer) across the last layer and whether the prompt is answered correctly, from ``lens``."""
+    lens = up.get("lens", [])
+    if not lens:
+        return None
+    last = max(r["layer"] for r in lens)
+    by = {}
+    for r in lens:
+        if r["layer"] in (last - 1, last):
+            by.setdefault(r["prompt_id"], {})[r["layer"]] = r
+    pids = sorted(p for p, v in by.items() if len(v) == 2)
+    delta = np.array([by[p][last]["p_answer"] - by[p][last - 1]["p_answer"] for p in pids], dtype=np.float64)
+    correct = np.array([by[p][last]["rank_answer"] == 0 for p in pids])
+    return delta, correct
+
+
 def _final_layer_suppresses(up: dict, config) -> dict:
+    bound = -config.suppression_bound
     s = _first(up.get("final_layer_summary", []))
-    if s is None:
-        return _row(note="the final_layer stage has no summary for this partition")
-    return _row(s["delta_p"], s["delta_p_lo"], s["delta_p_hi"], s["n"], 0.0,
-                interval_verdict(s["delta_p_lo"], s["delta_p_hi"], 0.0, "below"),
-                f"suppressors: {', '.join(s['suppressors']) or 'none'}")
+    deltas = _last_layer_deltas(up)
+    if s is None or deltas is None:
+        return _row(threshold=bound, note="the final_layer stage has no summary for this partition")
+    delta, correct = deltas
+    gate = _too_few_correct(int(correct.sum()), len(correct))
+    alls = dict(value_all=s["delta_p"], lo_all=s["delta_p_lo"], hi_all=s["delta_p_hi"], n_all=s["n"])
+    if gate:
+        return _row(threshold=bound, note=gate, **alls)
+    f = mean_ci_fields("d", delta[correct], config.n_boot, config.seed)
+    return _row(f["d"], f["d_lo"], f["d_hi"], int(correct.sum()), bound,
+                interval_verdict(f["d_lo"], f["d_hi"], bound, "below"),
+                f"suppressors: {', '.join(s['suppressors']) or 'none'}; judged on the prompts the model answers "
+                f"correctly (a prompt the last layer pushed off top-1 is left out: a holds is conservative)",
+                null=0.0, **alls)
 
 
-def _mitigation_raises_confidence(up: dict, config) -> dict:
+def _mitigation_raises_confidence(up: dict, config, suppression: dict | None = None) -> dict:
+    bound = config.gain_bound
     rows = [r for r in up.get("mitigation", []) if r["variant"] == "heads" and r["choice"] == "cost_bounded"]
     if not rows:
-        return _row(note="no cost-bounded mitigation of the suppressing heads")
+        return _row(threshold=bound, note="no cost-bounded mitigation of the suppressing heads")
     m = rows[0]
     note = f"alpha {m['alpha']:g} on {', '.join(m['components']) or 'no component'}"
     if m.get("note"):
         note += f"; {m['note']}"
+    alls = dict(value_all=m["delta_p"], lo_all=m["delta_p_lo"], hi_all=m["delta_p_hi"], n_all=m["n_held_out"])
+    if suppression is None:
+        suppression = _final_layer_suppresses(up, config)
+    if suppression["verdict"] != HOLDS:  # nothing to undo: the claim presupposes the suppression
+        return _row(threshold=bound, note=f"the last layer does not suppress the answer here "
+                                          f"({suppression['verdict']}): nothing to undo; {note}", **alls)
     if not m["components"]:  # no head suppresses on the calibration half: no suppression to undo
-        return _row(n=m["n_held_out"], note=note)
+        return _row(threshold=bound, n=m["n_held_out"], note=note, **alls)
+    held = [r for r in up.get("mitigation_prompts", []) if r["variant"] == "heads" and r["choice"] == "cost_bounded"
+            and r["split"] == "held_out" and r["correct_before"]]
+    delta = np.array([r["p_after"] - r["p_before"] for r in held], dtype=np.float64)
     if m["alpha"] == 1.0:  # suppressing heads, but no scale within the cost bound: it raised nothing
-        return _row(m["delta_p"], m["delta_p_lo"], m["delta_p_hi"], m["n_held_out"], 0.0, DOES_NOT, note)
-    return _row(m["delta_p"], m["delta_p_lo"], m["delta_p_hi"], m["n_held_out"], 0.0,
-                interval_verdict(m["delta_p_lo"], m["delta_p_hi"], 0.0, "above"), note)
+        return _row(0.0, 0.0, 0.0, len(held), bound, DOES_NOT, note, **alls)
+    f = mean_ci_fields("d", delta, config.n_boot, config.seed)
+    return _row(f["d"], f["d_lo"], f["d_hi"], len(held), bound,
+                interval_verdict(f["d_lo"], f["d_hi"], bound, "above"), note + "; held-out prompts answered correctly",
+                null=0.0, **alls)
+
+
+def _minus(a, b):
+    return None if a is None or b is None else a - b
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.3g}"
+
+
+def judge_all(up: dict, config) -> list[tuple["Claim", dict]]:
+    """Every claim's row fields on one partition's upstream rows, in ``CLAIMS`` order (the mitigation claim reads
+    the suppression verdict it presupposes)."""
+    out, suppression = [], None
+    for claim in CLAIMS:
+        if claim.name == "mitigation_raises_confidence":
+            fields = _mitigation_raises_confidence(up, config, suppression)
+        else:
+            fields = claim.judge(up, config)
+        if claim.name == "final_layer_suppresses":
+            suppression = fields
+        out.append((claim, fields))
+    return out
 
 
 CLAIMS: tuple[Claim, ...] = (
     Claim("argument_heads", 1, "Argument-passing heads exist",
-          "path-patching effect% of the strongest head (simultaneous 95% interval over all heads)",
-          "holds: the head set is non-empty (a head significantly lowers M and attends to the subject); "
-          "inconclusive otherwise (no head is significant, or none that is passes the attention filter)",
-          "heads", _argument_heads),
+          "path-patching effect% of the head set's first head (simultaneous 95% interval over all heads), prompts "
+          "answered correctly",
+          "holds: the head set is non-empty and its first head's interval lies below -min_effect; does not: every "
+          "head that passes the attention filter (median, floor, the subject its largest target) has its interval "
+          "above -min_effect; null: 0 (no effect)", "heads", _argument_heads),
     Claim("heads_copy_subject", 1, "They copy the subject to the last token",
-          "Pearson r of attention END->S and DLA onto the subject, strongest head-set head (95% interval)",
-          "holds: r's interval lies above 0", "heads", _heads_copy_subject),
+          "copy AUC of the set's first head: the share of the relation's other subjects its own subject beats in "
+          "the head's logit lens (95% interval), prompts answered correctly whose answer is not a subject token",
+          "holds: the interval lies above copy_threshold; does not: below it; null: 0.5 (no preference, the "
+          "shuffled-subject control)", "heads", _heads_copy_subject),
     Claim("mlp_linear", 2, "The next MLP's output is a linear combination of the heads'",
-          "mean R² of the per-prompt regressions at head-set layers (95% interval)",
-          "holds: the interval lies above the R² threshold; does not: below it", "mlp", _mlp_linear),
+          "design B R² (task-shared betas and intercept) averaged over the head-set layers (95% interval), prompts "
+          "answered correctly",
+          "holds: the interval lies above r2_threshold and the shuffled-prompt null's 95th percentile; does not: it "
+          "lies below r2_threshold, or below the null's 95th percentile", "mlp", _mlp_linear),
     Claim("mlp_scales_heads", 2, "The MLP erases or amplifies the heads' outputs",
-          "mean β of the scaled head-set head with the largest |mean β| (else of any head-set head; simultaneous 95% "
-          "interval over the set's heads)",
-          "holds: some head-set head's β interval excludes 0 (that head is reported); inconclusive otherwise",
+          "design B β of the head-set head with the largest |β| beyond the bound (else of any set head); "
+          "simultaneous 95% interval over the set's heads",
+          "holds: some set head's interval lies beyond ±beta_bound (erased, reversed or amplified by at least "
+          "that); does not: every set head's interval lies within ±beta_bound; null: 0 (the head passes unscaled)",
           "mlp", _mlp_scales_heads),
     Claim("task_push", 3, "A task-aware MLP component pushes the answer",
-          "push of the task-aware component c at the best layer (95% interval)",
-          "holds: the interval lies above 0; does not: below 0", "mlp", _task_push),
+          "push of c = m - Σβ_B o (design B from the calibration half) toward the answer over the relation's other "
+          "objects, minus the same c's push toward the other prompts' answers, at the layer chosen on the "
+          "calibration half; held-out prompts answered correctly (95% interval)",
+          "holds: the interval lies above push_bound; does not: below it; null: 0 (c does not follow the prompt's "
+          "own answer)", "mlp", _task_push),
     Claim("argument_swap", 3, "Swapping the heads' argument swaps the answer",
-          "swap success minus the success of random head sets of the same size, eligible prompts (95% interval)",
-          "holds: the interval lies above 0; does not: below 0", "mlp", _argument_swap),
+          "share of eligible prompts whose prediction becomes X''s object when the head set's outputs at END are "
+          "replaced by their values in the run about X' (Wilson 95% interval)",
+          "holds: the interval lies above swap_threshold and above the chance rate's interval (random head sets); "
+          "does not: it lies below swap_threshold or below the chance rate's interval", "mlp", _argument_swap),
     Claim("final_layer_suppresses", 4, "The final layer suppresses the answer",
-          "Δp(answer) across the last layer (95% interval)",
-          "holds: the interval lies below 0; does not: above 0", "final_layer", _final_layer_suppresses),
+          "Δp(answer) across the last layer, prompts answered correctly (95% interval)",
+          "holds: the interval lies below -suppression_bound; does not: above it; null: 0", "final_layer",
+          _final_layer_suppresses),
     Claim("mitigation_raises_confidence", 4, "Undoing the suppression raises held-out confidence",
-          "held-out Δp(answer) of the cost-bounded mitigation of the suppressing heads (95% interval)",
-          "holds: the interval lies above 0; does not: below 0, or no scale of the suppressing heads is within the "
-          "cost bound (α = 1); not tested: no head suppresses", "final_layer", _mitigation_raises_confidence),
+          "held-out Δp(answer) of the cost-bounded mitigation of the suppressing heads, held-out prompts answered "
+          "correctly (95% interval)",
+          "holds: the interval lies above gain_bound; does not: below it, or no scale of the suppressing heads is "
+          "within the cost bound (α = 1); not tested: the last layer does not suppress (final_layer_suppresses "
+          "does not hold) or no head suppresses", "final_layer", _mitigation_raises_confidence),
 )

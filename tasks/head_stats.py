@@ -93,18 +93,27 @@ def logit_lens_rank(vectors: torch.Tensor, token_ids: torch.Tensor, w_u: torch.T
 @dataclass(frozen=True)
 class HeadSetRule:
     """docs/METHOD.md §4: candidates are heads whose patching effect is significantly negative (the upper end
-    of its simultaneous interval below 0) and whose mean attention END -> S is above both its layer's median
-    and an absolute floor; the set is the smallest group of candidates, most negative first, that covers
-    `coverage` of the candidates' summed negative effect. No candidate: no argument-passing heads."""
+    of its simultaneous interval below 0) and at least ``min_effect`` percent of M in size, whose mean attention
+    END -> S is above both its layer's median and an absolute floor, and whose largest attention target is the
+    subject (some subject token, not BOS or another position) in at least ``subject_top_share`` of the prompts:
+    an attention sink that puts 0.2 of its weight on S while its argmax is position 0 is not moving the
+    subject. The set is the smallest group of candidates, most negative first, that covers ``coverage`` of the
+    candidates' summed negative effect. No candidate: no argument-passing heads."""
 
     coverage: float = 0.8
     attention_floor: float = 0.05
+    min_effect: float = 1.0
+    subject_top_share: float = 0.5
     level: float = 0.95
     correction: str = ("Bonferroni over the partition's heads: effect ± z·se, z = Φ⁻¹(1 − (1 − level)/(2·m)), "
                        "se = bootstrap standard error over prompts")
-    attention_filter: str = "mean attention END->S above the median of its layer and at least attention_floor"
+    attention_filter: str = ("mean attention END->S above the median of its layer and at least attention_floor, and "
+                             "a subject token is the head's largest attention target in at least subject_top_share "
+                             "of the prompts")
     effect: str = "100 (mean M_patched - mean M_clean) / mean M_clean, sender = mean over subject-corrupted prompts"
-    candidates: str = "heads passing the attention filter whose simultaneous interval lies below 0"
+    candidates: str = ("heads passing the attention filter whose simultaneous interval lies below 0 and whose effect "
+                       "is at most -min_effect")
+    prompts: str = "the prompts the model answers correctly (answer top-1 at END)"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -113,19 +122,27 @@ class HeadSetRule:
 @dataclass
 class HeadSet:
     heads: list[tuple[int, int]]  # in order of decreasing |negative effect|
-    above_median: np.ndarray  # [L, H] bool: attention above the layer median and the floor
+    above_median: np.ndarray  # [L, H] bool: passes the attention filter (median, floor and subject-top share)
     significant: np.ndarray  # [L, H] bool: simultaneous interval below 0
     covered_share: float  # share of the candidates' total negative effect covered
     covered_share_all: float  # share of every head's total negative effect covered
 
 
-def select_head_set(effect: np.ndarray, attention: np.ndarray, rule: HeadSetRule = HeadSetRule(),
-                    effect_hi: np.ndarray | None = None) -> HeadSet:
-    """Apply the rule to per-head `effect [L, H]` (effect%), mean `attention [L, H]` (END -> S) and the
-    upper ends `effect_hi [L, H]` of the simultaneous intervals (None: every negative effect counts)."""
+def passes_attention(attention: np.ndarray, rule: HeadSetRule, subject_top: np.ndarray | None = None) -> np.ndarray:
+    """`[L, H]` bool: the rule's attention filter on mean `attention [L, H]` (END -> S) and the share
+    `subject_top [L, H]` of prompts whose largest attention target is a subject token (None: not checked)."""
     above = (attention > np.median(attention, axis=1, keepdims=True)) & (attention >= rule.attention_floor)
+    return above if subject_top is None else above & (subject_top >= rule.subject_top_share)
+
+
+def select_head_set(effect: np.ndarray, attention: np.ndarray, rule: HeadSetRule = HeadSetRule(),
+                    effect_hi: np.ndarray | None = None, subject_top: np.ndarray | None = None) -> HeadSet:
+    """Apply the rule to per-head `effect [L, H]` (effect%), mean `attention [L, H]` (END -> S), the upper ends
+    `effect_hi [L, H]` of the simultaneous intervals (None: every negative effect counts) and the share
+    `subject_top [L, H]` of prompts whose largest attention target is a subject token (None: not checked)."""
+    above = passes_attention(attention, rule, subject_top)
     significant = (effect_hi < 0) if effect_hi is not None else (effect < 0)
-    candidates = [(l, h) for l, h in zip(*np.nonzero(above & significant & (effect < 0)))]
+    candidates = [(l, h) for l, h in zip(*np.nonzero(above & significant & (effect <= -rule.min_effect)))]
     candidates.sort(key=lambda lh: (effect[lh], lh))  # most negative first, ties by position
     total = -sum(effect[lh] for lh in candidates)
     total_all = -effect[effect < 0].sum()
@@ -142,6 +159,34 @@ def select_head_set(effect: np.ndarray, attention: np.ndarray, rule: HeadSetRule
         covered_share=float(covered / total) if total > 0 else 0.0,
         covered_share_all=float(covered / total_all) if total_all > 0 else 0.0,
     )
+
+
+def attention_targets(attn_rows: list, subject_span: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per attention row (END -> every position of one prompt, one head) whether a subject token is its largest
+    target, and whether position 0 (BOS or the first token: the usual sink) is. `subject_span[i]` is the
+    (first, last) subject position of row i's prompt. Returns two bool arrays `[rows]`."""
+    top = np.zeros(len(attn_rows), dtype=bool)
+    sink = np.zeros(len(attn_rows), dtype=bool)
+    for i, (row, (a, b)) in enumerate(zip(attn_rows, subject_span)):
+        w = np.asarray(row, dtype=np.float64)
+        k = int(np.argmax(w))
+        top[i] = a <= k <= b
+        sink[i] = k == 0
+    return top, sink
+
+
+def copy_auc(lens_subjects: np.ndarray, own_index: np.ndarray) -> np.ndarray:
+    """How strongly each head output writes its own prompt's subject rather than another subject of the relation
+    (the shuffled-subject control, METHOD.md §4): the share of the relation's other subject tokens whose logit-lens
+    score is below the own subject's (ties count half). `lens_subjects [n, ..., S]` are the lens scores of the S
+    distinct subject tokens, `own_index [n]` the own token's index in S. 0.5 = no preference (the null); 1 = the
+    own subject above every other. NaN with fewer than 2 subject tokens."""
+    n, S = lens_subjects.shape[0], lens_subjects.shape[-1]
+    if S < 2:
+        return np.full(lens_subjects.shape[:-1], np.nan)
+    own = np.take_along_axis(lens_subjects, own_index.reshape((n,) + (1,) * (lens_subjects.ndim - 1)), -1)
+    below = (lens_subjects < own).sum(-1) + 0.5 * ((lens_subjects == own).sum(-1) - 1)
+    return below / (S - 1)
 
 
 def jaccard(a: set, b: set) -> float:

@@ -53,3 +53,22 @@ def significantly_negative(values: np.ndarray, n_boot: int = 1000, seed: int = 0
     se = x[bootstrap_indices(x.shape[0], n_boot, seed)].mean(1).std(0, ddof=1) if x.shape[0] > 1 else np.full(k, np.inf)
     upper = x.mean(0) + NormalDist().inv_cdf(1 - (1 - level) / (2 * max(1, k))) * se
     return upper < 0, upper
+
+
+#: The fewest prompts a verdict, a head set or a per-partition statistic that a claim uses may rest on: fewer make
+#: a percentile-bootstrap interval too optimistic to decide on (docs/METHOD.md §10).
+MIN_N = 10
+
+
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float | None, float | None]:
+    """Wilson score interval of a proportion (None, None for n = 0). Unlike a bootstrap of 0/1 values it is not
+    [0, 0] at zero successes, so "the rate is below a threshold" can be shown from few prompts."""
+    from statistics import NormalDist
+
+    if n <= 0:
+        return None, None
+    z = NormalDist().inv_cdf(1 - (1 - level) / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))

@@ -22,13 +22,20 @@ import torch
 
 from . import plots
 from .capture import capture_batch
-from .end_edits import end_logits_with_edits
+from .end_edits import end_logits_with_edits, top1_after_end
 from .head_stats import logit_lens_rank
 from .heads_stage import HeadsConfig
-from .intervals import mean_ci_fields
+from .intervals import mean_ci_fields, wilson_interval
 from .ledger import direct_logit_attribution, ledger_rtol, norm_scale
 from .logit_lens import token_stats
-from .mlp_regression import beta_label, fit_per_prompt, fit_pooled, task_component
+from .mlp_regression import (
+    beta_label,
+    fit_per_prompt,
+    fit_pooled,
+    pooled_bootstrap,
+    push_against_null,
+    task_component,
+)
 from .models import LoadedModel
 from .path_patching import EndRunner
 from .prompts import build_prompts
@@ -36,7 +43,7 @@ from .readout import final_norm_of, unembedding
 from .relations import Relation
 from .stage_api import Rows, StageInput, StageOutput
 from .tokenization import TokenizedPrompt, length_sorted_batches, tokenize_prompts
-from .upstream_checks import StoreMismatchError, check_capture_prompts
+from .upstream_checks import StoreMismatchError, check_capture_prompts, correct_prompts
 
 RESIDUAL_RTOL = 1e-3  # stored vectors must satisfy resid_post = resid_pre + sum o + b_O + m (float32; a model read
 # in lower precision rounds each addition in that precision: its tolerance is the ledger's, `ledger_rtol(dtype)`)
@@ -112,54 +119,109 @@ def _object_of(relation: Relation, subject: str) -> str:
     return next(f.object for f in relation.facts if f.subject.casefold() == key)
 
 
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    k = 0
+    while k < min(len(a), len(b)) and a[k] == b[k]:
+        k += 1
+    return k
+
+
 def argument_swap(lm: LoadedModel, relation: Relation, clean: list[TokenizedPrompt],
                   twins: list[TokenizedPrompt], head_set: list[tuple[int, int]], batch_size: int,
                   seed: int = 0) -> dict:
-    """Patch the head set's outputs at END from the twin prompt about X' (same template and
-    demonstrations, another subject); record the top-1 before and after, and X''s answer token. The same
-    swap from a random set of as many heads (drawn per prompt, seeded) gives the chance rate.
+    """The argument swap by replacement (METHOD.md §6): every head-set head's z at END set to its value in the twin
+    prompt's run (X' instead of X; same template and demonstrations), later layers recomputed, so each set head's
+    output at END is exactly its twin-run output. The same from a random set of as many heads (drawn per prompt,
+    seeded) gives the chance rate.
 
+    The prediction is read at the *decision token*: the first token where X's and X''s objects differ, after
+    their common prefix fed as given (k = 0 when their first tokens differ: the first token). ``decision`` is k
+    (-1: one object's tokens are a prefix of the other's, undecidable); ``top1_*`` are `[n, k+1]`-long lists of
+    top-1 tokens at END .. END + k before, after the set swap and after the random swap.
     `twins[i]` is clean[i]'s twin; with twins == clean nothing changes.
     """
-    swap_prompts = [dataclasses.replace(t.prompt, object=_object_of(relation, t.prompt.query_subject)) for t in twins]
-    swap_tokens = [p.answer_token_id for p in tokenize_prompts(lm.tokenizer, swap_prompts, lm.max_length)]
-    n, L, H = len(clean), lm.dims.n_layers, lm.dims.n_heads
+    swap_prompts = [dataclasses.replace(c.prompt, object=_object_of(relation, t.prompt.query_subject))
+                    for c, t in zip(clean, twins)]
+    swapped = tokenize_prompts(lm.tokenizer, swap_prompts, lm.max_length)
+    n, L, H, dh = len(clean), lm.dims.n_layers, lm.dims.n_heads, lm.dims.d_head
     rng = np.random.default_rng(seed)
     random_sets = [rng.choice(L * H, size=len(head_set), replace=False) for _ in range(n)]  # flat head indices
-    out = {k: np.zeros(n, dtype=np.int64) for k in ("top1_before", "top1_after", "top1_random")}
     chosen = torch.zeros(L, H, dtype=torch.bool)
     for l, h in head_set:
         chosen[l, h] = True
+    decision = np.full(n, -1, dtype=np.int64)
+    for i, (c, x) in enumerate(zip(clean, swapped)):
+        k = _common_prefix(c.object_token_ids, x.object_token_ids)
+        if k < min(len(c.object_token_ids), len(x.object_token_ids)):
+            decision[i] = k
+    out = {key: [None] * n for key in ("top1_before", "top1_after", "top1_random")}
     for idx, batch in length_sorted_batches(clean, batch_size):
-        ids = [list(p.input_ids) for p in batch]
-        cap = capture_batch(lm.model, lm.adapter, lm.dims, ids, lm.pad_id)
+        k = [max(0, int(decision[i])) for i in idx]
+        seqs = [list(p.input_ids) + list(p.object_token_ids[: k[j]]) for j, p in enumerate(batch)]
+        end = [p.end_pos for p in batch]
         twin = capture_batch(lm.model, lm.adapter, lm.dims, [list(twins[i].input_ids) for i in idx], lm.pad_id)
-        diff = twin.head_raw - cap.head_raw  # [B, L, H, d]
+        z_twin = twin.z.reshape(len(idx), L, H, dh)
         random_mask = torch.zeros(len(idx), L, H, dtype=torch.bool)
         for row, i in enumerate(idx):
             random_mask[row].view(-1)[torch.from_numpy(random_sets[i])] = True
-        for key, mask in (("top1_after", chosen.expand(len(idx), L, H)), ("top1_random", random_mask)):
-            m = mask.to(diff.device)
-            edits = {("out_proj", l): (m[:, l, :, None] * diff[:, l]).sum(1) for l in range(L) if m[:, l].any()}
-            out[key][idx] = end_logits_with_edits(lm, ids, edits).argmax(-1).cpu().numpy()
-        out["top1_before"][idx] = cap.logits.argmax(-1).cpu().numpy()
-    out["swap_token"] = np.array(swap_tokens)
+        for key, mask in (("top1_before", None), ("top1_after", chosen.expand(len(idx), L, H)),
+                          ("top1_random", random_mask)):
+            replace = {} if mask is None else {l: (z_twin[:, l], mask[:, l]) for l in range(L) if mask[:, l].any()}
+            top = top1_after_end(lm, seqs, end, replace=replace).cpu().numpy()
+            for row, i in enumerate(idx):
+                out[key][i] = top[row, : k[row] + 1].tolist()
+    out["decision"] = decision
+    out["object_tokens"] = [list(c.object_token_ids) for c in clean]
+    out["swap_object_tokens"] = [list(x.object_token_ids) for x in swapped]
     out["swap_subject"] = [t.prompt.query_subject for t in twins]
     out["swap_object"] = [p.object for p in swap_prompts]
+    out["twin_answer_in_subject"] = np.array([x.object_token_ids[0] in t.input_ids[t.s_first_pos : t.s_pos + 1]
+                                              for x, t in zip(swapped, twins)])
     out["random_heads"] = [[f"L{k // H}.H{k % H}" for k in sorted(s)] for s in random_sets]
     return out
 
 
-def swap_outcomes(swap: dict, answer: np.ndarray) -> dict[str, np.ndarray]:
-    """Per prompt: ``eligible`` = the answer was top-1 before and X''s object was not (and they differ);
-    ``success`` / ``chance`` = eligible and X''s object is top-1 after the head-set swap / the random swap;
-    ``was_top1`` = the answer was top-1 before; ``stayed`` = it still is after the head-set swap."""
-    before, token = swap["top1_before"], swap["swap_token"]
-    was_top1 = before == answer
-    eligible = was_top1 & (token != answer) & (before != token)
-    return {"eligible": eligible, "success": eligible & (swap["top1_after"] == token),
-            "chance": eligible & (swap["top1_random"] == token), "was_top1": was_top1,
-            "stayed": was_top1 & (swap["top1_after"] == answer)}
+def swap_outcomes(swap: dict, answer_in_subject: np.ndarray) -> dict[str, np.ndarray]:
+    """Per prompt (METHOD.md §6): ``eligible`` = the objects differ at a decision token, the model's greedy path
+    before the swap is X's object up to and including it (so X' was not chosen), and neither prompt's answer is
+    one of its subject tokens (copying the subject would score as answering); ``success`` / ``chance`` = eligible
+    and the path after the head-set swap / the random swap keeps the common prefix and then takes X''s decision
+    token; ``was_top1`` = X's first token was top-1 before; ``stayed`` = and still is after the head-set swap."""
+    n = len(swap["decision"])
+    out = {k: np.zeros(n, dtype=bool) for k in ("eligible", "success", "chance", "was_top1", "stayed", "excluded")}
+    for i in range(n):
+        x, y, k = swap["object_tokens"][i], swap["swap_object_tokens"][i], int(swap["decision"][i])
+        before, after, rand = swap["top1_before"][i], swap["top1_after"][i], swap["top1_random"][i]
+        out["was_top1"][i] = before[0] == x[0]
+        out["stayed"][i] = out["was_top1"][i] and after[0] == x[0]
+        out["excluded"][i] = bool(answer_in_subject[i] or swap["twin_answer_in_subject"][i])
+        if k < 0 or out["excluded"][i] or before != list(x[: k + 1]):
+            continue
+        out["eligible"][i] = True
+        out["success"][i] = after == list(y[: k + 1])
+        out["chance"][i] = rand == list(y[: k + 1])
+    return out
+
+
+def _dla_onto(vectors: np.ndarray, w_tokens: torch.Tensor, gain: torch.Tensor, sigma: torch.Tensor,
+              kind: str) -> np.ndarray:
+    """DLA `[n, K]` of `vectors [n, d]` onto K tokens (`w_tokens [K, d]` unembedding rows), each row at its own
+    final-norm scale `sigma [n]` (METHOD.md §2), in float64."""
+    v = torch.from_numpy(np.nan_to_num(np.asarray(vectors, dtype=np.float64))).to(gain.device)
+    if kind == "layernorm":
+        v = v - v.mean(-1, keepdim=True)
+    out = ((v * gain.double()) @ w_tokens.double().T) / sigma.double()[:, None]
+    return out.cpu().numpy()
+
+
+def split_halves(mask: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded half split of the prompts in ``mask`` `[n]`: (calibration, held_out) bool masks; the calibration
+    half has the extra prompt when their number is odd."""
+    idx = np.flatnonzero(mask)
+    perm = np.random.default_rng(seed).permutation(idx)
+    cal = np.zeros(len(mask), dtype=bool)
+    cal[perm[: (len(perm) + 1) // 2]] = True
+    return cal, mask & ~cal
 
 
 def compute(inp: StageInput) -> Iterator[Rows]:
@@ -185,35 +247,50 @@ def compute(inp: StageInput) -> Iterator[Rows]:
     vec = stored_end_vectors(capture, n, first, L, H, d, ledger_rtol(lm.dtype))
     answer = np.array([p.answer_token_id for p in clean])
     subject = np.array([p.subject_token_id for p in clean])
-    per_layer = _regress_layers(lm, vec, layers, answer, subject)
+    judged = correct_prompts(capture, n)
+    in_subject = np.array([p.answer_in_subject for p in clean])
+    splits = {"judged": split_halves(judged, config.seed), "all": split_halves(np.ones(n, dtype=bool), config.seed)}
+    per_layer = _regress_layers(lm, vec, layers, answer, subject, judged, splits, config)
     inp.progress(advance=n)
-    push = per_layer["push"]  # [n, L']
-    with np.errstate(invalid="ignore"):
-        mean_push = np.array([np.nanmean(push[:, k]) if np.isfinite(push[:, k]).any() else np.nan
-                              for k in range(len(layers))])
-    best_k = int(np.nanargmax(mean_push)) if np.isfinite(mean_push).any() else None
+    best = {key: _best_layer(per_layer[key]["d_c"], splits[key][0]) for key in splits}
 
-    # causal check 1: remove c at END in the best layer
-    removal = _remove_component(lm, clean, per_layer["c"][:, best_k] if best_k is not None else None,
-                                layers[best_k] if best_k is not None else None, config.batch_size)
+    # causal check 1: remove c (the judged prompts' calibration fit) at END in the best layer
+    bk = best["judged"]
+    removal = _remove_component(lm, clean, per_layer["judged"]["c"][:, bk] if bk is not None else None,
+                                layers[bk] if bk is not None else None, config.batch_size)
     inp.progress(advance=n)
-    # causal check 2: argument swap with the twin about another subject
+    # causal check 2: argument swap (replacement) with the twin about another subject
     swap = argument_swap(lm, relation, clean, twins, head_set, config.batch_size, config.seed)
     inp.progress(advance=n)
 
-    tables = _tables(clean, layers, head_set, per_layer, best_k, removal, swap, config)
+    tables = _tables(clean, layers, head_set, per_layer, best, removal, swap, judged, in_subject, splits, config)
     fa = tables["function_application"][0]
     fa["seconds"] = time.perf_counter() - started
     yield Rows(tables)
     figures = _plots(inp.title, layers, head_set, tables)
-    return StageOutput({"n_prompts": n, "head_set": fa["head_set"], "best_layer": fa["best_layer"],
-                        "push": fa.get("push"), "swap_success": fa.get("swap_success"),
+    return StageOutput({"n_prompts": n, "n_correct": int(judged.sum()), "head_set": fa["head_set"],
+                        "best_layer": fa["best_layer"], "push": fa.get("push"), "swap_success": fa.get("swap_success"),
                         "removal_delta_p": fa.get("removal_delta_p")}, figures)
 
 
-def _regress_layers(lm: LoadedModel, vec: EndVectors, layers: list[int], answer: np.ndarray,
-                    subject: np.ndarray) -> dict:
-    """Design A and B per layer, labels, "stands out" and the task-aware component's statistics."""
+def _best_layer(d: np.ndarray, calibration: np.ndarray) -> int | None:
+    """Index of the layer with the largest mean null-adjusted push `d [n, L']` over the calibration prompts."""
+    if not calibration.any():
+        return None
+    with np.errstate(invalid="ignore"):
+        means = np.array([np.nanmean(d[calibration, k]) if np.isfinite(d[calibration, k]).any() else np.nan
+                          for k in range(d.shape[1])])
+    return int(np.nanargmax(means)) if np.isfinite(means).any() else None
+
+
+def _regress_layers(lm: LoadedModel, vec: EndVectors, layers: list[int], answer: np.ndarray, subject: np.ndarray,
+                    judged: np.ndarray, splits: dict, config) -> dict:
+    """Per layer: design A (every prompt; secondary), design B on the judged prompts with bootstrap intervals and
+    its shuffled-prompt null (primary), design B on every prompt, the subject's standing before and after the MLP,
+    and the task-aware component c = m - sum_h beta_B o with beta_B fitted on the calibration half, read through
+    the logit lens with its answer-specific push and the push's shuffled-prompt null (METHOD.md §5-6). The same
+    push is computed for the MLP output m and for design B's shared intercept. Keys "judged" and "all" hold the
+    component analysis per prompt set."""
     runner = EndRunner(lm)
     norm = final_norm_of(lm)
     w_u, _ = unembedding(lm)
@@ -221,46 +298,69 @@ def _regress_layers(lm: LoadedModel, vec: EndVectors, layers: list[int], answer:
     n, Lp, H, d = vec.heads.shape
     sigma = norm_scale(torch.from_numpy(vec.final_resid).to(dev), norm.kind, norm.eps)
     objects = np.unique(answer)  # the relation's objects, as answer tokens in context
+    answer_index = np.searchsorted(objects, answer)
+    w_obj = w_u[torch.from_numpy(objects).to(dev)]
     ans_t, subj_t = torch.from_numpy(answer).to(dev), torch.from_numpy(subject).to(dev)
-    keys = ("beta", "intercept", "r2", "rank", "singular", "pooled_beta", "pooled_r2", "pooled_rank",
-            "pooled_singular", "c", "rank_before", "rank_after", "dla_subject_heads", "dla_subject_scaled",
-            "c_rank", "c_dla_answer", "push", "c_cosine", "answer_rank_after")
-    out = {k: [] for k in keys}
+    nj = int(judged.sum())
+    out = {k: [] for k in ("beta", "intercept", "r2", "rank", "singular", "rank_before", "rank_after",
+                           "dla_subject_heads", "dla_subject_scaled", "answer_rank_after")}
+    pooled = []  # per layer: PooledBootstrap on the judged prompts (None below 2 judged prompts)
+    pooled_all = []
+    comp = {key: {k: [] for k in ("c", "c_rank", "c_dla_answer", "c_cosine", "push_c", "null_c", "d_c", "push_m",
+                                  "null_m", "d_m", "d_b")} for key in splits}
+
+    def push(vectors):
+        return push_against_null(_dla_onto(vectors, w_obj, norm.gain, sigma, norm.kind), answer_index)
+
     for k, layer in enumerate(layers):
         o, m = vec.heads[:, k], vec.mlp[:, k]
-        a, b = fit_per_prompt(o, m), fit_pooled(o, m)
-        c = task_component(o, m, a.beta)  # [n, d] float64
+        a = fit_per_prompt(o, m)
         for name, value in (("beta", a.beta), ("intercept", a.intercept), ("r2", a.r2), ("rank", a.rank),
-                            ("singular", a.singular), ("pooled_beta", b.beta), ("pooled_r2", b.r2),
-                            ("pooled_rank", b.rank), ("pooled_singular", b.singular), ("c", c)):
+                            ("singular", a.singular)):
             out[name].append(value)
+        boot = pooled_bootstrap(o[judged], m[judged], config.n_boot, config.seed) if nj >= 2 else None
+        pooled.append(boot)
+        pooled_all.append(fit_pooled(o, m))
         for name, resid in (("rank_before", vec.resid_mid[:, k]), ("rank_after", vec.resid_post[:, k])):
             logits = runner.logits(torch.from_numpy(resid).to(dev))
             out[name].append(token_stats(logits, subj_t).rank.cpu().numpy())
         out["answer_rank_after"].append(token_stats(logits, ans_t).rank.cpu().numpy())  # residual leaving the layer
         o_t = torch.from_numpy(o.astype(np.float64)).to(dev)
-        beta_t = torch.from_numpy(np.nan_to_num(a.beta)).to(dev)
-        both = torch.stack([o_t.sum(1), ((1 + beta_t)[:, :, None] * o_t).sum(1)], 1).float()  # [n, 2, d]
+        beta_b = boot.fit.beta if boot is not None and not boot.fit.singular else np.full(H, np.nan)
+        beta_t = torch.from_numpy(np.nan_to_num(beta_b)).to(dev)
+        both = torch.stack([o_t.sum(1), ((1 + beta_t)[None, :, None] * o_t).sum(1)], 1).float()  # [n, 2, d]
         dla = direct_logit_attribution(both, w_u[subj_t], norm.gain, sigma, norm.kind).cpu().numpy()
-        scaled = np.where(a.singular, np.nan, dla[:, 1])
         out["dla_subject_heads"].append(dla[:, 0])
-        out["dla_subject_scaled"].append(scaled)
-        c_t = torch.from_numpy(np.nan_to_num(c)).float().to(dev)
-        ranks = logit_lens_rank(c_t, ans_t, w_u, norm.gain, norm.kind).numpy().astype(np.float64)
-        obj = torch.from_numpy(objects).to(dev)
-        dla_obj = direct_logit_attribution(c_t[:, None].expand(-1, len(objects), -1).contiguous().reshape(n * len(objects), 1, d),
-                                           w_u[obj].repeat(n, 1), norm.gain, sigma.repeat_interleave(len(objects)),
-                                           norm.kind).reshape(n, len(objects)).double().cpu().numpy()
-        own = objects[None, :] == answer[:, None]
-        dla_y = (dla_obj * own).sum(1)
-        others = (~own).sum(1)
-        push = np.where(others > 0, dla_y - (dla_obj * ~own).sum(1) / np.maximum(others, 1), np.nan)
-        cos = torch.nn.functional.cosine_similarity(c_t, w_u[ans_t].float(), dim=-1).double().cpu().numpy()
-        bad = a.singular
-        for name, value in (("c_rank", ranks), ("c_dla_answer", dla_y), ("push", push), ("c_cosine", cos)):
-            out[name].append(np.where(bad, np.nan, value))
-    # per-prompt values -> [n, L', ...]; pooled (design B) values -> [L', ...]
-    return {k: np.stack(v, 0 if k.startswith("pooled") else 1) for k, v in out.items()}
+        out["dla_subject_scaled"].append(np.where(np.isfinite(beta_b).all(), dla[:, 1], np.nan))
+        p_m, null_m = push(m)
+        for key, (cal, _) in splits.items():
+            fit = fit_pooled(o[cal], m[cal]) if cal.sum() >= 2 else None
+            ok = fit is not None and not fit.singular
+            c = task_component(o, m, fit.beta) if ok else np.full((n, d), np.nan)
+            p_c, null_c = push(c)
+            b_vec = np.broadcast_to(fit.intercept, (n, d)) if ok else np.full((n, d), np.nan)
+            p_b, null_b = push(np.ascontiguousarray(b_vec))
+            c_t = torch.from_numpy(np.nan_to_num(c)).float().to(dev)
+            ranks = logit_lens_rank(c_t, ans_t, w_u, norm.gain, norm.kind).numpy().astype(np.float64)
+            cos = torch.nn.functional.cosine_similarity(c_t, w_u[ans_t].float(), dim=-1).double().cpu().numpy()
+            w_y = (norm.gain.double()[None, :] * w_u[ans_t].double()).cpu().numpy()  # [n, d]
+            dla_y = np.einsum("nd,nd->n", _centered(c, norm), w_y) / sigma.double().cpu().numpy()
+            bad = ~np.isfinite(c).all(1)
+            for name, value in (("c_rank", ranks), ("c_dla_answer", dla_y), ("c_cosine", cos), ("push_c", p_c),
+                                ("null_c", null_c), ("d_c", p_c - null_c), ("d_b", p_b - null_b)):
+                comp[key][name].append(np.where(bad, np.nan, value))
+            for name, value in (("c", c), ("push_m", p_m), ("null_m", null_m), ("d_m", p_m - null_m)):
+                comp[key][name].append(value)
+    res = {k: np.stack(v, 1) for k, v in out.items()}  # [n, L', ...]
+    res["pooled"], res["pooled_all"] = pooled, pooled_all
+    for key in splits:
+        res[key] = {k: np.stack(v, 1) for k, v in comp[key].items()}
+    return res
+
+
+def _centered(vectors: np.ndarray, norm) -> np.ndarray:
+    v = np.nan_to_num(np.asarray(vectors, dtype=np.float64))
+    return v - v.mean(-1, keepdims=True) if norm.kind == "layernorm" else v
 
 
 def _remove_component(lm, clean, c: np.ndarray | None, layer: int | None, batch_size: int) -> dict | None:
@@ -281,11 +381,22 @@ def _remove_component(lm, clean, c: np.ndarray | None, layer: int | None, batch_
     return res
 
 
-def _tables(clean, layers, head_set, r: dict, best_k, removal, swap, config) -> dict:
+def _ci(prefix: str, values, config) -> dict:
+    return mean_ci_fields(prefix, values, config.n_boot, config.seed)
+
+
+def _quantile(x: np.ndarray, q: float) -> float | None:
+    x = x[np.isfinite(x)]
+    return float(np.quantile(x, q)) if len(x) else None
+
+
+def _tables(clean, layers, head_set, r: dict, best: dict, removal, swap, judged, in_subject, splits, config) -> dict:
     n, Lp, H = r["beta"].shape
     pid = np.array([p.prompt.prompt_id for p in clean], dtype=np.int32)
     in_set = {(l, h) for l, h in head_set}
-    # per prompt x layer x head
+    cal, held = splits["judged"]
+    split = np.where(cal, "calibration", np.where(held, "held_out", None))
+    # per prompt x layer x head (design A, every prompt)
     lay = np.repeat(np.array(layers), H)
     hd = np.tile(np.arange(H), Lp)
     betas = r["beta"].reshape(n, Lp * H)
@@ -296,91 +407,158 @@ def _tables(clean, layers, head_set, r: dict, best_k, removal, swap, config) -> 
         "in_head_set": np.tile([(int(l), int(h)) in in_set for l, h in zip(lay, hd)], n),
     }
     flat = lambda a: np.asarray(a, dtype=np.float64).reshape(-1)  # noqa: E731  [n, L'] -> rows (prompt, layer)
+    j = r["judged"]
     t_prompts = {
         "prompt_id": np.repeat(pid, Lp), "layer": np.tile(layers, n).astype(np.int16),
+        "correct": np.repeat(judged, Lp), "split": np.repeat(split, Lp),
         "intercept": flat(r["intercept"]), "r2": flat(r["r2"]), "rank": flat(r["rank"]).astype(np.int32),
         "singular": r["singular"].reshape(-1), "subject_rank_before": flat(r["rank_before"]).astype(np.int32),
         "subject_rank_after": flat(r["rank_after"]).astype(np.int32),
         "dla_subject_heads": flat(r["dla_subject_heads"]), "dla_subject_scaled": flat(r["dla_subject_scaled"]),
-        "c_answer_rank": flat(r["c_rank"]), "c_dla_answer": flat(r["c_dla_answer"]), "c_push": flat(r["push"]),
-        "c_cosine_answer": flat(r["c_cosine"]), "answer_rank_after": flat(r["answer_rank_after"]).astype(np.int32),
+        "c_answer_rank": flat(j["c_rank"]), "c_dla_answer": flat(j["c_dla_answer"]), "c_push": flat(j["push_c"]),
+        "c_push_null": flat(j["null_c"]), "mlp_push": flat(j["push_m"]), "mlp_push_null": flat(j["null_m"]),
+        "c_cosine_answer": flat(j["c_cosine"]), "answer_rank_after": flat(r["answer_rank_after"]).astype(np.int32),
     }
     head_rows = []
     for k, layer in enumerate(layers):
+        boot = r["pooled"][k]
+        ok = boot is not None and not boot.fit.singular
+        se = np.nanstd(boot.beta_draws, 0, ddof=1) if ok else np.full(H, np.nan)
         for h in range(H):
             b = r["beta"][:, k, h]
             b = b[np.isfinite(b)]
             row = {"layer": layer, "head": h, "n": len(b), "in_head_set": (layer, h) in in_set,
-                   "pooled_beta": None if r["pooled_singular"][k] else float(r["pooled_beta"][k, h])}
+                   "pooled_beta": float(boot.fit.beta[h]) if ok else None,
+                   "pooled_beta_se": float(se[h]) if ok else None,
+                   "pooled_beta_lo": _quantile(boot.beta_draws[:, h], 0.025) if ok else None,
+                   "pooled_beta_hi": _quantile(boot.beta_draws[:, h], 0.975) if ok else None,
+                   "pooled_label": str(beta_label(np.array([boot.fit.beta[h]]))[0]) if ok else None,
+                   "pooled_beta_all": None if r["pooled_all"][k].singular else float(r["pooled_all"][k].beta[h])}
             if len(b):
                 row |= mean_ci_fields("mean_beta", b, config.n_boot, config.seed)
                 q25, med, q75 = np.quantile(b, [0.25, 0.5, 0.75])
+                labels = beta_label(b)
                 row |= {"median_beta": float(med), "beta_q25": float(q25), "beta_q75": float(q75),
-                        "share_erased": float((beta_label(b) == "erased").mean()),
-                        "share_attenuated": float((beta_label(b) == "attenuated").mean()),
-                        "share_amplified": float((beta_label(b) == "amplified").mean()),
+                        "share_reversed": float((labels == "reversed").mean()),
+                        "share_erased": float((labels == "erased").mean()),
+                        "share_attenuated": float((labels == "attenuated").mean()),
+                        "share_amplified": float((labels == "amplified").mean()),
                         "label": str(beta_label(np.array([med]))[0])}
             head_rows.append(row)
     layer_rows = []
     for k, layer in enumerate(layers):
         r2 = r["r2"][:, k]
         ok = np.isfinite(r2)
+        boot = r["pooled"][k]
+        b_ok = boot is not None and not boot.fit.singular
         row = {"layer": layer, "n": int(ok.sum()), "n_singular": int(r["singular"][:, k].sum()),
-               "holds_head_set_head": any(l == layer for l, _ in head_set), "best_layer": k == best_k,
-               "pooled_r2": None if r["pooled_singular"][k] else float(r["pooled_r2"][k]),
-               "pooled_singular": bool(r["pooled_singular"][k])}
+               "n_judged": int(judged.sum()),
+               "holds_head_set_head": any(l == layer for l, _ in head_set), "best_layer": k == best["judged"],
+               "pooled_r2": float(boot.fit.r2) if b_ok else None,
+               "pooled_r2_lo": _quantile(boot.r2_draws, 0.025) if b_ok else None,
+               "pooled_r2_hi": _quantile(boot.r2_draws, 0.975) if b_ok else None,
+               "pooled_r2_null": float(np.nanmean(boot.null_r2)) if b_ok else None,
+               "pooled_r2_null_q95": _quantile(boot.null_r2, 0.95) if b_ok else None,
+               "pooled_singular": not b_ok,
+               "pooled_r2_all": None if r["pooled_all"][k].singular else float(r["pooled_all"][k].r2)}
         if ok.any():
             q25, med, q75 = np.quantile(r2[ok], [0.25, 0.5, 0.75])
             row |= {"median_r2": float(med), "r2_q25": float(q25), "r2_q75": float(q75)}
-            row |= mean_ci_fields("push", r["push"][:, k], config.n_boot, config.seed)
-            ranks = r["c_rank"][:, k][ok]
-            row |= {"answer_top1_share_in_c": float((ranks == 0).mean()),
-                    "answer_top1_share_resid": float((r["answer_rank_after"][:, k] == 0).mean()), "median_answer_rank_in_c": float(np.median(ranks)),
-                    "mean_cosine_answer": float(np.nanmean(r["c_cosine"][:, k])),
-                    "median_subject_rank_before": float(np.median(r["rank_before"][:, k])),
-                    "median_subject_rank_after": float(np.median(r["rank_after"][:, k])),
-                    "mean_dla_subject_heads": float(np.mean(r["dla_subject_heads"][:, k])),
-                    "mean_dla_subject_scaled": float(np.nanmean(r["dla_subject_scaled"][:, k]))}
+        row |= _ci("push", j["d_c"][judged, k], config)
+        row |= _ci("push_calibration", j["d_c"][cal, k], config)
+        row |= _ci("push_mlp", j["d_m"][judged, k], config)
+        ranks = j["c_rank"][judged, k]
+        if judged.any():
+            row |= {"answer_top1_share_in_c": float(np.mean(ranks == 0)),
+                    "answer_top1_share_resid": float((r["answer_rank_after"][judged, k] == 0).mean()),
+                    "median_answer_rank_in_c": _quantile(ranks, 0.5),
+                    "mean_cosine_answer": float(np.nanmean(j["c_cosine"][judged, k])),
+                    "median_subject_rank_before": float(np.median(r["rank_before"][judged, k])),
+                    "median_subject_rank_after": float(np.median(r["rank_after"][judged, k])),
+                    "mean_dla_subject_heads": float(np.mean(r["dla_subject_heads"][judged, k])),
+                    "mean_dla_subject_scaled": float(np.nanmean(r["dla_subject_scaled"][judged, k]))}
         layer_rows.append(row)
     answer = np.array([p.answer_token_id for p in clean])
-    o = swap_outcomes(swap, answer)
+    o = swap_outcomes(swap, in_subject)
+    first = lambda key: np.array([t[0] for t in swap[key]], dtype=np.int32)  # noqa: E731
+    decision_top = lambda key: np.array([t[-1] for t in swap[key]], dtype=np.int32)  # noqa: E731
+    dec = swap["decision"]
     t_swap = {
         "prompt_id": pid, "swap_subject": swap["swap_subject"], "swap_object": swap["swap_object"],
-        "swap_token": swap["swap_token"].astype(np.int32), "answer_token": answer.astype(np.int32),
-        "top1_before": swap["top1_before"].astype(np.int32), "top1_after": swap["top1_after"].astype(np.int32),
-        "random_heads": swap["random_heads"], "top1_random": swap["top1_random"].astype(np.int32),
+        "swap_token": np.array([t[max(int(k), 0)] if k >= 0 else t[0] for t, k in zip(swap["swap_object_tokens"], dec)],
+                               dtype=np.int32),
+        "answer_token": np.array([t[max(int(k), 0)] if k >= 0 else t[0] for t, k in zip(swap["object_tokens"], dec)],
+                                 dtype=np.int32),
+        "decision_offset": dec.astype(np.int32),
+        "top1_before": decision_top("top1_before"), "top1_after": decision_top("top1_after"),
+        "random_heads": swap["random_heads"], "top1_random": decision_top("top1_random"),
+        "first_top1_before": first("top1_before"), "first_top1_after": first("top1_after"),
         "eligible": o["eligible"], "success": o["success"], "chance_success": o["chance"],
+        "excluded_answer_in_subject": o["excluded"],
         "answer_was_top1": o["was_top1"], "stayed": o["stayed"],
     }
-    best = layers[best_k] if best_k is not None else None
+    head_layers = sorted({l for l, _ in head_set})
+    hl = [k for k, l in enumerate(layers) if l in head_layers]
+    bj, ba = best["judged"], best["all"]
+    fa = {"head_set": [f"L{l}.H{h}" for l, h in head_set], "layers": layers, "n_prompts": n,
+          "n_correct": int(judged.sum()), "best_layer": layers[bj] if bj is not None else None,
+          "best_layer_all": layers[ba] if ba is not None else None}
     appears = next((layers[k] for k, row in enumerate(layer_rows) if (row.get("answer_top1_share_in_c") or 0) >= 0.5),
                    None)
     resid_top1 = next((layers[k] for k, row in enumerate(layer_rows) if (row.get("answer_top1_share_resid") or 0) >= 0.5),
                       None)
-    fa = {"head_set": [f"L{l}.H{h}" for l, h in head_set], "layers": layers, "n_prompts": n, "best_layer": best,
-          "answer_appears_layer": appears, "residual_top1_layer": resid_top1}
-    if best_k is not None:
-        fa |= mean_ci_fields("push", r["push"][:, best_k], config.n_boot, config.seed)
-        fa["push_n"] = int(np.isfinite(r["push"][:, best_k]).sum())
+    fa |= {"answer_appears_layer": appears, "residual_top1_layer": resid_top1}
+    # step 2, design B at the head-set layers: R^2 averaged over those layers (its bootstrap draws and null draws
+    # averaged draw by draw), on the judged prompts; and on every prompt beside it
+    boots = [r["pooled"][k] for k in hl if r["pooled"][k] is not None and not r["pooled"][k].fit.singular]
+    if boots and len(boots) == len(hl):
+        draws = np.mean([b.r2_draws for b in boots], 0)
+        null = np.mean([b.null_r2 for b in boots], 0)
+        fa |= {"pooled_r2": float(np.mean([b.fit.r2 for b in boots])), "pooled_r2_lo": _quantile(draws, 0.025),
+               "pooled_r2_hi": _quantile(draws, 0.975), "pooled_r2_null": float(np.nanmean(null)),
+               "pooled_r2_null_q95": _quantile(null, 0.95), "pooled_r2_n": int(judged.sum())}
+    alls = [r["pooled_all"][k] for k in hl]
+    if alls and not any(f.singular for f in alls):
+        fa["pooled_r2_all"] = float(np.mean([f.r2 for f in alls]))
+    # step 3: the component's null-adjusted push at the best layer (chosen on the calibration half), held out
+    if bj is not None:
+        fa |= _ci("push", j["d_c"][held, bj], config)
+        fa["push_n"] = int(np.isfinite(j["d_c"][held, bj]).sum())
+        fa |= _ci("push_mlp", j["d_m"][held, bj], config)
+        fa |= _ci("push_intercept", j["d_b"][held, bj], config)
+        fa["push_raw"] = _finite_mean(j["push_c"][held, bj])
+        fa["push_null"] = _finite_mean(j["null_c"][held, bj])
+    if ba is not None:
+        a_held = splits["all"][1]
+        fa |= _ci("push_all", r["all"]["d_c"][a_held, ba], config)
+        fa["push_all_n"] = int(np.isfinite(r["all"]["d_c"][a_held, ba]).sum())
     if removal is not None:
-        ok = removal["ok"]
-        fa |= {"removal_n": int(ok.sum()), "removal_p_before": float(np.mean(removal["p_before"][ok])),
-               "removal_p_after": float(np.mean(removal["p_after"][ok]))}
-        fa |= mean_ci_fields("removal_delta_p", removal["p_after"][ok] - removal["p_before"][ok], config.n_boot, config.seed)
+        ok = removal["ok"] & judged
+        fa |= {"removal_n": int(ok.sum()),
+               "removal_p_before": _finite_mean(removal["p_before"][ok]),
+               "removal_p_after": _finite_mean(removal["p_after"][ok])}
+        fa |= _ci("removal_delta_p", removal["p_after"][ok] - removal["p_before"][ok], config)
     eligible, was_top1 = o["eligible"], o["was_top1"]
-    fa |= {"swap_n": int(eligible.sum()), "swap_stayed_n": int(was_top1.sum())}
-    fa |= mean_ci_fields("swap_success", o["success"][eligible].astype(float), config.n_boot, config.seed)
-    fa |= mean_ci_fields("swap_chance", o["chance"][eligible].astype(float), config.n_boot, config.seed)
-    fa |= mean_ci_fields("swap_stayed", o["stayed"][was_top1].astype(float), config.n_boot, config.seed)
-    head_layers = sorted({l for l, _ in head_set})
-    hl = [k for k, l in enumerate(layers) if l in head_layers]
-    med = [layer_rows[k].get("median_r2") for k in hl]
+    k_s, k_c, n_e = int(o["success"].sum()), int(o["chance"].sum()), int(eligible.sum())
+    fa |= {"swap_n": n_e, "swap_stayed_n": int(was_top1.sum()), "swap_excluded_n": int(o["excluded"].sum()),
+           "swap_undecidable_n": int((dec < 0).sum()),
+           "swap_success": k_s / n_e if n_e else None, "swap_chance": k_c / n_e if n_e else None}
+    fa["swap_success_lo"], fa["swap_success_hi"] = wilson_interval(k_s, n_e)
+    fa["swap_chance_lo"], fa["swap_chance_hi"] = wilson_interval(k_c, n_e)
+    fa |= _ci("swap_stayed", o["stayed"][was_top1].astype(float), config)
+    med = [layer_rows[k].get("pooled_r2") for k in hl]
     fa["share_head_layers_r2_ge_half"] = float(np.mean([m is not None and m >= 0.5 for m in med])) if hl else None
-    set_labels = [row.get("label") for row in head_rows if row["in_head_set"]]
+    set_labels = [row.get("pooled_label") for row in head_rows if row["in_head_set"]]
     fa["share_set_heads_amplified"] = (float(np.mean([lab == "amplified" for lab in set_labels]))
                                        if set_labels else None)
     return {"regression_betas": t_betas, "regression_prompts": t_prompts, "regression_heads": head_rows,
             "regression_layers": layer_rows, "argument_swap": t_swap, "function_application": [fa]}
+
+
+def _finite_mean(x: np.ndarray) -> float | None:
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if len(x) else None
 
 
 BETA_PLOT_HEADS = 24  # heads shown by name in the β plot; the rest are summarised in one bar

@@ -10,11 +10,11 @@ Conventions
 - subject_corrupt: same case and demonstrations, the query subject replaced by another subject of the
   relation (seeded; prefers a subject whose object differs and that is not a demonstration subject).
   The target object stays the clean one.
-- relation_corrupt: same case and demonstrations, the first whole-word occurrence of the relation
-  word in the query template replaced (case-preserving) by a seeded choice among ``UNRELATED_NOUNS``.
-  Only a relation word that may be a noun is replaced (``looks_like_a_noun``): a verb or participle
-  ("called", "works") replaced by a noun would change the syntax, so such relations have no
-  relation-word corruption.
+- relation_corrupt: same case and demonstrations, the first whole-word occurrence of the query template's
+  relation word (``template_relation_word``, chosen per template) replaced (case-preserving) by a seeded
+  choice among ``UNRELATED_NOUNS``. Only a word that may be a noun is replaced (``looks_like_a_noun``): a verb
+  or participle ("called", "works") replaced by a noun would change the syntax. A template without such a
+  word has no relation-corrupted prompts (its cases are missing from the variant, not the relation).
 - Prompts are returned grouped by variant, in the order the variants are given; prompt_id runs
   0..n-1 within each variant in ``cases`` order, and source_prompt_id points to the clean prompt_id.
 """
@@ -24,9 +24,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from factrecall.tasks.relations import Fact, Relation, fill_template, find_word
+import re
 
-__all__ = ["NOT_NOUNS", "VARIANTS", "UNRELATED_NOUNS", "Prompt", "build_prompts", "demo_text", "looks_like_a_noun"]
+from factrecall.tasks.relations import STOPWORDS, Fact, Relation, fill_template, find_word
+
+__all__ = ["NOT_NOUNS", "VARIANTS", "UNRELATED_NOUNS", "Prompt", "build_prompts", "demo_text", "looks_like_a_noun",
+           "template_relation_word"]
 
 VARIANTS = ("clean", "subject_corrupt", "relation_corrupt")
 UNRELATED_NOUNS = ("colour", "weight", "shadow", "flavour", "melody", "texture", "rhythm", "surface")
@@ -147,18 +150,32 @@ def looks_like_a_noun(word: str) -> bool:
                for w in word.split())
 
 
-def _corrupt_template(relation: Relation, template: str, rng: random.Random) -> tuple[str, str]:
-    word = relation.relation_word
-    if word and not looks_like_a_noun(word):
-        raise ValueError(
-            f"relation {relation.name}: its relation word {word!r} is not a noun, and replacing it by one of the "
-            f"unrelated nouns would change the sentence's syntax; no relation-word corruption for this relation")
+#: Sources whose relation word is named by the data (the paper's "capital", ParaRel's relation lemma), not
+#: guessed from the first template: it is used in every template that contains it as a noun.
+NAMED_WORD_SOURCES = ("paper", "pararel")
+
+
+def template_relation_word(relation: Relation, template: str) -> str | None:
+    """The word ``relation_corrupt`` replaces in ``template`` (docs/METHOD.md §1), or None: the relation's named
+    word where the data names one and the template holds it as a noun; otherwise the template's last noun-like
+    content word (not a stopword, ``looks_like_a_noun``, at least 3 letters), which is the head of the phrase
+    that names the relation ("{} is a country in the region of" -> "region"; "The official language of {} is"
+    -> "language"). "People from {} are called" -> "People"; a template with no such word has none."""
+    named = relation.relation_word
+    if (relation.source in NAMED_WORD_SOURCES and named and looks_like_a_noun(named)
+            and find_word(template, named) is not None):
+        return named
+    words = [w for w in re.findall(r"[A-Za-z]+", template.replace("{}", " "))
+             if len(w) >= 3 and w.lower() not in STOPWORDS and looks_like_a_noun(w)]
+    return words[-1] if words else None
+
+
+def _corrupt_template(relation: Relation, template: str, rng: random.Random) -> tuple[str, str] | None:
+    """(corrupted template, "word->replacement"), or None when the template has no relation word."""
+    word = template_relation_word(relation, template)
     m = find_word(template, word) if word else None
     if m is None:
-        raise ValueError(
-            f"relation {relation.name}: relation_corrupt needs the relation word {word!r} in every query "
-            f"template, but template {template!r} lacks it. Use variants without 'relation_corrupt' for "
-            f"this relation, or a relation whose templates all name the relation word.")
+        return None
     choices = [n for n in UNRELATED_NOUNS if n.casefold() != m.group(0).casefold()]
     new = _match_case(m.group(0), rng.choice(choices))
     return template[: m.start()] + new + template[m.end():], f"{m.group(0)}->{new}"
@@ -200,8 +217,10 @@ def build_prompts(relation: Relation, shot: int, seed: int, variants=("clean",),
                 query_subject = _pick_corrupt_subject(index, fact, demos,
                                                       random.Random(key + ":subject_corrupt"))
             elif variant == "relation_corrupt":
-                query_template, word = _corrupt_template(relation, template,
-                                                         random.Random(key + ":relation_corrupt"))
+                corrupted = _corrupt_template(relation, template, random.Random(key + ":relation_corrupt"))
+                if corrupted is None:  # this template names no relation word: no twin for this case
+                    continue
+                query_template, word = corrupted
             start = len(prefix) + query_template.index("{}")
             out[variant].append(Prompt(
                 prompt_id=i, variant=variant, query_subject=query_subject,

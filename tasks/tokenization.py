@@ -39,6 +39,13 @@ class TokenizedPrompt:
     answer_token: str
     object_n_tokens: int
     bos: bool
+    object_token_ids: tuple[int, ...] = ()  # every id " " + object adds after the prompt (the first is the answer)
+
+    @property
+    def answer_in_subject(self) -> bool:
+        """The answer token is one of the prompt's subject tokens (Belarus -> " Belarus"): copying the subject
+        already scores as answering, so copying and swap statistics leave such prompts out (METHOD.md §10)."""
+        return self.answer_token_id in self.input_ids[self.s_first_pos : self.s_pos + 1]
 
 
 def _describe(p: Prompt) -> str:
@@ -81,7 +88,7 @@ def _tokenize_one(decode, p: Prompt, enc_ids, enc_off, enc_special, full_ids, fu
         prompt=p, input_ids=tuple(ids), end_pos=n - 1, s_pos=overlap[-1], s_first_pos=overlap[0],
         subject_token_id=ids[overlap[0]], answer_token_id=int(new[0]),
         answer_token=decode(int(new[0])), object_n_tokens=len(new),
-        bos=bool(enc_special[0]),
+        bos=bool(enc_special[0]), object_token_ids=tuple(int(t) for t in new),
     )
 
 

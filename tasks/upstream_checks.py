@@ -7,7 +7,7 @@ their stored text and answer token are its own.
 
 from __future__ import annotations
 
-__all__ = ["StoreMismatchError", "check_capture_prompts", "clean_filter"]
+__all__ = ["StoreMismatchError", "check_capture_prompts", "clean_filter", "correct_prompts"]
 
 
 class StoreMismatchError(RuntimeError):
@@ -30,3 +30,19 @@ def check_capture_prompts(capture, clean) -> None:
             raise StoreMismatchError(
                 f"capture {capture.result_id} does not hold prompt {p.prompt.prompt_id} as this stage builds it "
                 f"({want[0]!r}); rerun `factrecall capture` for this partition")
+
+
+def correct_prompts(capture, n: int) -> "np.ndarray":
+    """`[n]` bool: the model answers clean prompt i correctly (the answer token is its top-1 at END), from the
+    capture's own logits. The prompts a claim is judged on (docs/METHOD.md §10)."""
+    import numpy as np
+
+    t = capture.read("logits", ["prompt_id", "answer_rank"], filters=clean_filter(n))
+    out = np.zeros(n, dtype=bool)
+    found = np.zeros(n, dtype=bool)
+    pid = t["prompt_id"].to_numpy()
+    out[pid] = t["answer_rank"].to_numpy() == 0
+    found[pid] = True
+    if not found.all():
+        raise StoreMismatchError(f"capture {capture.result_id} has no logits row for some of the first {n} prompts")
+    return out

@@ -51,118 +51,217 @@ def test_simultaneous_intervals_use_the_bonferroni_quantile():
     assert (single[2] - single[1]) / 2 == pytest.approx(1.96 * cols[0].std(ddof=1) / np.sqrt(200), rel=0.1)
 
 
-def _heads(n_heads, n_significant, set_order=1):
+def _heads(n_heads=1, effect=(-12.0, -20.0, -4.0), copy=(0.9, 0.85, 0.95), n_correct=40, attending=True):
+    """One partition's heads rows: a set head L3.H1 (when n_heads) and a strong non-attending head L2.H0."""
     return {"head_sets": [{"skipped_reason": None, "n_heads": n_heads, "heads": ["L3.H1"] * n_heads,
-                           "n_significant": n_significant, "n_prompts": 40, "no_heads_reason": "none attends"}],
+                           "n_significant": 2, "n_prompts": 50, "n_correct": n_correct,
+                           "no_heads_reason": None if n_heads else "no argument-passing heads: none attends"}],
             "head_summary": [
-                {"layer": 3, "head": 1, "n": 40, "effect_pct": -12.0, "effect_simul_lo": -20.0, "effect_simul_hi": -4.0,
-                 "set_order": set_order, "pearson_r": 0.6, "r_lo": 0.4, "r_hi": 0.75, "mean_attn_to_s": 0.3},
-                {"layer": 2, "head": 0, "n": 40, "effect_pct": -30.0, "effect_simul_lo": -50.0, "effect_simul_hi": -1.0,
-                 "set_order": None, "pearson_r": 0.1, "r_lo": -0.2, "r_hi": 0.3, "mean_attn_to_s": 0.01}]}
+                {"layer": 3, "head": 1, "n": n_correct, "effect_pct": effect[0], "effect_simul_lo": effect[1],
+                 "effect_simul_hi": effect[2], "effect_all_pct": -9.0, "effect_all_lo": -15.0, "effect_all_hi": -3.0,
+                 "set_order": 1 if n_heads else None, "attention_passes": attending, "pearson_r": -0.08,
+                 "r_lo": -0.3, "r_hi": 0.2, "mean_attn_to_s": 0.96, "subject_top_share": 0.98, "copy_auc": copy[0],
+                 "copy_auc_lo": copy[1], "copy_auc_hi": copy[2], "copy_n": n_correct, "copy_auc_all": 0.8},
+                {"layer": 2, "head": 0, "n": n_correct, "effect_pct": -30.0, "effect_simul_lo": -50.0,
+                 "effect_simul_hi": -1.0, "effect_all_pct": -30.0, "effect_all_lo": -50.0, "effect_all_hi": -1.0,
+                 "set_order": None, "attention_passes": False, "pearson_r": 0.1, "r_lo": -0.2, "r_hi": 0.3,
+                 "mean_attn_to_s": 0.01, "subject_top_share": 0.0, "copy_auc": 0.5, "copy_auc_lo": 0.4,
+                 "copy_auc_hi": 0.6, "copy_n": n_correct, "copy_auc_all": 0.5}]}
 
 
 def test_argument_heads_verdicts():
-    row = JUDGE["argument_heads"](_heads(1, 2), CONFIG)
-    assert row["verdict"] == HOLDS
+    row = JUDGE["argument_heads"](_heads(), CONFIG)
+    assert row["verdict"] == HOLDS and row["threshold"] == -1.0
     assert (row["value"], row["lo"], row["hi"]) == (-12.0, -20.0, -4.0)  # the set's first head, not the strongest
-    # Significant heads that fail the attention filter (a point estimate) are no evidence of absence.
-    assert JUDGE["argument_heads"](_heads(0, 2, None), CONFIG)["verdict"] == INCONCLUSIVE
-    none = JUDGE["argument_heads"](_heads(0, 0, None), CONFIG)
-    assert none["verdict"] == INCONCLUSIVE and none["value"] == -30.0  # the strongest head is reported
+    assert (row["value_all"], row["n"], row["n_all"]) == (-9.0, 40, 50)  # all prompts beside the judged ones
+    # a set whose first head moves M by less than the minimum effect (a -0.15% last-layer head) does not hold
+    tiny = JUDGE["argument_heads"](_heads(effect=(-0.15, -0.3, -0.02)), CONFIG)
+    assert tiny["verdict"] == INCONCLUSIVE
+    # no set, and every head that attends to the subject is bounded away from the minimum effect: does not
+    weak = _heads(0, effect=(-0.2, -0.5, 0.1))
+    row = JUDGE["argument_heads"](weak, CONFIG)
+    assert row["verdict"] == DOES_NOT and "every simultaneous interval lies above -1" in row["note"]
+    # a strong head that does not attend (L2.H0) is no argument passer, and no evidence of absence either
+    unsure = _heads(0, effect=(-0.8, -3.0, 0.1))
+    assert JUDGE["argument_heads"](unsure, CONFIG)["verdict"] == INCONCLUSIVE
     skipped = {"head_sets": [{"skipped_reason": "fewer than 2 subjects"}], "head_summary": []}
     assert JUDGE["argument_heads"](skipped, CONFIG)["verdict"] == NOT_TESTED
-    assert JUDGE["heads_copy_subject"](_heads(1, 1), CONFIG)["verdict"] == HOLDS
-    negative = _heads(1, 1)
-    negative["head_summary"][0] |= {"pearson_r": -0.5, "r_lo": -0.7, "r_hi": -0.2}
-    assert JUDGE["heads_copy_subject"](negative, CONFIG)["verdict"] == DOES_NOT
-    negative["head_summary"][0] |= {"pearson_r": 0.1, "r_lo": -0.1, "r_hi": 0.3}
-    assert JUDGE["heads_copy_subject"](negative, CONFIG)["verdict"] == INCONCLUSIVE
-    assert JUDGE["heads_copy_subject"](_heads(0, 0, None), CONFIG)["verdict"] == NOT_TESTED
 
 
-def _mlp(r2=(), betas=(), swaps=(), push=(0.5, 0.2, 0.8)):
+def test_claims_are_not_tested_where_the_model_does_not_know_the_facts():
+    """Issue 23, finding 8: accuracy 0 (gemma on demonyms) gave 6 of 8 claims "holds"."""
+    for claim in ("argument_heads", "heads_copy_subject"):
+        row = JUDGE[claim](_heads(n_correct=0), CONFIG)
+        assert row["verdict"] == NOT_TESTED and "answers 0 of 50 prompts correctly" in row["note"], claim
+    row = JUDGE["argument_heads"](_heads(n_correct=9), CONFIG)
+    assert row["verdict"] == NOT_TESTED and "at least 10" in row["note"]
+    up = _mlp(r2=(0.9, 0.8, 0.95, 0.01)) | {"function_application": [_fa(n_correct=3)]}
+    for claim in ("mlp_linear", "mlp_scales_heads", "task_push", "argument_swap"):
+        assert JUDGE[claim](up, CONFIG)["verdict"] == NOT_TESTED, claim
+    lens = _lens(np.full(30, 0.3), np.full(30, 0.1), correct=np.zeros(30, dtype=bool))
+    row = JUDGE["final_layer_suppresses"](lens, CONFIG)
+    assert row["verdict"] == NOT_TESTED and row["value_all"] == pytest.approx(-0.2)
+
+
+def test_heads_copy_subject_is_judged_on_what_the_head_writes():
+    """Issue 23, finding 6: a head attending at 0.96 with its subject at the top of its lens copies, although the
+    attention-DLA correlation (r = -0.08) says nothing under saturated attention."""
+    row = JUDGE["heads_copy_subject"](_heads(), CONFIG)
+    assert row["verdict"] == HOLDS and row["null_value"] == 0.5 and row["threshold"] == 0.75
+    assert "Pearson r" in row["note"] and "-0.08" in row["note"]
+    null_level = JUDGE["heads_copy_subject"](_heads(copy=(0.52, 0.45, 0.6)), CONFIG)
+    assert null_level["verdict"] == DOES_NOT  # no preference for the own subject
+    assert JUDGE["heads_copy_subject"](_heads(copy=(0.75, 0.6, 0.9)), CONFIG)["verdict"] == INCONCLUSIVE
+    assert JUDGE["heads_copy_subject"](_heads(0), CONFIG)["verdict"] == NOT_TESTED
+
+
+def _fa(**kw):
+    base = {"skipped_reason": None, "n_prompts": 50, "n_correct": 40, "best_layer": 7, "push": 1.2, "push_lo": 0.8,
+            "push_hi": 1.6, "push_n": 20, "push_raw": 1.3, "push_null": 0.1, "push_mlp": 1.4, "push_mlp_lo": 1.0,
+            "push_mlp_hi": 1.8, "push_intercept": 0.0, "push_all": 0.9, "push_all_lo": 0.5, "push_all_hi": 1.3,
+            "push_all_n": 25, "pooled_r2": 0.7, "pooled_r2_lo": 0.6, "pooled_r2_hi": 0.8, "pooled_r2_null": 0.01,
+            "pooled_r2_null_q95": 0.02, "pooled_r2_n": 40, "pooled_r2_all": 0.65}
+    return base | kw
+
+
+def _mlp(r2=(), betas=(), swaps=(), **fa):
+    """betas: (beta, se) per head-set head of layer 5; swaps: (eligible, success, chance) per prompt."""
     return {
         "head_sets": [{"skipped_reason": None}],
-        "function_application": [{"skipped_reason": None, "push": push[0], "push_lo": push[1], "push_hi": push[2],
-                                  "push_n": 30, "best_layer": 7}],
-        "regression_layers": [{"layer": 5, "holds_head_set_head": True}, {"layer": 6, "holds_head_set_head": False}],
-        "regression_prompts": [{"prompt_id": i, "layer": layer, "r2": v, "singular": False}
-                               for i, (a, b) in enumerate(r2) for layer, v in ((5, a), (6, b))],
-        "regression_betas": [{"layer": 5, "head": h, "beta": b, "in_head_set": True}
-                             for h, col in enumerate(betas) for b in col],
-        "argument_swap": [{"eligible": e, "success": s, "chance_success": c} for e, s, c in swaps],
+        "function_application": [_fa(**fa)],
+        "regression_layers": [{"layer": 5, "holds_head_set_head": True, "median_subject_rank_before": 120.0,
+                               "median_subject_rank_after": 3.0},
+                              {"layer": 6, "holds_head_set_head": False, "median_subject_rank_before": 9.0,
+                               "median_subject_rank_after": 9.0}],
+        "regression_heads": [{"layer": 5, "head": h, "pooled_beta": b, "pooled_beta_se": se, "pooled_beta_all": b,
+                              "pooled_label": "x", "in_head_set": True} for h, (b, se) in enumerate(betas)],
+        "argument_swap": [{"eligible": e, "success": s, "chance_success": c, "excluded_answer_in_subject": False}
+                          for e, s, c in swaps],
     }
 
 
-def test_mlp_linear_uses_head_set_layers_and_the_threshold():
-    rng = np.random.default_rng(0)
-    high = rng.uniform(0.7, 0.9, 40)
-    up = _mlp(r2=[(a, 0.0) for a in high])  # layer 6 holds no head-set head: its R² of 0 is ignored
-    row = JUDGE["mlp_linear"](up, CONFIG)
-    assert row["value"] == pytest.approx(high.mean()) and row["n"] == 40 and row["threshold"] == 0.5
-    assert row["verdict"] == HOLDS
-    low = JUDGE["mlp_linear"](_mlp(r2=[(a - 0.6, 1.0) for a in high]), CONFIG)
+def test_mlp_linear_is_design_b_against_its_threshold_and_null():
+    row = JUDGE["mlp_linear"](_mlp(), CONFIG)
+    assert row["verdict"] == HOLDS and row["value"] == 0.7 and row["null_value"] == 0.01 and row["value_all"] == 0.65
+    low = JUDGE["mlp_linear"](_mlp(pooled_r2=0.2, pooled_r2_lo=0.1, pooled_r2_hi=0.3), CONFIG)
     assert low["verdict"] == DOES_NOT
-    strict = JUDGE["mlp_linear"](up, ClaimsConfig(n_boot=400, r2_threshold=0.95))
+    straddle = JUDGE["mlp_linear"](_mlp(pooled_r2=0.5, pooled_r2_lo=0.4, pooled_r2_hi=0.6), CONFIG)
+    assert straddle["verdict"] == INCONCLUSIVE
+    # an R² at the level of the shuffled-prompt null never holds, whatever the threshold
+    null_level = _mlp(pooled_r2=0.02, pooled_r2_lo=0.01, pooled_r2_hi=0.03, pooled_r2_null=0.02, pooled_r2_null_q95=0.04)
+    assert JUDGE["mlp_linear"](null_level, ClaimsConfig(n_boot=400, r2_threshold=0.0))["verdict"] == DOES_NOT
+    strict = JUDGE["mlp_linear"](_mlp(), ClaimsConfig(n_boot=400, r2_threshold=0.95))
     assert strict["verdict"] == DOES_NOT and strict["threshold"] == 0.95
 
 
-def test_mlp_scales_heads_needs_an_interval_excluding_zero():
-    rng = np.random.default_rng(2)
-    up = _mlp(betas=[rng.normal(0.0, 1.0, 50), rng.normal(-0.8, 0.1, 50)])
-    row = JUDGE["mlp_scales_heads"](up, CONFIG)
-    second = [r["beta"] for r in up["regression_betas"] if r["head"] == 1]
-    assert row["verdict"] == HOLDS and row["value"] == pytest.approx(np.mean(second))  # the largest |mean beta|
-    assert "L5.H1 (erased)" in row["note"]
-    # The reported head is a scaled one even when an unscaled head has a larger |mean beta|.
-    wide, narrow = rng.normal(1.5, 10.0, 50), rng.normal(0.6, 0.05, 50)
-    mixed = JUDGE["mlp_scales_heads"](_mlp(betas=[wide, narrow]), CONFIG)
-    assert mixed["verdict"] == HOLDS and mixed["value"] == pytest.approx(narrow.mean()) and mixed["lo"] > 0
-    assert "L5.H1 (amplified)" in mixed["note"] and "L5.H0" not in mixed["note"].split("scaled")[1]
-    # A per-column interval would call this head scaled; the simultaneous one over 4 heads does not.
-    se = 0.5 / np.sqrt(50)
-    edge = rng.normal(0.0, 1.0, 50)
-    edge = (edge - edge.mean()) / edge.std(ddof=1) * 0.5 + 2.2 * se  # mean 2.2 se: 1.96 < 2.2 < 2.50
-    others = [np.r_[np.full(25, 0.01), np.full(25, -0.01)] for _ in range(3)]
-    assert JUDGE["mlp_scales_heads"](_mlp(betas=[edge, *others]), ClaimsConfig(n_boot=4000))["verdict"] == INCONCLUSIVE
-    assert JUDGE["mlp_scales_heads"](_mlp(betas=[edge]), ClaimsConfig(n_boot=4000))["verdict"] == HOLDS
-    singular = JUDGE["mlp_scales_heads"](_mlp(betas=[np.full(10, np.nan)]), CONFIG)
-    assert singular["verdict"] == NOT_TESTED
+def test_mlp_scales_heads_needs_a_beta_beyond_the_bound():
+    """Issue 23, finding 3: β = 0.029 with an interval excluding 0 "held"; now |β| must be beyond 0.5."""
+    row = JUDGE["mlp_scales_heads"](_mlp(betas=[(0.029, 0.005), (-1.94, 0.1)]), CONFIG)
+    assert row["verdict"] == HOLDS and row["value"] == -1.94 and row["threshold"] == 0.5
+    assert "120 -> 3" in row["note"]  # the subject's standing before and after the MLP at the head layers
+    tiny = JUDGE["mlp_scales_heads"](_mlp(betas=[(0.029, 0.005), (0.1, 0.05)]), CONFIG)
+    assert tiny["verdict"] == DOES_NOT  # significant but small: the heads pass nearly unscaled
+    unsure = JUDGE["mlp_scales_heads"](_mlp(betas=[(0.6, 0.2)]), CONFIG)
+    assert unsure["verdict"] == INCONCLUSIVE
+    # simultaneous over the set: beyond the bound alone (z 1.96) but not among four heads (z 2.50)
+    edge = (0.5 + 2.2 * 0.1, 0.1)
+    assert JUDGE["mlp_scales_heads"](_mlp(betas=[edge]), CONFIG)["verdict"] == HOLDS
+    assert JUDGE["mlp_scales_heads"](_mlp(betas=[edge] + [(0.0, 0.01)] * 3), CONFIG)["verdict"] == INCONCLUSIVE
+    assert JUDGE["mlp_scales_heads"](_mlp(betas=[(None, None)]), CONFIG)["verdict"] == NOT_TESTED
 
 
-def test_task_push_and_argument_swap():
-    assert JUDGE["task_push"](_mlp(), CONFIG)["verdict"] == HOLDS
-    assert JUDGE["task_push"](_mlp(push=(-0.5, -0.8, -0.2)), CONFIG)["verdict"] == DOES_NOT
-    assert JUDGE["task_push"](_mlp(push=(0.1, -0.2, 0.4)), CONFIG)["verdict"] == INCONCLUSIVE
-    beats = [(True, True, False)] * 20 + [(False, False, False)] * 5  # ineligible rows do not count
-    row = JUDGE["argument_swap"](_mlp(swaps=beats), CONFIG)
-    assert row["verdict"] == HOLDS and row["value"] == 1.0 and row["n"] == 20
-    chance = [(True, True, True)] * 10 + [(True, False, False)] * 10
-    assert JUDGE["argument_swap"](_mlp(swaps=chance), CONFIG)["value"] == 0.0
-    assert JUDGE["argument_swap"](_mlp(swaps=[(False, False, False)]), CONFIG)["verdict"] == NOT_TESTED
+def test_labels_name_sign_reversal():
+    from factrecall.tasks.mlp_regression import beta_label
+
+    assert beta_label(np.array([-1.94, -1.0, -0.2, 0.0, 0.3, np.nan])).tolist() == [
+        "reversed", "erased", "attenuated", "unchanged", "amplified", ""]
+
+
+def test_task_push_is_held_out_and_against_its_null():
+    row = JUDGE["task_push"](_mlp(), CONFIG)
+    assert row["verdict"] == HOLDS and row["threshold"] == 0.5 and row["value_all"] == 0.9
+    assert "chosen on the calibration half" in row["note"] and "MLP output's own push" in row["note"]
+    assert JUDGE["task_push"](_mlp(push=0.1, push_lo=-0.1, push_hi=0.3), CONFIG)["verdict"] == DOES_NOT
+    assert JUDGE["task_push"](_mlp(push=0.03, push_lo=0.01, push_hi=0.05), CONFIG)["verdict"] == DOES_NOT  # null-level
+    assert JUDGE["task_push"](_mlp(push=0.6, push_lo=0.3, push_hi=0.9), CONFIG)["verdict"] == INCONCLUSIVE
     skipped = {"function_application": [{"skipped_reason": "no argument-passing heads"}]}
     assert all(JUDGE[c](skipped, CONFIG)["verdict"] == NOT_TESTED
                for c in ("mlp_linear", "mlp_scales_heads", "task_push", "argument_swap"))
 
 
-def test_final_layer_and_mitigation():
-    s = {"delta_p": -0.1, "delta_p_lo": -0.15, "delta_p_hi": -0.05, "n": 40, "suppressors": ["L29.H3"]}
-    assert JUDGE["final_layer_suppresses"]({"final_layer_summary": [s]}, CONFIG)["verdict"] == HOLDS
-    assert JUDGE["final_layer_suppresses"]({"final_layer_summary": [s | {"delta_p_hi": 0.01}]}, CONFIG)["verdict"] \
-        == INCONCLUSIVE
-    m = {"variant": "heads", "choice": "cost_bounded", "alpha": 0.5, "components": ["L29.H3"], "delta_p": 0.03,
-         "delta_p_lo": 0.01, "delta_p_hi": 0.05, "n_held_out": 20, "note": None}
+def test_argument_swap_can_hold_fail_and_stay_open():
+    """Issue 23, finding 2: 0 successes in 19 eligible prompts was "inconclusive [0, 0]"; now it does not hold."""
+    perfect = JUDGE["argument_swap"](_mlp(swaps=[(True, True, False)] * 20 + [(False, False, False)] * 5), CONFIG)
+    assert perfect["verdict"] == HOLDS and perfect["value"] == 1.0 and perfect["n"] == 20
+    assert perfect["lo"] == pytest.approx(0.839, abs=1e-3)  # Wilson, not the bootstrap's degenerate [1, 1]
+    never = JUDGE["argument_swap"](_mlp(swaps=[(True, False, False)] * 19), CONFIG)
+    assert never["verdict"] == DOES_NOT and never["value"] == 0.0 and never["hi"] == pytest.approx(0.168, abs=1e-3)
+    half = JUDGE["argument_swap"](_mlp(swaps=[(True, True, False)] * 10 + [(True, False, False)] * 10), CONFIG)
+    assert half["verdict"] == INCONCLUSIVE
+    # as often as random head sets: not the heads' argument
+    chance = JUDGE["argument_swap"](_mlp(swaps=[(True, True, True)] * 40 + [(True, False, False)] * 4), CONFIG)
+    assert chance["verdict"] == INCONCLUSIVE and chance["null_value"] == pytest.approx(40 / 44)
+    assert JUDGE["argument_swap"](_mlp(swaps=[(False, False, False)]), CONFIG)["verdict"] == NOT_TESTED
+
+
+def _lens(p_before, p_after, correct):
+    """lens rows of the last two layers (3 and 4) for prompts with the given p and correctness at the output."""
+    rows = []
+    for i, (a, b, c) in enumerate(zip(p_before, p_after, correct)):
+        rows.append({"prompt_id": i, "layer": 3, "p_answer": a, "rank_answer": 0})
+        rows.append({"prompt_id": i, "layer": 4, "p_answer": b, "rank_answer": 0 if c else 2})
+    summary = {"delta_p": float(np.mean(np.array(p_after) - np.array(p_before))), "delta_p_lo": -0.3,
+               "delta_p_hi": -0.1, "n": len(rows) // 2, "suppressors": ["L4.H3"]}
+    return {"lens": rows, "final_layer_summary": [summary]}
+
+
+def test_final_layer_suppression_is_judged_on_correct_prompts():
+    rng = np.random.default_rng(0)
+    before = rng.uniform(0.5, 0.9, 40)
+    correct = np.r_[np.ones(30, dtype=bool), np.zeros(10, dtype=bool)]
+    drop = np.where(correct, -0.1, +0.3) + rng.normal(0, 0.02, 40)  # raises the answer where it is wrong
+    up = _lens(before, before + drop, correct)
+    row = JUDGE["final_layer_suppresses"](up, CONFIG)
+    assert row["verdict"] == HOLDS and row["n"] == 30 and row["n_all"] == 40
+    assert row["value"] == pytest.approx(np.mean(drop[correct])) and row["threshold"] == -0.02
+    small = JUDGE["final_layer_suppresses"](_lens(before, before - 0.005 + rng.normal(0, 0.001, 40), correct), CONFIG)
+    assert small["verdict"] == DOES_NOT  # a null-level drop of half a point is not suppression
+    noisy = JUDGE["final_layer_suppresses"](_lens(before, before - 0.02 + rng.normal(0, 0.05, 40), correct), CONFIG)
+    assert noisy["verdict"] == INCONCLUSIVE
+
+
+def _mitigation_rows(delta, alpha=0.5, components=("L4.H3",)):
+    m = {"variant": "heads", "choice": "cost_bounded", "alpha": alpha, "components": list(components),
+         "delta_p": 0.03, "delta_p_lo": 0.01, "delta_p_hi": 0.05, "n_held_out": 20, "note": None}
+    prompts = [{"variant": "heads", "choice": "cost_bounded", "split": "held_out", "correct_before": True,
+                "p_before": 0.5, "p_after": 0.5 + d} for d in delta]
+    prompts.append({"variant": "heads", "choice": "cost_bounded", "split": "held_out", "correct_before": False,
+                    "p_before": 0.1, "p_after": 0.9})  # not judged: answered wrongly
     other = m | {"variant": "mlp_top1", "delta_p": -1.0, "delta_p_lo": -1.0, "delta_p_hi": -1.0}
-    assert JUDGE["mitigation_raises_confidence"]({"mitigation": [other, m]}, CONFIG)["verdict"] == HOLDS
-    bounded = m | {"alpha": 1.0, "delta_p": 0.0, "delta_p_lo": 0.0, "delta_p_hi": 0.0, "note": "over the cost bound"}
-    row = JUDGE["mitigation_raises_confidence"]({"mitigation": [bounded]}, CONFIG)
+    return {"mitigation": [other, m], "mitigation_prompts": prompts}
+
+
+def test_mitigation_is_judged_only_where_the_last_layer_suppresses():
+    rng = np.random.default_rng(1)
+    suppresses = _lens(np.full(30, 0.6), np.full(30, 0.6) - 0.1 + rng.normal(0, 0.01, 30), np.ones(30, dtype=bool))
+    raises = _lens(np.full(30, 0.4), np.full(30, 0.4) + 0.2 + rng.normal(0, 0.01, 30), np.ones(30, dtype=bool))
+    gain = rng.normal(0.04, 0.01, 20)
+    row = JUDGE["mitigation_raises_confidence"](suppresses | _mitigation_rows(gain), CONFIG)
+    assert row["verdict"] == HOLDS and row["n"] == 20 and row["value"] == pytest.approx(gain.mean())
+    assert row["value_all"] == 0.03
+    # finding 8: where the last layer raises the answer there is nothing to undo
+    row = JUDGE["mitigation_raises_confidence"](raises | _mitigation_rows(gain), CONFIG)
+    assert row["verdict"] == NOT_TESTED and "does not suppress" in row["note"]
+    tiny = JUDGE["mitigation_raises_confidence"](suppresses | _mitigation_rows(rng.normal(0.002, 0.001, 20)), CONFIG)
+    assert tiny["verdict"] == DOES_NOT  # a null-level gain does not hold
+    unsure = JUDGE["mitigation_raises_confidence"](suppresses | _mitigation_rows(rng.normal(0.01, 0.02, 20)), CONFIG)
+    assert unsure["verdict"] == INCONCLUSIVE
+    bounded = suppresses | _mitigation_rows(gain, alpha=1.0)
+    bounded["mitigation"][1]["note"] = "over the cost bound"
+    row = JUDGE["mitigation_raises_confidence"](bounded, CONFIG)
     assert row["verdict"] == DOES_NOT and "over the cost bound" in row["note"]
-    nothing = bounded | {"components": [], "note": "no component suppresses"}
-    row = JUDGE["mitigation_raises_confidence"]({"mitigation": [nothing]}, CONFIG)
-    assert row["verdict"] == NOT_TESTED and "no component suppresses" in row["note"]
-    few = m | {"n_held_out": 4}
-    row = JUDGE["mitigation_raises_confidence"]({"mitigation": [few]}, CONFIG)
-    assert row["verdict"] == INCONCLUSIVE and "only 4 prompts" in row["note"]
+    nothing = suppresses | _mitigation_rows(gain, alpha=1.0, components=())
+    assert JUDGE["mitigation_raises_confidence"](nothing, CONFIG)["verdict"] == NOT_TESTED
     assert JUDGE["mitigation_raises_confidence"]({"mitigation": []}, CONFIG)["verdict"] == NOT_TESTED
 
 
@@ -246,3 +345,13 @@ def test_shipped_specs_load():
                                path=bf16.path, text=bf16.text) == bf16
     with pytest.raises(SpecError, match="paper-quick"):
         load_spec("paper-slow")
+
+
+@pytest.mark.parametrize("k, n", [(0, 19), (20, 20), (7, 30), (1, 3)])
+def test_wilson_interval_matches_scipy(k, n):
+    import scipy.stats
+
+    from factrecall.tasks.intervals import wilson_interval
+
+    ref = scipy.stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    assert wilson_interval(k, n) == (pytest.approx(ref.low, abs=1e-12), pytest.approx(ref.high, abs=1e-12))

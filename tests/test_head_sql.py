@@ -46,8 +46,10 @@ def name(l: int, h: int) -> str:
 
 
 def _table(table: str, cols: dict) -> pa.Table:
+    """``table``'s rows from columns; a column not given is null (newer statistics the queries here do not test)."""
     sch = SCHEMAS[table]
-    return pa.Table.from_arrays([pa.array(cols[f.name], f.type) for f in sch], schema=sch)
+    n = len(next(iter(cols.values())))
+    return pa.Table.from_arrays([pa.array(cols.get(f.name, [None] * n), f.type) for f in sch], schema=sch)
 
 
 def _logits(n: int, rng) -> pa.Table:

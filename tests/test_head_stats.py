@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -15,6 +17,8 @@ from factrecall.tasks.head_stats import (
     jaccard,
     logit_lens_rank,
     pearson,
+    attention_targets,
+    copy_auc,
     select_head_set,
 )
 from factrecall.tasks.intervals import bootstrap_indices
@@ -92,7 +96,8 @@ def test_noise_only_head_effects_give_no_head_set():
     attention = rng.uniform(0, 1, (L, H))
     hs = select_head_set(effect.reshape(L, H), attention, HeadSetRule(), hi.reshape(L, H))
     assert (effect < 0).sum() > 50  # plenty of negative noise an unfiltered rule would have taken
-    assert select_head_set(effect.reshape(L, H), attention, HeadSetRule()).heads  # the unfiltered rule does
+    # the unfiltered rule (no significance, no minimum effect) does
+    assert select_head_set(effect.reshape(L, H), attention, HeadSetRule(min_effect=0.0)).heads
     assert hs.heads == [] and not hs.significant.any()
 
 
@@ -124,6 +129,43 @@ def test_head_set_rule_on_hand_made_effects():
     assert select_head_set(effect, attention, HeadSetRule(coverage=1.0)).heads == [(1, 0), (0, 3), (0, 0), (1, 1)]
     # flipped signs: the only negative heads (L0H2, L1H3) attend below their layer median
     assert select_head_set(-effect, attention).heads == []
+
+
+def test_attention_sinks_and_tiny_effects_are_not_argument_passers():
+    """Issue 23, finding 7: a head whose largest attention target is position 0 (a sink) in most prompts passes the
+    median and floor with 0.25 on S, and a last-layer head moving M by -0.15% is significant on many prompts; neither
+    may enter the set."""
+    effect = np.array([[-20.0, -0.15, 0.0, 0.0], [-8.0, 0.0, 0.0, 0.0]])
+    hi = np.array([[-10.0, -0.05, 1.0, 1.0], [-4.0, 1.0, 1.0, 1.0]])  # all three significantly below 0
+    attention = np.array([[0.25, 0.3, 0.01, 0.01], [0.4, 0.01, 0.01, 0.01]])
+    subject_top = np.array([[0.1, 0.9, 0.0, 0.0], [0.8, 0.0, 0.0, 0.0]])  # L0.H0: a sink (argmax 0 mostly)
+    rule = HeadSetRule()
+    assert select_head_set(effect, attention, rule, hi, subject_top).heads == [(1, 0)]
+    # without the sink rule and the minimum effect the old rule took both
+    loose = HeadSetRule(min_effect=0.0)
+    assert select_head_set(effect, attention, loose, hi).heads[:1] == [(0, 0)]
+    assert (0, 1) in select_head_set(effect, attention, dataclasses.replace(loose, coverage=1.0), hi).heads
+    assert (0, 1) not in select_head_set(effect, attention, dataclasses.replace(rule, coverage=1.0), hi,
+                                         subject_top).heads
+
+
+def test_attention_targets_find_the_subject_and_the_sink():
+    rows = [[0.7, 0.1, 0.15, 0.05],  # position 0 is the largest target: a sink
+            [0.1, 0.2, 0.6, 0.1],  # the subject (positions 1-2) holds the largest weight
+            [0.2, 0.3, 0.1, 0.4]]  # END itself (position 3)
+    top, sink = attention_targets(rows, [(1, 2)] * 3)
+    assert top.tolist() == [False, True, False] and sink.tolist() == [True, False, False]
+
+
+def test_copy_auc_ranks_the_own_subject_among_the_others():
+    # 2 prompts x 1 head x 4 subject tokens; prompt 0's own token (index 1) beats all 3 others, prompt 1's (index 3)
+    # beats one of three and ties one
+    lens = np.array([[[1.0, 9.0, 2.0, 3.0]], [[5.0, 1.0, 2.0, 2.0]]])
+    auc = copy_auc(lens, np.array([1, 3]))
+    assert auc[:, 0].tolist() == [1.0, pytest.approx((1 + 0.5) / 3)]
+    noise = np.random.default_rng(0).normal(size=(4000, 1, 30))  # no preference: 0.5 on average (the null)
+    assert copy_auc(noise, np.zeros(4000, dtype=int)).mean() == pytest.approx(0.5, abs=0.01)
+    assert np.isnan(copy_auc(lens[:, :, :1], np.array([0, 0]))).all()  # one subject token: nothing to compare
 
 
 def test_jaccard():

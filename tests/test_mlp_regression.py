@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from factrecall.tasks.mlp_regression import beta_label, fit_per_prompt, fit_pooled, task_component
+from factrecall.tasks.mlp_regression import (
+    beta_label,
+    fit_per_prompt,
+    fit_pooled,
+    pooled_bootstrap,
+    push_against_null,
+    task_component,
+)
 
 RNG = np.random.default_rng(0)
 N, H, D = 40, 5, 64
@@ -68,5 +75,49 @@ def test_singular_designs_are_reported_not_crashed_on():
 
 
 def test_labels_follow_the_thresholds():
-    assert beta_label(np.array([-1.0, -0.5, -0.49, 0.0, 0.01, np.nan])).tolist() == [
-        "erased", "erased", "attenuated", "unchanged", "amplified", ""]
+    assert beta_label(np.array([-1.6, -1.5, -1.0, -0.5, -0.49, 0.0, 0.01, np.nan])).tolist() == [
+        "reversed", "erased", "erased", "erased", "attenuated", "unchanged", "amplified", ""]
+
+
+def test_design_b_bootstrap_equals_refitting_each_resample_and_the_null_each_permutation():
+    """The sufficient-statistics bootstrap and the shuffled-prompt null against plain refits (fit_pooled) of the
+    resampled and permuted data."""
+    from factrecall.tasks.intervals import bootstrap_indices
+
+    n, h, d = 12, 3, 16
+    o = RNG.normal(size=(n, h, d))
+    m = np.einsum("h,nhd->nd", BETA[:h], o) + RNG.normal(size=d) + RNG.normal(0, 2.0, size=(n, d))
+    boot = pooled_bootstrap(o, m, n_boot=25, seed=4)
+    for b, idx in enumerate(bootstrap_indices(n, 25, 4)):
+        ref = fit_pooled(o[idx], m[idx])
+        np.testing.assert_allclose(boot.beta_draws[b], ref.beta, atol=1e-9)
+        np.testing.assert_allclose(boot.r2_draws[b], ref.r2, atol=1e-9)
+    rng = np.random.default_rng(5)
+    for k in range(25):
+        perm = rng.permutation(n)
+        np.testing.assert_allclose(boot.null_r2[k], fit_pooled(o, m[perm]).r2, atol=1e-9)
+    assert np.quantile(boot.null_r2, 0.95) < boot.fit.r2 < boot.r2_draws.max()
+
+
+def test_design_b_r2_of_unrelated_outputs_is_at_its_null():
+    o = RNG.normal(size=(30, 4, 64))
+    m = RNG.normal(size=(30, 64))  # MLP outputs unrelated to the heads'
+    boot = pooled_bootstrap(o, m, n_boot=200, seed=0)
+    assert boot.fit.r2 < 0.02 and boot.fit.r2 <= np.quantile(boot.null_r2, 0.99)
+
+
+def test_push_against_null_matches_its_definition():
+    rng = np.random.default_rng(2)
+    n, k = 7, 4
+    dla = rng.normal(size=(n, k))
+    answer = np.array([0, 1, 1, 2, 3, 3, 3])  # unbalanced: object 3 is the answer of three prompts
+    push, null = push_against_null(dla, answer)
+    for p in range(n):
+        push_to = lambda a: dla[p, a] - np.mean([dla[p, j] for j in range(k) if j != a])  # noqa: E731
+        assert push[p] == pytest.approx(push_to(answer[p]))
+        assert null[p] == pytest.approx(np.mean([push_to(answer[q]) for q in range(n) if q != p]))
+    # a component favouring object 3 whatever the prompt: its push is not answer-specific, push - null ~ 0 on average
+    frequent = np.tile([0.0, 0.0, 0.0, 2.0], (n, 1))
+    p3, n3 = push_against_null(frequent, answer)
+    assert (p3 - n3)[answer == 3].mean() > 0 > (p3 - n3)[answer != 3].mean()
+    assert abs((p3 - n3).mean()) < abs(p3.mean())

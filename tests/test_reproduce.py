@@ -16,7 +16,7 @@ from factrecall.cli import app
 from factrecall.storage.query import connect
 from factrecall.storage.report import write_report
 from factrecall.tasks.claims import CLAIMS
-from tiny_models import save_tiny_model_dir, tiny_spec
+from tiny_models import every_prompt_answered, save_tiny_model_dir, tiny_spec
 
 pytestmark = pytest.mark.flow
 runner = CliRunner()
@@ -34,7 +34,9 @@ def reproduced(tmp_path_factory):
     model_dir = save_tiny_model_dir("llama", tmp / "tiny-llama")
     spec = tiny_spec(tmp / "tiny.toml", model_dir)
     root = tmp / "store"
-    first, second = _reproduce(spec, root), _reproduce(spec, root)
+    with pytest.MonkeyPatch.context() as mp:
+        every_prompt_answered(mp)  # random weights answer nothing: no claim would be tested (the reruns reuse these)
+        first, second = _reproduce(spec, root), _reproduce(spec, root)
     return root, spec, model_dir, first, second
 
 

@@ -118,3 +118,23 @@ name = "paper.capital"
 domain = "factual"
 {tolerance}""")
     return str(path)
+
+
+def every_prompt_answered(mp) -> None:
+    """Test seam: treat every prompt as answered correctly. Claims are judged on the prompts a model answers
+    (docs/METHOD.md §10) and random weights answer none, so without this every claim of a tiny model is "not
+    tested"; with it the analyses and rules run on every prompt. ``mp``: a pytest MonkeyPatch (in-process only)."""
+    import numpy as np
+
+    from factrecall.tasks import claims, heads_stage, mlp_stage
+
+    everyone = lambda capture, n: np.ones(n, dtype=bool)  # noqa: E731
+    mp.setattr(heads_stage, "correct_prompts", everyone)
+    mp.setattr(mlp_stage, "correct_prompts", everyone)
+    real = claims._last_layer_deltas
+
+    def deltas(up):
+        out = real(up)
+        return None if out is None else (out[0], np.ones_like(out[1]))
+
+    mp.setattr(claims, "_last_layer_deltas", deltas)

@@ -3,7 +3,7 @@
 CREATE VIEW published AS SELECT * FROM _published;
 CREATE VIEW claims AS
 SELECT model, relation, domain, shot, result_id, claim, step, statistic, value, lo, hi, n, threshold, verdict, note,
-       source_result_id
+       source_result_id, null_value, value_all, lo_all, hi_all, n_all
 FROM _published;
 CREATE VIEW models AS
 SELECT model, any_value(family) AS family, any_value(dtype) AS dtype, any_value(params) AS params,

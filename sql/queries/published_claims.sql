@@ -6,6 +6,7 @@
 -- input hash, stage version, code digest, settings, run and the code version of that run).
 SELECT c.model, m.family, m.dtype, m.params, r.model_sha256, c.relation, c.domain, r.relation_hash, c.shot,
        c.step, c.claim, c.statistic, c.value, c.lo, c.hi, c.n, c.threshold, c.verdict, c.note,
+       c.null_value, c.value_all, c.lo_all, c.hi_all, c.n_all,
        c.result_id, c.source_result_id, r.input_hash, r.stage_version, r.code_digest, r.max_prompts, r.seed,
        r.run_id, u.code_version, r.committed_at
 FROM claims c
