@@ -190,7 +190,7 @@ def _summary(r: HeadsResult) -> pa.Table:
                 effect_all_pct=float(a_eff[k]), effect_all_lo=float(a_lo[k]), effect_all_hi=float(a_hi[k]),
                 effect_relation_pct=num(r.effect_relation_pct[k]) if r.effect_relation_pct is not None else None,
                 copy_auc=num(c_mean[k]), copy_auc_lo=num(c_lo[k]), copy_auc_hi=num(c_hi[k]), copy_n=int(c_n),
-                copy_auc_all=num(r.copy_all[k]), subject_top_share=float(r.subject_top[k]),
+                copy_auc_all=num(r.copy_all[k]), subject_top_share=num(r.subject_top[k]),
                 sink_share=float(r.sink_top[k]),
                 attention_passes=bool(r.head_set.above_median[l, h]),
                 in_head_set=(l, h) in order, set_order=order.get((l, h)),

@@ -21,12 +21,12 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("in_head_set", pa.bool_()),
     ]),
     # Per clean prompt and analysed layer: design A's fit, the subject's standing, and the task-aware component c
-    # (design B's betas from the judged prompts' calibration half, METHOD.md §6) through the logit lens.
+    # (design B's betas from the other half of the judged prompts: out of fold, METHOD.md §6) through the logit lens.
     "regression_prompts": pa.schema([
         _f("prompt_id", pa.int32()),
         _f("layer", pa.int16()),
         _f("correct", pa.bool_()),  # a judged prompt (the model answers it correctly)
-        _f("split", pa.string()),  # "calibration" | "held_out" among the judged prompts; null otherwise
+        _f("split", pa.string()),  # "a" | "b": the judged prompt's half (c comes from the other's fit); null otherwise
         _f("intercept", pa.float64()),
         _f("r2", pa.float64()),
         _f("rank", pa.int32()),  # rank of the [d, H+1] design
@@ -74,7 +74,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("n_singular", pa.int32()),
         _f("n_judged", pa.int32()),
         _f("holds_head_set_head", pa.bool_()),
-        _f("best_layer", pa.bool_()),  # the strongest calibration-half push of the judged prompts
+        _f("best_layer", pa.bool_()),  # half A's choice: the strongest push of its own fit over its own prompts
+        _f("best_layer_b", pa.bool_()),  # half B's choice
         _f("median_r2", pa.float64()),  # design A
         _f("r2_q25", pa.float64()),
         _f("r2_q75", pa.float64()),
@@ -85,8 +86,9 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("pooled_r2_null_q95", pa.float64()),
         _f("pooled_singular", pa.bool_()),
         _f("pooled_r2_all", pa.float64()),  # design B on every prompt
-        *ci("push"),  # c's push minus its null, judged prompts
-        *ci("push_calibration"),  # the same on the calibration half (chooses the best layer)
+        *ci("push"),  # the out-of-fold c's push minus its null, judged prompts
+        *ci("push_in_a"),  # half A's own fit on its own prompts (chooses its layer)
+        *ci("push_in_b"),
         *ci("push_mlp"),  # the MLP output's push minus its null
         _f("answer_top1_share_in_c", pa.float64()),
         _f("answer_top1_share_resid", pa.float64()),  # answer top-1 in the lens of the residual leaving the layer
@@ -122,7 +124,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("layers", list_of(pa.int16())),  # analysed: the first head-set layer to the last layer
         _f("n_prompts", pa.int32()),
         _f("n_correct", pa.int32()),  # judged prompts
-        _f("best_layer", pa.int16()),  # chosen on the calibration half of the judged prompts
+        _f("best_layer", pa.int16()),  # chosen by half A of the judged prompts (half B's prompts are judged there)
+        _f("best_layer_b", pa.int16()),  # chosen by half B (half A's prompts are judged there)
         _f("best_layer_all", pa.int16()),  # the same over every prompt
         _f("answer_appears_layer", pa.int16()),  # first layer where the answer is top-1 in c's lens for >= half
         _f("residual_top1_layer", pa.int16()),  # same in the lens of the whole residual leaving the layer
@@ -133,13 +136,13 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("pooled_r2_null_q95", pa.float64()),
         _f("pooled_r2_n", pa.int32()),
         _f("pooled_r2_all", pa.float64()),  # the same over every prompt (point estimate)
-        *ci("push"),  # held-out judged prompts at the best layer: c's push minus its shuffled-prompt null
+        *ci("push"),  # judged prompts, each at its other half's layer: out-of-fold c's push minus its null
         _f("push_n", pa.int32()),
         _f("push_raw", pa.float64()),  # c's push alone
         _f("push_null", pa.float64()),  # its null alone
         *ci("push_mlp"),  # the MLP output's push minus its null, same prompts and layer
         *ci("push_intercept"),  # design B's shared intercept's push minus its null
-        *ci("push_all"),  # the whole analysis over every prompt (its own split and best layer)
+        *ci("push_all"),  # the whole analysis over every prompt (its own halves and layers)
         _f("push_all_n", pa.int32()),
         _f("removal_n", pa.int32()),
         _f("removal_p_before", pa.float64()),

@@ -141,10 +141,13 @@ def _argument_heads(up: dict, config) -> dict:
         return _row(threshold=bound, note="no head statistics")
     attending = [r for r in summary if r["attention_passes"]]
     if sets["n_heads"]:
-        head = next(r for r in summary if r["set_order"] == 1)
-        verdict = HOLDS if head["effect_simul_hi"] < bound else INCONCLUSIVE
+        in_set = sorted((r for r in summary if r["set_order"] is not None), key=lambda r: r["set_order"])
+        beyond = [r for r in in_set if r["effect_simul_hi"] < bound]  # simultaneous intervals: any may decide
+        head = beyond[0] if beyond else in_set[0]
+        verdict = HOLDS if beyond else INCONCLUSIVE
         note = (f"head set {', '.join(sets['heads'])}; L{head['layer']}.H{head['head']}'s effect is "
-                + ("beyond" if verdict == HOLDS else "not significantly beyond") + f" {bound:g}%")
+                + ("beyond" if verdict == HOLDS else "not significantly beyond") + f" {bound:g}%"
+                + ("" if verdict == HOLDS else " (nor is any other set head's)"))
     elif attending and all(r["effect_simul_lo"] > bound for r in attending):
         head = min(attending, key=lambda r: r["effect_simul_lo"])
         verdict, note = DOES_NOT, (f"no head that attends to the subject (of {len(attending)}) can move M by "
@@ -172,7 +175,7 @@ def _heads_copy_subject(up: dict, config) -> dict:
                f"{r['pearson_r']:.2f} [{_fmt(r['r_lo'])}, {_fmt(r['r_hi'])}]")
     return _row(r["copy_auc"], r["copy_auc_lo"], r["copy_auc_hi"], r["copy_n"], config.copy_threshold, verdict,
                 f"L{r['layer']}.H{r['head']}: mean attention END->S {r['mean_attn_to_s']:.3f}, the subject its "
-                f"largest target in {r['subject_top_share']:.0%}; Pearson r (attention vs DLA onto the subject, "
+                f"largest target in {_pct(r['subject_top_share'])}; Pearson r (attention vs DLA onto the subject, "
                 f"secondary) {pearson}", null=0.5, value_all=r.get("copy_auc_all"),
                 n_all=_minus(up["head_sets"][0].get("n_prompts"), up["head_sets"][0].get("n_answer_in_subject")))
 
@@ -243,8 +246,11 @@ def _task_push(up: dict, config) -> dict:
         return _row(threshold=config.push_bound, note=gate)
     fa = up["function_application"][0]
     if fa.get("push") is None:
-        return _row(threshold=config.push_bound, note="no held-out prompt with a task-aware component")
-    note = (f"best layer {fa['best_layer']} (chosen on the calibration half); c's push {_fmt(fa.get('push_raw'))} "
+        reason = ("the prompts have fewer than 2 distinct answers: no answer-specific push" if fa.get("push_raw") is None
+                  and fa.get("push_mlp") is None else "no prompt with a task-aware component (singular design)")
+        return _row(threshold=config.push_bound, note=reason)
+    note = (f"layers {fa['best_layer']} and {fa.get('best_layer_b')} (each chosen by one half of the prompts, the "
+            f"other half judged there); c's push {_fmt(fa.get('push_raw'))} "
             f"against its shuffled-prompt null {_fmt(fa.get('push_null'))}; the MLP output's own push minus null "
             f"{_fmt(fa.get('push_mlp'))} [{_fmt(fa.get('push_mlp_lo'))}, {_fmt(fa.get('push_mlp_hi'))}]; the shared "
             f"intercept's {_fmt(fa.get('push_intercept'))}")
@@ -280,7 +286,9 @@ def _argument_swap(up: dict, config) -> dict:
 
 # -- step 4 ----------------------------------------------------------------------------------------------
 def _last_layer_deltas(up: dict) -> tuple[np.ndarray, np.ndarray] | None:
-    """Per prompt Δp(answer) across the last layer and whether the prompt is answered correctly, from ``lens``."""
+    """Per prompt Δp(answer) across the last layer and whether the model knows the answer there: it is top-1
+    entering or leaving the last layer (selecting on the output alone would drop the prompts the last layer
+    pushed off top-1, the suppression the claim is about), from ``lens``."""
     lens = up.get("lens", [])
     if not lens:
         return None
@@ -291,7 +299,7 @@ def _last_layer_deltas(up: dict) -> tuple[np.ndarray, np.ndarray] | None:
             by.setdefault(r["prompt_id"], {})[r["layer"]] = r
     pids = sorted(p for p, v in by.items() if len(v) == 2)
     delta = np.array([by[p][last]["p_answer"] - by[p][last - 1]["p_answer"] for p in pids], dtype=np.float64)
-    correct = np.array([by[p][last]["rank_answer"] == 0 for p in pids])
+    correct = np.array([by[p][last]["rank_answer"] == 0 or by[p][last - 1]["rank_answer"] == 0 for p in pids])
     return delta, correct
 
 
@@ -309,8 +317,8 @@ def _final_layer_suppresses(up: dict, config) -> dict:
     f = mean_ci_fields("d", delta[correct], config.n_boot, config.seed)
     return _row(f["d"], f["d_lo"], f["d_hi"], int(correct.sum()), bound,
                 interval_verdict(f["d_lo"], f["d_hi"], bound, "below"),
-                f"suppressors: {', '.join(s['suppressors']) or 'none'}; judged on the prompts the model answers "
-                f"correctly (a prompt the last layer pushed off top-1 is left out: a holds is conservative)",
+                f"suppressors: {', '.join(s['suppressors']) or 'none'}; judged on the prompts whose answer is top-1 "
+                f"entering or leaving the last layer",
                 null=0.0, **alls)
 
 
@@ -342,6 +350,10 @@ def _mitigation_raises_confidence(up: dict, config, suppression: dict | None = N
                 null=0.0, **alls)
 
 
+def _pct(x) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.0%}"
+
+
 def _minus(a, b):
     return None if a is None or b is None else a - b
 
@@ -367,9 +379,9 @@ def judge_all(up: dict, config) -> list[tuple["Claim", dict]]:
 
 CLAIMS: tuple[Claim, ...] = (
     Claim("argument_heads", 1, "Argument-passing heads exist",
-          "path-patching effect% of the head set's first head (simultaneous 95% interval over all heads), prompts "
-          "answered correctly",
-          "holds: the head set is non-empty and its first head's interval lies below -min_effect; does not: every "
+          "path-patching effect% of the first head-set head whose interval lies below -min_effect (else of the set's "
+          "first head; simultaneous 95% interval over all heads), prompts answered correctly",
+          "holds: the head set is non-empty and a set head's interval lies below -min_effect; does not: every "
           "head that passes the attention filter (median, floor, the subject its largest target) has its interval "
           "above -min_effect; null: 0 (no effect)", "heads", _argument_heads),
     Claim("heads_copy_subject", 1, "They copy the subject to the last token",
@@ -389,9 +401,9 @@ CLAIMS: tuple[Claim, ...] = (
           "that); does not: every set head's interval lies within ±beta_bound; null: 0 (the head passes unscaled)",
           "mlp", _mlp_scales_heads),
     Claim("task_push", 3, "A task-aware MLP component pushes the answer",
-          "push of c = m - Σβ_B o (design B from the calibration half) toward the answer over the relation's other "
-          "objects, minus the same c's push toward the other prompts' answers, at the layer chosen on the "
-          "calibration half; held-out prompts answered correctly (95% interval)",
+          "push of c = m - Σβ_B o toward the answer over the relation's other objects, minus the same c's push toward "
+          "the other prompts' answers (2-fold cross-fitted: each half's c and layer come from the other half), "
+          "prompts answered correctly (95% interval)",
           "holds: the interval lies above push_bound; does not: below it; null: 0 (c does not follow the prompt's "
           "own answer)", "mlp", _task_push),
     Claim("argument_swap", 3, "Swapping the heads' argument swaps the answer",
@@ -400,7 +412,7 @@ CLAIMS: tuple[Claim, ...] = (
           "holds: the interval lies above swap_threshold and above the chance rate's interval (random head sets); "
           "does not: it lies below swap_threshold or below the chance rate's interval", "mlp", _argument_swap),
     Claim("final_layer_suppresses", 4, "The final layer suppresses the answer",
-          "Δp(answer) across the last layer, prompts answered correctly (95% interval)",
+          "Δp(answer) across the last layer, prompts whose answer is top-1 entering or leaving it (95% interval)",
           "holds: the interval lies below -suppression_bound; does not: above it; null: 0", "final_layer",
           _final_layer_suppresses),
     Claim("mitigation_raises_confidence", 4, "Undoing the suppression raises held-out confidence",

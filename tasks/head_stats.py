@@ -132,7 +132,7 @@ def passes_attention(attention: np.ndarray, rule: HeadSetRule, subject_top: np.n
     """`[L, H]` bool: the rule's attention filter on mean `attention [L, H]` (END -> S) and the share
     `subject_top [L, H]` of prompts whose largest attention target is a subject token (None: not checked)."""
     above = (attention > np.median(attention, axis=1, keepdims=True)) & (attention >= rule.attention_floor)
-    return above if subject_top is None else above & (subject_top >= rule.subject_top_share)
+    return above if subject_top is None else above & (np.nan_to_num(subject_top, nan=-1.0) >= rule.subject_top_share)
 
 
 def select_head_set(effect: np.ndarray, attention: np.ndarray, rule: HeadSetRule = HeadSetRule(),
@@ -164,13 +164,15 @@ def select_head_set(effect: np.ndarray, attention: np.ndarray, rule: HeadSetRule
 def attention_targets(attn_rows: list, subject_span: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
     """Per attention row (END -> every position of one prompt, one head) whether a subject token is its largest
     target, and whether position 0 (BOS or the first token: the usual sink) is. `subject_span[i]` is the
-    (first, last) subject position of row i's prompt. Returns two bool arrays `[rows]`."""
-    top = np.zeros(len(attn_rows), dtype=bool)
+    (first, last) subject position of row i's prompt. Position 0 counts as the sink, never as the subject: a
+    subject that starts the prompt (a subject-first template at zero shots without BOS) is its tokens after
+    position 0, and a subject that is position 0 alone cannot be told from the sink (NaN). Returns a float array
+    `[rows]` (1, 0 or NaN) and a bool array `[rows]`."""
+    top = np.zeros(len(attn_rows), dtype=np.float64)
     sink = np.zeros(len(attn_rows), dtype=bool)
     for i, (row, (a, b)) in enumerate(zip(attn_rows, subject_span)):
-        w = np.asarray(row, dtype=np.float64)
-        k = int(np.argmax(w))
-        top[i] = a <= k <= b
+        k = int(np.argmax(np.asarray(row, dtype=np.float64)))
+        top[i] = np.nan if b < 1 else float(max(a, 1) <= k <= b)
         sink[i] = k == 0
     return top, sink
 
@@ -186,7 +188,7 @@ def copy_auc(lens_subjects: np.ndarray, own_index: np.ndarray) -> np.ndarray:
         return np.full(lens_subjects.shape[:-1], np.nan)
     own = np.take_along_axis(lens_subjects, own_index.reshape((n,) + (1,) * (lens_subjects.ndim - 1)), -1)
     below = (lens_subjects < own).sum(-1) + 0.5 * ((lens_subjects == own).sum(-1) - 1)
-    return below / (S - 1)
+    return np.where(np.isnan(own[..., 0]), np.nan, below / (S - 1))
 
 
 def jaccard(a: set, b: set) -> float:

@@ -9,6 +9,7 @@ patching needs the model (corrupted-prompt means and END-only re-runs, see ``tas
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -260,7 +261,10 @@ def compute(inp: StageInput) -> Iterator[HeadsResult]:
     not_in = ~in_subject
     copy_all = flat(copy, not_in).mean(0) if not_in.any() else np.full(L * H, np.nan)
     basis = judged if nj else np.ones(n, dtype=bool)  # attention shares of the judged prompts (all when none)
-    subject_top, sink_top = top[basis].mean(0), sink[basis].mean(0)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a head whose every row is undecidable: NaN, fails
+        subject_top = np.nanmean(top[basis], 0)
+    sink_top = sink[basis].mean(0)
     mean_attn = attn[basis].mean(0)
     if nj >= MIN_N:
         head_set = select_head_set(effect.reshape(L, H), mean_attn, rule, simul_hi.reshape(L, H), subject_top)

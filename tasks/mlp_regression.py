@@ -118,6 +118,15 @@ class PooledBootstrap:
     null_r2: np.ndarray
 
 
+def _gram_full_rank(xtx: torch.Tensor, rel_tol: float = 1e-7) -> torch.Tensor:
+    """`[B]` bool: each Gram matrix X'X `[B, H, H]` has full rank: X's smallest singular value (the square root of
+    X'X's smallest eigenvalue) is above ``rel_tol`` times its largest. Eigenvalues of X'X carry an error of about
+    eps times the largest, so singular values of X below about sqrt(eps) = 1.5e-8 of the largest cannot be told from
+    0 through X'X: the test is that much stricter than ``fit_pooled``'s on X itself, never looser."""
+    ev = torch.linalg.eigvalsh(xtx).clamp(min=0).sqrt()  # ascending singular values of X
+    return (ev[..., -1] > 0) & (ev[..., 0] > rel_tol * ev[..., -1])
+
+
 def pooled_bootstrap(heads, mlp, n_boot: int, seed: int, chunk: int = 100) -> PooledBootstrap:
     """Design B (``fit_pooled``) with bootstrap draws and the shuffled-prompt null (float64).
 
@@ -146,25 +155,24 @@ def pooled_bootstrap(heads, mlp, n_boot: int, seed: int, chunk: int = 100) -> Po
         xtx = torch.einsum("bn,nhk->bhk", wb, G) - torch.einsum("bhd,bkd->bhk", s_o, s_o) / W
         xty = wb @ g - torch.einsum("bhd,bd->bh", s_o, s_m) / W
         sst = wb @ mm - (s_m * s_m).sum(1) / W
-        ok = torch.linalg.matrix_rank(xtx) == H
+        ok = _gram_full_rank(xtx)
         beta = torch.full_like(xty, float("nan"))
         if ok.any():
             beta[ok] = torch.linalg.solve(xtx[ok], xty[ok][:, :, None])[:, :, 0]
         beta_draws[a : a + chunk] = beta
         r2_draws[a : a + chunk] = torch.where(ok & (sst > 0), (xty * beta).sum(1) / sst, float("nan"))
     null = torch.full((n_boot,), float("nan"), dtype=torch.float64)
-    if not fit.singular and n > 1:
-        o_mean, m_mean = o.mean(0), m.mean(0)
-        xtx = torch.einsum("nhk->hk", G) - n * o_mean @ o_mean.T
+    o_mean, m_mean = o.mean(0), m.mean(0)
+    xtx = torch.einsum("nhk->hk", G) - n * o_mean @ o_mean.T
+    sst = float(mm.sum() - n * (m_mean * m_mean).sum())
+    if not fit.singular and n > 1 and sst > 0 and bool(_gram_full_rank(xtx[None])[0]):
         cross = torch.einsum("phd,qd->pqh", o, m)  # [n, n, H]: O_p m_q
         base = n * (o_mean @ m_mean)
-        sst = float(mm.sum() - n * (m_mean * m_mean).sum())
-        inv = torch.linalg.inv(xtx)
         rng = np.random.default_rng(seed + 1)
         perms = torch.from_numpy(np.stack([rng.permutation(n) for _ in range(n_boot)]))  # [P, n]
         xty = cross[torch.arange(n)[None, :], perms].sum(1) - base  # [P, H]
-        if sst > 0:
-            null = torch.einsum("ph,hk,pk->p", xty, inv, xty) / sst
+        beta = torch.linalg.solve(xtx, xty.T).T  # [P, H]
+        null = (xty * beta).sum(1) / sst
     return PooledBootstrap(fit, beta_draws.numpy(), r2_draws.numpy(), null.numpy())
 
 

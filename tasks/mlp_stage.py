@@ -22,7 +22,7 @@ import torch
 
 from . import plots
 from .capture import capture_batch
-from .end_edits import end_logits_with_edits, top1_after_end
+from .end_edits import end_logits_with_edits, top1_after_end, z_after_end
 from .head_stats import logit_lens_rank
 from .heads_stage import HeadsConfig
 from .intervals import mean_ci_fields, wilson_interval
@@ -135,9 +135,11 @@ def argument_swap(lm: LoadedModel, relation: Relation, clean: list[TokenizedProm
     seeded) gives the chance rate.
 
     The prediction is read at the *decision token*: the first token where X's and X''s objects differ, after
-    their common prefix fed as given (k = 0 when their first tokens differ: the first token). ``decision`` is k
-    (-1: one object's tokens are a prefix of the other's, undecidable); ``top1_*`` are `[n, k+1]`-long lists of
-    top-1 tokens at END .. END + k before, after the set swap and after the random swap.
+    their common prefix of k tokens fed as given (k = 0 when their first tokens differ: the first token); the set
+    heads are replaced at END and at each of those k positions, by their values in the twin's run with the same
+    prefix fed after it. ``decision`` is k (-1: one object's tokens are a prefix of the other's, undecidable);
+    ``top1_*`` are `[n, k+1]`-long lists of top-1 tokens at END .. END + k before, after the set swap and after the
+    random swap.
     `twins[i]` is clean[i]'s twin; with twins == clean nothing changes.
     """
     swap_prompts = [dataclasses.replace(c.prompt, object=_object_of(relation, t.prompt.query_subject))
@@ -157,16 +159,19 @@ def argument_swap(lm: LoadedModel, relation: Relation, clean: list[TokenizedProm
     out = {key: [None] * n for key in ("top1_before", "top1_after", "top1_random")}
     for idx, batch in length_sorted_batches(clean, batch_size):
         k = [max(0, int(decision[i])) for i in idx]
-        seqs = [list(p.input_ids) + list(p.object_token_ids[: k[j]]) for j, p in enumerate(batch)]
+        K = max(k) + 1
+        prefix = [list(p.object_token_ids[: k[j]]) for j, p in enumerate(batch)]  # the objects' common prefix
+        seqs = [list(p.input_ids) + prefix[j] for j, p in enumerate(batch)]
         end = [p.end_pos for p in batch]
-        twin = capture_batch(lm.model, lm.adapter, lm.dims, [list(twins[i].input_ids) for i in idx], lm.pad_id)
-        z_twin = twin.z.reshape(len(idx), L, H, dh)
+        # the twin's heads at END and at each token of the common prefix, the prefix fed after the twin prompt
+        z_twin = z_after_end(lm, [list(twins[i].input_ids) + prefix[j] for j, i in enumerate(idx)],
+                             [twins[i].end_pos for i in idx], K).reshape(len(idx), K, L, H, dh)
         random_mask = torch.zeros(len(idx), L, H, dtype=torch.bool)
         for row, i in enumerate(idx):
             random_mask[row].view(-1)[torch.from_numpy(random_sets[i])] = True
         for key, mask in (("top1_before", None), ("top1_after", chosen.expand(len(idx), L, H)),
                           ("top1_random", random_mask)):
-            replace = {} if mask is None else {l: (z_twin[:, l], mask[:, l]) for l in range(L) if mask[:, l].any()}
+            replace = {} if mask is None else {l: (z_twin[:, :, l], mask[:, l]) for l in range(L) if mask[:, l].any()}
             top = top1_after_end(lm, seqs, end, replace=replace).cpu().numpy()
             for row, i in enumerate(idx):
                 out[key][i] = top[row, : k[row] + 1].tolist()
@@ -215,8 +220,8 @@ def _dla_onto(vectors: np.ndarray, w_tokens: torch.Tensor, gain: torch.Tensor, s
 
 
 def split_halves(mask: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded half split of the prompts in ``mask`` `[n]`: (calibration, held_out) bool masks; the calibration
-    half has the extra prompt when their number is odd."""
+    """A seeded half split of the prompts in ``mask`` `[n]`: (half A, half B) bool masks; A has the extra prompt
+    when their number is odd."""
     idx = np.flatnonzero(mask)
     perm = np.random.default_rng(seed).permutation(idx)
     cal = np.zeros(len(mask), dtype=bool)
@@ -252,18 +257,20 @@ def compute(inp: StageInput) -> Iterator[Rows]:
     splits = {"judged": split_halves(judged, config.seed), "all": split_halves(np.ones(n, dtype=bool), config.seed)}
     per_layer = _regress_layers(lm, vec, layers, answer, subject, judged, splits, config)
     inp.progress(advance=n)
-    best = {key: _best_layer(per_layer[key]["d_c"], splits[key][0]) for key in splits}
+    # each half chooses its layer on its own fit; the other half is judged there (2-fold cross-fitting)
+    best = {key: (_best_layer(per_layer[key]["d_in_a"], splits[key][0]),
+                  _best_layer(per_layer[key]["d_in_b"], splits[key][1])) for key in splits}
+    chosen = {key: _layer_of_prompt(best[key], splits[key]) for key in splits}  # [n] layer index judged at, or -1
 
-    # causal check 1: remove c (the judged prompts' calibration fit) at END in the best layer
-    bk = best["judged"]
-    removal = _remove_component(lm, clean, per_layer["judged"]["c"][:, bk] if bk is not None else None,
-                                layers[bk] if bk is not None else None, config.batch_size)
+    # causal check 1: remove each prompt's out-of-fold c at END in the layer its other half chose
+    removal = _remove_component(lm, clean, per_layer["judged"]["c"], chosen["judged"], layers, config.batch_size)
     inp.progress(advance=n)
     # causal check 2: argument swap (replacement) with the twin about another subject
     swap = argument_swap(lm, relation, clean, twins, head_set, config.batch_size, config.seed)
     inp.progress(advance=n)
 
-    tables = _tables(clean, layers, head_set, per_layer, best, removal, swap, judged, in_subject, splits, config)
+    tables = _tables(clean, layers, head_set, per_layer, best, chosen, removal, swap, judged, in_subject, splits,
+                     config)
     fa = tables["function_application"][0]
     fa["seconds"] = time.perf_counter() - started
     yield Rows(tables)
@@ -273,23 +280,33 @@ def compute(inp: StageInput) -> Iterator[Rows]:
                         "removal_delta_p": fa.get("removal_delta_p")}, figures)
 
 
-def _best_layer(d: np.ndarray, calibration: np.ndarray) -> int | None:
-    """Index of the layer with the largest mean null-adjusted push `d [n, L']` over the calibration prompts."""
-    if not calibration.any():
+def _best_layer(d: np.ndarray, half: np.ndarray) -> int | None:
+    """Index of the layer with the largest mean null-adjusted push `d [n, L']` over the prompts of ``half``."""
+    if not half.any():
         return None
     with np.errstate(invalid="ignore"):
-        means = np.array([np.nanmean(d[calibration, k]) if np.isfinite(d[calibration, k]).any() else np.nan
+        means = np.array([np.nanmean(d[half, k]) if np.isfinite(d[half, k]).any() else np.nan
                           for k in range(d.shape[1])])
     return int(np.nanargmax(means)) if np.isfinite(means).any() else None
+
+
+def _layer_of_prompt(best: tuple[int | None, int | None], split: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """`[n]` the layer index each prompt is judged at: a prompt of half B at half A's choice and vice versa (a prompt
+    outside both halves at A's choice); -1 where that half chose none."""
+    a, b = split
+    la, lb = (-1 if x is None else x for x in best)
+    return np.where(a, lb, la).astype(np.int64)
 
 
 def _regress_layers(lm: LoadedModel, vec: EndVectors, layers: list[int], answer: np.ndarray, subject: np.ndarray,
                     judged: np.ndarray, splits: dict, config) -> dict:
     """Per layer: design A (every prompt; secondary), design B on the judged prompts with bootstrap intervals and
     its shuffled-prompt null (primary), design B on every prompt, the subject's standing before and after the MLP,
-    and the task-aware component c = m - sum_h beta_B o with beta_B fitted on the calibration half, read through
-    the logit lens with its answer-specific push and the push's shuffled-prompt null (METHOD.md §5-6). The same
-    push is computed for the MLP output m and for design B's shared intercept. Keys "judged" and "all" hold the
+    and the task-aware component c = m - sum_h beta_B o cross-fitted over two halves of the prompts: a prompt of
+    half A gets c from half B's fit and vice versa (out of fold; a prompt in neither half, A's), read through the
+    logit lens with its answer-specific push and the push's shuffled-prompt null (METHOD.md §5-6). The same push is
+    computed for the MLP output m and for design B's shared intercept (out of fold). ``d_in_a``/``d_in_b`` are the
+    null-adjusted pushes of each half's own fit (they choose each half's layer). Keys "judged" and "all" hold the
     component analysis per prompt set."""
     runner = EndRunner(lm)
     norm = final_norm_of(lm)
@@ -307,7 +324,7 @@ def _regress_layers(lm: LoadedModel, vec: EndVectors, layers: list[int], answer:
     pooled = []  # per layer: PooledBootstrap on the judged prompts (None below 2 judged prompts)
     pooled_all = []
     comp = {key: {k: [] for k in ("c", "c_rank", "c_dla_answer", "c_cosine", "push_c", "null_c", "d_c", "push_m",
-                                  "null_m", "d_m", "d_b")} for key in splits}
+                                  "null_m", "d_m", "d_b", "d_in_a", "d_in_b")} for key in splits}
 
     def push(vectors):
         return push_against_null(_dla_onto(vectors, w_obj, norm.gain, sigma, norm.kind), answer_index)
@@ -333,13 +350,20 @@ def _regress_layers(lm: LoadedModel, vec: EndVectors, layers: list[int], answer:
         out["dla_subject_heads"].append(dla[:, 0])
         out["dla_subject_scaled"].append(np.where(np.isfinite(beta_b).all(), dla[:, 1], np.nan))
         p_m, null_m = push(m)
-        for key, (cal, _) in splits.items():
-            fit = fit_pooled(o[cal], m[cal]) if cal.sum() >= 2 else None
-            ok = fit is not None and not fit.singular
-            c = task_component(o, m, fit.beta) if ok else np.full((n, d), np.nan)
+        for key, (half_a, half_b) in splits.items():
+            fits = [fit_pooled(o[h], m[h]) if h.sum() >= 2 else None for h in (half_a, half_b)]
+            cs, bs = [], []
+            for fit in fits:
+                ok = fit is not None and not fit.singular
+                cs.append(task_component(o, m, fit.beta) if ok else np.full((n, d), np.nan))
+                bs.append(np.broadcast_to(fit.intercept, (n, d)) if ok else np.full((n, d), np.nan))
+            for name, c_own in (("d_in_a", cs[0]), ("d_in_b", cs[1])):
+                p_own, null_own = push(c_own)
+                comp[key][name].append(p_own - null_own)
+            other = half_a[:, None]  # out of fold: half A's prompts take half B's fit, every other prompt half A's
+            c = np.where(other, cs[1], cs[0])
             p_c, null_c = push(c)
-            b_vec = np.broadcast_to(fit.intercept, (n, d)) if ok else np.full((n, d), np.nan)
-            p_b, null_b = push(np.ascontiguousarray(b_vec))
+            p_b, null_b = push(np.ascontiguousarray(np.where(other, bs[1], bs[0])))
             c_t = torch.from_numpy(np.nan_to_num(c)).float().to(dev)
             ranks = logit_lens_rank(c_t, ans_t, w_u, norm.gain, norm.kind).numpy().astype(np.float64)
             cos = torch.nn.functional.cosine_similarity(c_t, w_u[ans_t].float(), dim=-1).double().cpu().numpy()
@@ -363,21 +387,27 @@ def _centered(vectors: np.ndarray, norm) -> np.ndarray:
     return v - v.mean(-1, keepdims=True) if norm.kind == "layernorm" else v
 
 
-def _remove_component(lm, clean, c: np.ndarray | None, layer: int | None, batch_size: int) -> dict | None:
-    """p(answer) at END with the task-aware component c removed from layer `layer`'s MLP output."""
-    if c is None:
+def _remove_component(lm, clean, c: np.ndarray, chosen: np.ndarray, layers: list[int], batch_size: int) -> dict | None:
+    """p(answer) at END with each prompt's task-aware component `c [n, L', d]` removed from the MLP output of the
+    layer it is judged at (`chosen [n]`, an index into ``layers``; -1: not removed, NaN)."""
+    if (chosen < 0).all():
         return None
     n = len(clean)
-    res = {"p_before": np.full(n, np.nan), "p_after": np.full(n, np.nan)}
-    ok = np.isfinite(c).all(1)
+    rows = np.arange(n)
+    vec_all = c[rows, np.maximum(chosen, 0)]  # [n, d]
+    ok = (chosen >= 0) & np.isfinite(vec_all).all(1)
+    res = {"p_before": np.full(n, np.nan), "p_after": np.full(n, np.nan), "ok": ok}
     for idx, batch in length_sorted_batches(clean, batch_size):
         ids = [list(p.input_ids) for p in batch]
         answer = torch.tensor([p.answer_token_id for p in batch], device=lm.device)
-        vec = torch.from_numpy(np.nan_to_num(c[idx])).float()
+        vec = torch.from_numpy(np.where(ok[idx, None], np.nan_to_num(vec_all[idx]), 0.0)).float()
+        edits = {}
+        for k in sorted({int(chosen[i]) for i in idx if ok[i]}):
+            at = torch.tensor([bool(ok[i] and chosen[i] == k) for i in idx])
+            edits[("mlp_out", layers[k])] = -vec * at[:, None]
         before = token_stats(end_logits_with_edits(lm, ids, {}), answer).prob.cpu().numpy()
-        after = token_stats(end_logits_with_edits(lm, ids, {("mlp_out", layer): -vec}), answer).prob.cpu().numpy()
+        after = token_stats(end_logits_with_edits(lm, ids, edits), answer).prob.cpu().numpy()
         res["p_before"][idx], res["p_after"][idx] = before, np.where(ok[idx], after, np.nan)
-    res["ok"] = ok
     return res
 
 
@@ -390,12 +420,13 @@ def _quantile(x: np.ndarray, q: float) -> float | None:
     return float(np.quantile(x, q)) if len(x) else None
 
 
-def _tables(clean, layers, head_set, r: dict, best: dict, removal, swap, judged, in_subject, splits, config) -> dict:
+def _tables(clean, layers, head_set, r: dict, best: dict, chosen: dict, removal, swap, judged, in_subject, splits,
+            config) -> dict:
     n, Lp, H = r["beta"].shape
     pid = np.array([p.prompt.prompt_id for p in clean], dtype=np.int32)
     in_set = {(l, h) for l, h in head_set}
-    cal, held = splits["judged"]
-    split = np.where(cal, "calibration", np.where(held, "held_out", None))
+    half_a, half_b = splits["judged"]
+    split = np.where(half_a, "a", np.where(half_b, "b", None))
     # per prompt x layer x head (design A, every prompt)
     lay = np.repeat(np.array(layers), H)
     hd = np.tile(np.arange(H), Lp)
@@ -453,7 +484,8 @@ def _tables(clean, layers, head_set, r: dict, best: dict, removal, swap, judged,
         b_ok = boot is not None and not boot.fit.singular
         row = {"layer": layer, "n": int(ok.sum()), "n_singular": int(r["singular"][:, k].sum()),
                "n_judged": int(judged.sum()),
-               "holds_head_set_head": any(l == layer for l, _ in head_set), "best_layer": k == best["judged"],
+               "holds_head_set_head": any(l == layer for l, _ in head_set),
+               "best_layer": k == best["judged"][0], "best_layer_b": k == best["judged"][1],
                "pooled_r2": float(boot.fit.r2) if b_ok else None,
                "pooled_r2_lo": _quantile(boot.r2_draws, 0.025) if b_ok else None,
                "pooled_r2_hi": _quantile(boot.r2_draws, 0.975) if b_ok else None,
@@ -465,7 +497,8 @@ def _tables(clean, layers, head_set, r: dict, best: dict, removal, swap, judged,
             q25, med, q75 = np.quantile(r2[ok], [0.25, 0.5, 0.75])
             row |= {"median_r2": float(med), "r2_q25": float(q25), "r2_q75": float(q75)}
         row |= _ci("push", j["d_c"][judged, k], config)
-        row |= _ci("push_calibration", j["d_c"][cal, k], config)
+        row |= _ci("push_in_a", j["d_in_a"][half_a, k], config)
+        row |= _ci("push_in_b", j["d_in_b"][half_b, k], config)
         row |= _ci("push_mlp", j["d_m"][judged, k], config)
         ranks = j["c_rank"][judged, k]
         if judged.any():
@@ -499,9 +532,10 @@ def _tables(clean, layers, head_set, r: dict, best: dict, removal, swap, judged,
     }
     head_layers = sorted({l for l, _ in head_set})
     hl = [k for k, l in enumerate(layers) if l in head_layers]
-    bj, ba = best["judged"], best["all"]
+    (bj, bj_b), (ba, _) = best["judged"], best["all"]
     fa = {"head_set": [f"L{l}.H{h}" for l, h in head_set], "layers": layers, "n_prompts": n,
           "n_correct": int(judged.sum()), "best_layer": layers[bj] if bj is not None else None,
+          "best_layer_b": layers[bj_b] if bj_b is not None else None,
           "best_layer_all": layers[ba] if ba is not None else None}
     appears = next((layers[k] for k, row in enumerate(layer_rows) if (row.get("answer_top1_share_in_c") or 0) >= 0.5),
                    None)
@@ -520,18 +554,23 @@ def _tables(clean, layers, head_set, r: dict, best: dict, removal, swap, judged,
     alls = [r["pooled_all"][k] for k in hl]
     if alls and not any(f.singular for f in alls):
         fa["pooled_r2_all"] = float(np.mean([f.r2 for f in alls]))
-    # step 3: the component's null-adjusted push at the best layer (chosen on the calibration half), held out
-    if bj is not None:
-        fa |= _ci("push", j["d_c"][held, bj], config)
-        fa["push_n"] = int(np.isfinite(j["d_c"][held, bj]).sum())
-        fa |= _ci("push_mlp", j["d_m"][held, bj], config)
-        fa |= _ci("push_intercept", j["d_b"][held, bj], config)
-        fa["push_raw"] = _finite_mean(j["push_c"][held, bj])
-        fa["push_null"] = _finite_mean(j["null_c"][held, bj])
-    if ba is not None:
-        a_held = splits["all"][1]
-        fa |= _ci("push_all", r["all"]["d_c"][a_held, ba], config)
-        fa["push_all_n"] = int(np.isfinite(r["all"]["d_c"][a_held, ba]).sum())
+    # step 3: each prompt's out-of-fold component at the layer its other half chose (2-fold cross-fitting)
+    def at_chosen(values: np.ndarray, key: str, keep: np.ndarray) -> np.ndarray:
+        layer = chosen[key]
+        take = keep & (layer >= 0)
+        return values[np.flatnonzero(take), layer[take]]
+
+    if (chosen["judged"][judged] >= 0).any():
+        fa |= _ci("push", at_chosen(j["d_c"], "judged", judged), config)
+        fa["push_n"] = int(np.isfinite(at_chosen(j["d_c"], "judged", judged)).sum())
+        fa |= _ci("push_mlp", at_chosen(j["d_m"], "judged", judged), config)
+        fa |= _ci("push_intercept", at_chosen(j["d_b"], "judged", judged), config)
+        fa["push_raw"] = _finite_mean(at_chosen(j["push_c"], "judged", judged))
+        fa["push_null"] = _finite_mean(at_chosen(j["null_c"], "judged", judged))
+    everyone = np.ones(n, dtype=bool)
+    if (chosen["all"] >= 0).any():
+        fa |= _ci("push_all", at_chosen(r["all"]["d_c"], "all", everyone), config)
+        fa["push_all_n"] = int(np.isfinite(at_chosen(r["all"]["d_c"], "all", everyone)).sum())
     if removal is not None:
         ok = removal["ok"] & judged
         fa |= {"removal_n": int(ok.sum()),

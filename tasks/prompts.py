@@ -137,10 +137,12 @@ def _match_case(src: str, word: str) -> str:
     return word
 
 
-#: Relation words that are not nouns although no suffix rule says so (verbs, participles, prepositions):
+#: Relation words that are not nouns although no suffix rule says so (verbs, participles, prepositions, adverbs):
 #: replacing one by a noun would change the sentence's syntax, not just its task (docs/METHOD.md §1).
-NOT_NOUNS = frozenset("""works plays originates evolves speaks lives belongs born written made known inside
-    outside opposite native someone died""".split())
+NOT_NOUNS = frozenset("""works work plays originates evolves speaks speak lives belongs born written made known inside
+    outside opposite native someone died maintains maintain communicates communicate specializes specialize
+    specialises specialise performs perform writes write premieres premiere spoken found away within shares share
+    follows follow starts start ends end uses use means mean looks look sounds sound refers refer tends tend""".split())
 
 
 def looks_like_a_noun(word: str) -> bool:
@@ -156,18 +158,36 @@ NAMED_WORD_SOURCES = ("paper", "pararel")
 
 
 def template_relation_word(relation: Relation, template: str) -> str | None:
-    """The word ``relation_corrupt`` replaces in ``template`` (docs/METHOD.md §1), or None: the relation's named
-    word where the data names one and the template holds it as a noun; otherwise the template's last noun-like
-    content word (not a stopword, ``looks_like_a_noun``, at least 3 letters), which is the head of the phrase
-    that names the relation ("{} is a country in the region of" -> "region"; "The official language of {} is"
-    -> "language"). "People from {} are called" -> "People"; a template with no such word has none."""
+    """The word (or phrase) ``relation_corrupt`` replaces in ``template`` (docs/METHOD.md §1), or None.
+
+    The relation's named word where the data names one (the paper's "capital", ParaRel's relation lemma) and the
+    template holds it as a noun; otherwise the template's noun phrase that names the relation: runs of consecutive
+    noun-like content words (not a stopword, ``looks_like_a_noun``, at least 3 letters), the last run followed by
+    "of" if there is one ("{}'s phase of matter at room temperature is a" -> "phase"; "The capital city of {} is"
+    -> "capital city"), else the last run ("{} is a country in the region of" -> "region"; "People from {} are
+    called" -> "People"). A template with no such word ("{} is known as") has none."""
     named = relation.relation_word
     if (relation.source in NAMED_WORD_SOURCES and named and looks_like_a_noun(named)
             and find_word(template, named) is not None):
         return named
-    words = [w for w in re.findall(r"[A-Za-z]+", template.replace("{}", " "))
-             if len(w) >= 3 and w.lower() not in STOPWORDS and looks_like_a_noun(w)]
-    return words[-1] if words else None
+    runs: list[tuple[int, int, str | None]] = []  # (start, end, the word after the run)
+    start = end = None
+    words = list(re.finditer(r"\{\}|[A-Za-z]+", template))
+    for i, m in enumerate(words):
+        w = m.group(0)
+        if w != "{}" and len(w) >= 3 and w.lower() not in STOPWORDS and looks_like_a_noun(w):
+            start, end = (m.start() if start is None else start), m.end()
+            continue
+        if start is not None:
+            runs.append((start, end, w.lower()))
+        start = None
+    if start is not None:
+        runs.append((start, end, None))
+    if not runs:
+        return None
+    before_of = [r for r in runs if r[2] == "of"]
+    a, b, _ = (before_of or runs)[-1]
+    return template[a:b]
 
 
 def _corrupt_template(relation: Relation, template: str, rng: random.Random) -> tuple[str, str] | None:

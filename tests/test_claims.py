@@ -177,10 +177,10 @@ def test_labels_name_sign_reversal():
         "reversed", "erased", "attenuated", "unchanged", "amplified", ""]
 
 
-def test_task_push_is_held_out_and_against_its_null():
+def test_task_push_is_cross_fitted_and_against_its_null():
     row = JUDGE["task_push"](_mlp(), CONFIG)
     assert row["verdict"] == HOLDS and row["threshold"] == 0.5 and row["value_all"] == 0.9
-    assert "chosen on the calibration half" in row["note"] and "MLP output's own push" in row["note"]
+    assert "each chosen by one half of the prompts" in row["note"] and "MLP output's own push" in row["note"]
     assert JUDGE["task_push"](_mlp(push=0.1, push_lo=-0.1, push_hi=0.3), CONFIG)["verdict"] == DOES_NOT
     assert JUDGE["task_push"](_mlp(push=0.03, push_lo=0.01, push_hi=0.05), CONFIG)["verdict"] == DOES_NOT  # null-level
     assert JUDGE["task_push"](_mlp(push=0.6, push_lo=0.3, push_hi=0.9), CONFIG)["verdict"] == INCONCLUSIVE
@@ -204,11 +204,13 @@ def test_argument_swap_can_hold_fail_and_stay_open():
     assert JUDGE["argument_swap"](_mlp(swaps=[(False, False, False)]), CONFIG)["verdict"] == NOT_TESTED
 
 
-def _lens(p_before, p_after, correct):
-    """lens rows of the last two layers (3 and 4) for prompts with the given p and correctness at the output."""
+def _lens(p_before, p_after, correct, correct_before=None):
+    """lens rows of the last two layers (3 and 4) for prompts with the given p and whether the answer is top-1
+    leaving (``correct``) and entering (``correct_before``, default the same) the last layer."""
     rows = []
-    for i, (a, b, c) in enumerate(zip(p_before, p_after, correct)):
-        rows.append({"prompt_id": i, "layer": 3, "p_answer": a, "rank_answer": 0})
+    before = correct if correct_before is None else correct_before
+    for i, (a, b, c, e) in enumerate(zip(p_before, p_after, correct, before)):
+        rows.append({"prompt_id": i, "layer": 3, "p_answer": a, "rank_answer": 0 if e else 3})
         rows.append({"prompt_id": i, "layer": 4, "p_answer": b, "rank_answer": 0 if c else 2})
     summary = {"delta_p": float(np.mean(np.array(p_after) - np.array(p_before))), "delta_p_lo": -0.3,
                "delta_p_hi": -0.1, "n": len(rows) // 2, "suppressors": ["L4.H3"]}
@@ -228,6 +230,12 @@ def test_final_layer_suppression_is_judged_on_correct_prompts():
     assert small["verdict"] == DOES_NOT  # a null-level drop of half a point is not suppression
     noisy = JUDGE["final_layer_suppresses"](_lens(before, before - 0.02 + rng.normal(0, 0.05, 40), correct), CONFIG)
     assert noisy["verdict"] == INCONCLUSIVE
+    # prompts the last layer pushes off top-1 are the suppression itself: judged too (top-1 entering the layer),
+    # whereas the output's correct prompts alone would see only the 20 it leaves on top, which it raises
+    knocked = np.r_[np.ones(20, dtype=bool), np.zeros(20, dtype=bool)]
+    change = np.where(knocked, 0.02, -0.4) + rng.normal(0, 0.01, 40)
+    row = JUDGE["final_layer_suppresses"](_lens(before, before + change, knocked, np.ones(40, dtype=bool)), CONFIG)
+    assert row["verdict"] == HOLDS and row["n"] == 40
 
 
 def _mitigation_rows(delta, alpha=0.5, components=("L4.H3",)):

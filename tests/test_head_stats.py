@@ -154,7 +154,10 @@ def test_attention_targets_find_the_subject_and_the_sink():
             [0.1, 0.2, 0.6, 0.1],  # the subject (positions 1-2) holds the largest weight
             [0.2, 0.3, 0.1, 0.4]]  # END itself (position 3)
     top, sink = attention_targets(rows, [(1, 2)] * 3)
-    assert top.tolist() == [False, True, False] and sink.tolist() == [True, False, False]
+    assert top.tolist() == [0, 1, 0] and sink.tolist() == [True, False, False]
+    # a subject that starts the prompt (no BOS, subject-first template): position 0 is the sink, not the subject
+    top, sink = attention_targets([rows[0], [0.1, 0.7, 0.1, 0.1], rows[0]], [(0, 1), (0, 1), (0, 0)])
+    assert top[:2].tolist() == [0, 1] and np.isnan(top[2]) and sink.tolist() == [True, False, True]
 
 
 def test_copy_auc_ranks_the_own_subject_among_the_others():

@@ -21,7 +21,7 @@ from factrecall.tasks.mlp_stage import (
     stored_end_vectors,
 )
 from factrecall.tasks.capture import _first_tensor, capture_batch, right_pad
-from factrecall.tasks.end_edits import end_logits_with_edits, top1_after_end
+from factrecall.tasks.end_edits import end_logits_with_edits, logits_after_end, top1_after_end, z_after_end
 from factrecall.tasks.mlp_regression import fit_per_prompt, task_component
 from factrecall.tasks.prompts import build_prompts
 from factrecall.tasks.relations import get_relation
@@ -126,13 +126,13 @@ def test_argument_swap_with_the_same_subject_changes_nothing():
     assert out["swap_object_tokens"] == out["object_tokens"]
 
 
-def _forced_outputs_reference(lm, rows, forced: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor:
-    """Reference for the swap by replacement: a whole forward pass whose output projection, at each row's END,
-    has the chosen heads' outputs *forced* to given raw outputs `[B, d]`: the hook reads the module's own input z,
-    computes each chosen head's current output through the projection weights and replaces it (an independent
-    path from setting z)."""
+def _forced_outputs_reference(lm, rows, forced: dict[tuple[int, int], torch.Tensor], end=None, k: int = 0):
+    """Reference for the swap by replacement: a whole forward pass whose output projection, at each row's END (and
+    the k positions after it), has the chosen heads' outputs *forced* to given raw outputs `[B, d]` (`[B, k+1, d]`
+    with k): the hook reads the module's own input z, computes each chosen head's current output through the
+    projection weights and replaces it (an independent path from setting z). Logits at END (`[B, k+1, V]` with k)."""
     ids, mask = right_pad(rows, 0, lm.device)
-    end = mask.sum(1) - 1
+    end = mask.sum(1) - 1 if end is None else torch.tensor(end)
     idx = torch.arange(len(rows))
     H, dh = lm.dims.n_heads, lm.dims.d_head
     handles = []
@@ -149,10 +149,11 @@ def _forced_outputs_reference(lm, rows, forced: dict[tuple[int, int], torch.Tens
 
         def post(m, args, output, seen=seen, chosen=chosen, w=w):
             out = output.clone()
-            z = seen["z"][idx, end].reshape(len(rows), H, dh).float()
-            for h, value in chosen.items():
-                current = z[:, h] @ w[h]
-                out[idx, end] += (value - current).to(out.dtype)
+            for j in range(k + 1):
+                z = seen["z"][idx, end + j].reshape(len(rows), H, dh).float()
+                for h, value in chosen.items():
+                    current = z[:, h] @ w[h]
+                    out[idx, end + j] += ((value[:, j] if k else value) - current).to(out.dtype)
             return out
 
         handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
@@ -162,6 +163,8 @@ def _forced_outputs_reference(lm, rows, forced: dict[tuple[int, int], torch.Tens
     finally:
         for h in handles:
             h.remove()
+    if k:
+        return logits[idx[:, None], end[:, None] + torch.arange(k + 1)].float()
     return logits[idx, end].float()
 
 
@@ -193,6 +196,37 @@ def test_the_swap_replaces_the_heads_outputs_even_across_layers_and_the_additive
     top = top1_after_end(lm, rows, [len(r) - 1 for r in rows],
                          replace={l: (z_twin[:, l], mask[:, l]) for l in (0, 1)})
     assert top[:, 0].tolist() == reference.argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_swap_replaces_at_each_token_of_a_shared_object_prefix(family):
+    """Objects that share their first token (" North America" / " North Africa") are decided at the second: the set
+    heads are replaced at END and at the prefix token, by their outputs in the twin's run with the same prefix."""
+    lm = loaded_tiny_model(family)
+    rows, twin_rows = _rows(5), _rows(6)
+    prefix = [17, 23]  # two shared object tokens fed after each prompt
+    ext, twin_ext = [r + prefix for r in rows], [r + prefix for r in twin_rows]
+    end, twin_end = [len(r) - 1 for r in rows], [len(r) - 1 for r in twin_rows]
+    L, H, dh = lm.dims.n_layers, lm.dims.n_heads, lm.dims.d_head
+    heads = [(0, 1), (1, 2)]
+    k = len(prefix)
+    # the twin's raw head outputs at END + j: the END of the twin truncated there (attention is causal)
+    twin_raw = torch.stack([capture_batch(lm.model, lm.adapter, lm.dims, [r[: e + 1 + j] for r, e in
+                                                                          zip(twin_ext, twin_end)], 0).head_raw
+                            for j in range(k + 1)], 1)  # [B, k+1, L, H, d]
+    z = z_after_end(lm, twin_ext, twin_end, k + 1).reshape(3, k + 1, L, H, dh)
+    mask = torch.zeros(3, L, H, dtype=torch.bool)
+    for l, h in heads:
+        mask[:, l, h] = True
+    logits, valid = logits_after_end(lm, ext, end, replace={l: (z[:, :, l], mask[:, l]) for l in (0, 1)})
+    reference = _forced_outputs_reference(lm, ext, {(l, h): twin_raw[:, :, l, h] for l, h in heads}, end, k)
+    assert valid.all()
+    torch.testing.assert_close(logits, reference, atol=5e-5, rtol=5e-5)
+    clean, _ = logits_after_end(lm, ext, end)
+    assert (clean - reference).abs().max() > 1e-3
+    # replacing at END alone is not the same at the later positions
+    at_end, _ = logits_after_end(lm, ext, end, replace={l: (z[:, 0, l], mask[:, l]) for l in (0, 1)})
+    assert (at_end[:, 1:] - reference[:, 1:]).abs().max() > 20 * (logits - reference).abs().max()
 
 
 def test_swap_outcomes_judge_the_decision_token_and_leave_subject_copies_out():
@@ -343,15 +377,18 @@ def test_summaries_agree_with_the_per_prompt_rows(analysed):
         JOIN (SELECT layer, head, avg(beta) AS m FROM regression_betas WHERE NOT isnan(beta) GROUP BY ALL) b
         USING (layer, head)""")[0]
     assert worst < 1e-9
-    # the best layer is chosen on the calibration half; the reported push is the held-out half's there
-    best, push, n = _one(con, "SELECT best_layer, push, push_n FROM function_application")
-    layers = con.sql("SELECT layer, push_calibration, best_layer FROM regression_layers ORDER BY layer").fetchall()
-    top = max((r for r in layers if r[1] is not None), key=lambda r: r[1])
-    assert top[0] == best and top[2] and sum(r[2] for r in layers) == 1
-    held = _one(con, f"""SELECT avg(c_push - c_push_null), count(*) FROM regression_prompts
-                         WHERE layer = {best} AND split = 'held_out'""")
-    calibration = _one(con, "SELECT count(DISTINCT prompt_id) FROM regression_prompts WHERE split = 'calibration'")[0]
-    assert push == pytest.approx(held[0]) and n == held[1] == N // 2 and calibration == N - N // 2
+    # each half chooses its layer on its own fit; the other half's out-of-fold pushes are judged there
+    best, best_b, push, n = _one(con, "SELECT best_layer, best_layer_b, push, push_n FROM function_application")
+    layers = con.sql("SELECT layer, push_in_a, push_in_b, best_layer, best_layer_b FROM regression_layers "
+                     "ORDER BY layer").fetchall()
+    top_a = max((r for r in layers if r[1] is not None), key=lambda r: r[1])
+    top_b = max((r for r in layers if r[2] is not None), key=lambda r: r[2])
+    assert (top_a[0], top_b[0]) == (best, best_b) and top_a[3] and top_b[4]
+    assert sum(r[3] for r in layers) == 1 and sum(r[4] for r in layers) == 1
+    judged = _one(con, f"""SELECT avg(c_push - c_push_null), count(*) FROM regression_prompts
+                          WHERE (split = 'b' AND layer = {best}) OR (split = 'a' AND layer = {best_b})""")
+    halves = dict(con.sql("SELECT split, count(DISTINCT prompt_id) FROM regression_prompts GROUP BY split").fetchall())
+    assert push == pytest.approx(judged[0]) and n == judged[1] == N and halves == {"a": N - N // 2, "b": N // 2}
     n, success = _one(con, "SELECT swap_n, swap_success FROM function_application")
     direct = _one(con, "SELECT count(*), avg(success::INTEGER) FROM argument_swap WHERE eligible")
     assert n == direct[0] and (success is None if n == 0 else success == pytest.approx(direct[1]))
@@ -391,9 +428,9 @@ def test_smollm2_task_component_pushes_the_answer_over_other_capitals(smollm2, s
     assert list(_one(con, "SELECT head_set FROM function_application")[0]) == heads["head_set"]
     best, push, lo, hi, n, n_correct = _one(con, "SELECT best_layer, push, push_lo, push_hi, push_n, n_correct "
                                                  "FROM function_application")
-    print(f"\nsmollm2 paper.capital shot 0: best layer {best}, held-out push {push:.3f} [{lo:.3f}, {hi:.3f}] over "
+    print(f"\nsmollm2 paper.capital shot 0: best layer {best}, cross-fitted push {push:.3f} [{lo:.3f}, {hi:.3f}] over "
           f"n = {n} of {n_correct} answered")
-    assert summary["best_layer"] == best and n == n_correct // 2 and n_correct >= 20
+    assert summary["best_layer"] == best and n == n_correct and n_correct >= 20
     # over every answered prompt, some layer's component favours the right capital over the other 14 beyond the
     # push it gives the other prompts' capitals (its null)
     layers = con.sql("SELECT layer, push_lo FROM regression_layers WHERE push_lo > 0").fetchall()

@@ -72,6 +72,8 @@ def test_singular_designs_are_reported_not_crashed_on():
     same[:, 4] = 2 * same[:, 0]  # one head a multiple of another on every prompt
     pooled = fit_pooled(same, m)
     assert pooled.singular and pooled.rank == H - 1 and np.isnan(pooled.beta).all()
+    boot = pooled_bootstrap(same, m, n_boot=20, seed=0)  # no resample and no null of a singular design
+    assert np.isnan(boot.beta_draws).all() and np.isnan(boot.r2_draws).all() and np.isnan(boot.null_r2).all()
 
 
 def test_labels_follow_the_thresholds():

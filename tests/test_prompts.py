@@ -150,8 +150,11 @@ def test_relation_corrupt_preserves_case_and_skips_templates_without_a_word():
 @pytest.mark.parametrize("template, word", [
     ("{} is a country in the region of", "region"),  # the head of the relation's phrase, not the longest word
     ("People from {} are called", "People"),  # "called" is a participle: the noun is the relation's word
-    ("The official language of {} is", "language"),
+    ("The official language of {} is", "official language"),  # the noun phrase, not only its last word
     ("{} plays the position of", "position"),
+    ("{}'s phase of matter at room temperature is a", "phase"),  # the phrase followed by "of" names the relation
+    ("The capital city of {} is", "capital city"),
+    ("People in {} speak", "People"),  # a verb is not replaced by a noun
     ("{} is known as", None),  # nothing but stopwords and a participle: no relation word
 ])
 def test_the_relation_word_is_chosen_per_template(template, word):

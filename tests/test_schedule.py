@@ -58,6 +58,9 @@ def _stop(proc: subprocess.Popen) -> list[psutil.Process]:
     return alive
 
 
+CRON = "0 3 29 2 *"
+
+
 def test_schedule_serves_a_cron_deployment_whose_run_lands_in_the_store(tmp_path):
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -74,7 +77,9 @@ def test_schedule_serves_a_cron_deployment_whose_run_lands_in_the_store(tmp_path
     serve, left_serving = None, []
     try:
         _wait(lambda: _healthy(api), 120, "the Prefect server", server)
-        serve = subprocess.Popen([BIN / "factrecall", "schedule", str(spec), "--cron", "0 3 * * *", "--store", str(store),
+        # a cron that does not fire while the test runs (daily at 03:00 did, for a run started at 02:55 UTC: two
+        # reproductions landed, the scheduled one and the triggered one): 03:00 on 29 February only
+        serve = subprocess.Popen([BIN / "factrecall", "schedule", str(spec), "--cron", CRON, "--store", str(store),
                                   "--runner", "dask", "--workers", "1"],
                                  env=env, stdout=logs[1].open("w"), stderr=subprocess.STDOUT)
         _wait(lambda: "being served" in logs[1].read_text(), 120, "the deployment", serve)
@@ -82,7 +87,7 @@ def test_schedule_serves_a_cron_deployment_whose_run_lands_in_the_store(tmp_path
         inspect = subprocess.run([BIN / "prefect", "deployment", "inspect", name], env=env, capture_output=True,
                                  text=True, timeout=60)
         assert inspect.returncode == 0, inspect.stdout + inspect.stderr
-        assert "'cron': '0 3 * * *'" in inspect.stdout
+        assert f"'cron': '{CRON}'" in inspect.stdout
         assert "'cluster': {" in inspect.stdout and "'workers': 1" in inspect.stdout  # each run on a Dask worker
         triggered = subprocess.run([BIN / "prefect", "deployment", "run", name], env=env, capture_output=True,
                                    text=True, timeout=60)
