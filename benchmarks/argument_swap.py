@@ -6,8 +6,8 @@ Both swap the same head set (spanning two layers) at END of the capital prompts 
 subject, batch by batch, in this process:
 - additive (the mlp stage before version 3): capture the clean and the twin prompt, then one whole forward pass
   that adds (twin - clean) head outputs to the output projection at END;
-- replacement (now): capture the twin prompt, then one whole forward pass that sets the set heads' z at END to the
-  twin's (read at END and, for objects that share a first token, at the decision position).
+- replacement (now, as the mlp stage does it): one forward pass of the twin prompt that reads every layer's z at END
+  (`z_after_end`), then one whole forward pass that sets the set heads' z at END to the twin's.
 Prints the seconds of each (best of --repeats), their ratio, and how many prompts' top-1 differs between the two.
 Run it alone on the machine: another job on the same cores slows both unevenly.
 """
@@ -31,7 +31,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from factrecall.tasks.capture import capture_batch
-    from factrecall.tasks.end_edits import end_logits_with_edits, top1_after_end
+    from factrecall.tasks.end_edits import end_logits_with_edits, top1_after_end, z_after_end
     from factrecall.tasks.models import load_model
     from factrecall.tasks.prompts import build_prompts
     from factrecall.tasks.relations import paper_capital
@@ -62,8 +62,8 @@ def main() -> None:
         out = []
         for idx, batch in length_sorted_batches(clean, args.batch_size):
             ids = [list(p.input_ids) for p in batch]
-            twin = capture_batch(lm.model, lm.adapter, lm.dims, [list(twins[i].input_ids) for i in idx], lm.pad_id)
-            z = twin.z.reshape(len(idx), L, H, dh)
+            z = z_after_end(lm, [list(twins[i].input_ids) for i in idx], [twins[i].end_pos for i in idx], 1)
+            z = z.reshape(len(idx), L, H, dh)
             replace = {l: (z[:, l], mask[l].expand(len(idx), H)) for l in layers}
             out += top1_after_end(lm, ids, [p.end_pos for p in batch], replace=replace)[:, 0].tolist()
         return out
@@ -82,7 +82,7 @@ def main() -> None:
     print(f"{lm.model_id}: {len(clean)} capital prompts, head set {['L%d.H%d' % lh for lh in heads]}, "
           f"{args.threads} threads, best of {args.repeats}")
     print(f"additive swap (clean + twin capture, edited pass): {t_add:.2f} s")
-    print(f"replacement swap (twin capture, edited pass):      {t_rep:.2f} s")
+    print(f"replacement swap (twin z at END, edited pass):     {t_rep:.2f} s")
     print(f"replacement / additive: {t_rep / t_add:.2f}x; top-1 differs on {differ} of {len(clean)} prompts")
 
 
