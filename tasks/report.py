@@ -65,7 +65,12 @@ def claim_matrix_html(claims: list[dict]) -> str:
                 cells.append("<td></td>")
                 continue
             interval = f"[{_num(r.get('lo'), '{:.3f}')}, {_num(r.get('hi'), '{:.3f}')}]"
-            title = f"{c.statistic}: {_num(r.get('value'), '{:.4f}')} {interval}, n={r.get('n')}. " \
+            extra = "".join(
+                f", {label} {_num(r.get(k), '{:.4g}')}" for k, label in (("threshold", "threshold"),
+                                                                        ("null_value", "null"),
+                                                                        ("value_all", "over every prompt"))
+                if r.get(k) is not None)
+            title = f"{c.statistic}: {_num(r.get('value'), '{:.4f}')} {interval}, n={r.get('n')}{extra}. " \
                     f"Rule: {c.rule}. {r.get('note') or ''}"
             cells.append(f"<td class='cell' data-claim='{c.name}' data-verdict='{_esc(r['verdict'])}' "
                          f"style='background:{_COLOURS[r['verdict']]}' title='{_esc(title)}'>"

@@ -129,3 +129,29 @@ def test_the_corrupted_prompts_and_sender_means_are_stored_and_re_derive_the_mea
     for layer, head, _, mean in stored:
         want = cap.mlp_out[:, layer].mean(0) if head is None else cap.head_raw[:, layer, head].mean(0)
         np.testing.assert_allclose(np.array(mean), want.numpy(), atol=1e-5)
+
+
+def test_prompts_whose_answer_is_a_subject_token_are_left_out_of_the_copy_statistics(tmp_path):
+    """Issue 23, finding 10: Belarus -> " Belarus": copying the subject already scores as answering, so such prompts
+    are flagged and the copy AUC (and the swap) leave them out; the per-prompt rows keep them, flagged."""
+    from tiny_models import every_prompt_answered
+
+    path = tmp_path / "demonyms.jsonl"
+    facts = [("Belarus", "Belarus"), ("France", "French"), ("Spain", "Spanish"), ("Italy", "Italian"),
+             ("Chile", "Chile"), ("Peru", "Peruvian")]
+    path.write_text("".join(json.dumps({"subject": s, "object": o, "template": "People from {} are called"}) + "\n"
+                            for s, o in facts))
+    relation = load_generic_jsonl(path)
+    lm = loaded_tiny_model("llama")
+    clean = tokenize_prompts(lm.tokenizer, build_prompts(relation, 0, 0), lm.max_length)
+    flagged = [p.prompt.subject for p in clean if p.answer_in_subject]
+    assert flagged == ["Belarus", "Chile", "Peru"]  # " Peru" + "vian": the demonym starts with the subject
+    with pytest.MonkeyPatch.context() as mp:
+        every_prompt_answered(mp)
+        run_stage(tmp_path / "s", "heads", lm, relation, 0, HeadsConfig(n_boot=20), "t")
+    con = connect(tmp_path / "s")
+    assert con.sql("SELECT n_correct, n_copy, n_answer_in_subject FROM head_sets").fetchall() == [(6, 3, 3)]
+    assert {r[0] for r in con.sql("SELECT DISTINCT copy_n FROM head_summary").fetchall()} == {3}
+    rows = con.sql("SELECT prompt_id, any_value(answer_in_subject) FROM head_prompts GROUP BY ALL "
+                   "ORDER BY prompt_id").fetchall()
+    assert [f for _, f in rows] == [p.answer_in_subject for p in clean]
