@@ -121,12 +121,18 @@ def _too_few_correct(n_correct: int | None, n: int | None) -> str | None:
             f"answered prompts and need at least {MIN_N}")
 
 
-def _heads_gate(up: dict) -> str | None:
-    skipped = _skip_reason(up, "head_sets", "heads")
+def _gate(up: dict, table: str, stage: str) -> str | None:
+    """Why ``stage``'s claims are not tested here: it was skipped, or too few prompts are answered correctly
+    (``table`` is its one-row summary, with ``n_correct`` and ``n_prompts``)."""
+    skipped = _skip_reason(up, table, stage)
     if skipped:
-        return f"heads skipped: {skipped}"
-    sets = up["head_sets"][0]
-    return _too_few_correct(sets.get("n_correct"), sets.get("n_prompts"))
+        return f"{stage} skipped: {skipped}"
+    row = up[table][0]
+    return _too_few_correct(row.get("n_correct"), row.get("n_prompts"))
+
+
+def _heads_gate(up: dict) -> str | None:
+    return _gate(up, "head_sets", "heads")
 
 
 # -- step 1 ------------------------------------------------------------------------------------------------
@@ -182,11 +188,7 @@ def _heads_copy_subject(up: dict, config) -> dict:
 
 # -- steps 2 and 3 ---------------------------------------------------------------------------------------
 def _mlp_gate(up: dict) -> str | None:
-    skipped = _skip_reason(up, "function_application", "mlp")
-    if skipped:
-        return f"mlp skipped: {skipped}"
-    fa = up["function_application"][0]
-    return _too_few_correct(fa.get("n_correct"), fa.get("n_prompts"))
+    return _gate(up, "function_application", "mlp")
 
 
 def _mlp_linear(up: dict, config) -> dict:
