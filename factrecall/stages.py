@@ -80,7 +80,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         extra_inputs=capture_stage.extra_inputs,
     ),
     Stage(
-        name="heads", version=4, config=heads_stage.HeadsConfig, upstream=("capture",),
+        name="heads", version=5, config=heads_stage.HeadsConfig, upstream=("capture",),
         compute=heads_stage.compute, schemas=heads_tables.SCHEMAS, encode=heads_tables.encode,
         help="Step 1: argument-passing heads — head statistics, exact path patching, head sets and plots.",
         code=("factrecall.tasks.heads_stage", "factrecall.tasks.head_stats", "factrecall.tasks.path_patching",
@@ -92,7 +92,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         hint="factrecall query --named argument_heads --param model={model} --param relation={relation}",
     ),
     Stage(
-        name="mlp", version=4, config=mlp_stage.MlpConfig, upstream=("capture", "heads"),
+        name="mlp", version=5, config=mlp_stage.MlpConfig, upstream=("capture", "heads"),
         compute=mlp_stage.compute, schemas=mlp_tables.SCHEMAS, encode=mlp_tables.encode,
         help="Steps 2-3: the MLP as an activation over the heads (regressions) and the task-aware component.",
         code=("factrecall.tasks.mlp_stage", "factrecall.tasks.mlp_regression", "factrecall.tasks.end_edits",
@@ -117,7 +117,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         model_plots={"lens_by_layer": final_layer_stage.model_lens_plot},
     ),
     Stage(
-        name="claims", version=3, config=claims_stage.ClaimsConfig, upstream=("heads", "mlp", "final_layer"),
+        name="claims", version=4, config=claims_stage.ClaimsConfig, upstream=("heads", "mlp", "final_layer"),
         compute=claims_stage.compute, schemas=claims_tables.SCHEMAS, encode=claims_tables.encode,
         help="The paper's claims judged on the partition's heads, mlp and final-layer results (runs them if needed).",
         code=("factrecall.tasks.claims_stage", "factrecall.tasks.claims", "factrecall.tasks.intervals",

@@ -64,7 +64,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("copy_auc_hi", pa.float64()),
         _f("copy_n", pa.int32()),
         _f("copy_auc_all", pa.float64()),  # over every prompt whose answer is not a subject token
-        _f("subject_top_share", pa.float64()),  # share of judged prompts whose largest attention target is the subject
+        _f("subject_top_share", pa.float64()),  # share of judged prompts whose largest attention target is a subject
+        # token after position 0 (position 0 is the sink; null: the subject is position 0 alone in every prompt)
         _f("sink_share", pa.float64()),  # share whose largest attention target is position 0
         _f("attention_passes", pa.bool_()),  # the head-set rule's attention filter (median, floor, subject-top share)
         _f("in_head_set", pa.bool_()),
@@ -102,6 +103,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("n_correct", pa.int32()),  # prompts answered correctly: the head set is chosen on these
         _f("n_copy", pa.int32()),  # of those, whose answer token is not a subject token
         _f("n_answer_in_subject", pa.int32()),
+        _f("n_subject_top_decidable", pa.int32()),  # prompts whose subject has a token after position 0
+        _f("subject_top_rule", pa.string()),  # "applied", or why the largest-target rule was not (too few of those)
         _f("n_corrupt_subject", pa.int32()),
         _f("n_corrupt_relation", pa.int32()),
         _f("relation_corruption", pa.string()),  # the relation words replaced, and the templates that name none

@@ -43,9 +43,9 @@ class CaptureConfig(StageConfig):
 
 def extra_inputs(config: CaptureConfig) -> dict | None:
     """Hashed inputs beyond the settings: a capture of relation-corrupted prompts depends on the rule that picks
-    the relation word (version 2: per template, docs/METHOD.md §1); a capture without them does not, so its
-    identity is unchanged."""
-    return {"relation_word_rule": 2} if "relation_corrupt" in config.variants else None
+    the relation word (version 2: a word per template; 3: the template's noun phrase, docs/METHOD.md §1); a capture
+    without them does not, so its identity is unchanged."""
+    return {"relation_word_rule": 3} if "relation_corrupt" in config.variants else None
 
 
 @dataclass

@@ -112,13 +112,14 @@ def _skip_reason(up: dict, table: str, stage: str) -> str | None:
     return f"the {stage} stage has no result for this partition" if row is None else row.get("skipped_reason")
 
 
-def _too_few_correct(n_correct: int | None, n: int | None) -> str | None:
+def _too_few_correct(n_correct: int | None, n: int | None,
+                     known: str = "the model answers {k} of {n} prompts correctly") -> str | None:
     """The not-tested reason when fewer than MIN_N prompts are answered correctly (claims are judged on those)."""
     if n_correct is None or n_correct >= MIN_N:
         return None
     acc = f" (accuracy {n_correct / n:.2f})" if n else ""
-    return (f"the model answers {n_correct} of {n} prompts correctly{acc}; the claims are judged on correctly "
-            f"answered prompts and need at least {MIN_N}")
+    return (known.format(k=n_correct, n=n) + f"{acc}; the claims are judged on the prompts whose answer the model "
+            f"knows and need at least {MIN_N}")
 
 
 def _gate(up: dict, table: str, stage: str) -> str | None:
@@ -312,7 +313,8 @@ def _final_layer_suppresses(up: dict, config) -> dict:
     if s is None or deltas is None:
         return _row(threshold=bound, note="the final_layer stage has no summary for this partition")
     delta, correct = deltas
-    gate = _too_few_correct(int(correct.sum()), len(correct))
+    gate = _too_few_correct(int(correct.sum()), len(correct),
+                            "the answer is top-1 entering or leaving the last layer in {k} of {n} prompts")
     alls = dict(value_all=s["delta_p"], lo_all=s["delta_p_lo"], hi_all=s["delta_p_hi"], n_all=s["n"])
     if gate:
         return _row(threshold=bound, note=gate, **alls)

@@ -261,21 +261,26 @@ def compute(inp: StageInput) -> Iterator[HeadsResult]:
     not_in = ~in_subject
     copy_all = flat(copy, not_in).mean(0) if not_in.any() else np.full(L * H, np.nan)
     basis = judged if nj else np.ones(n, dtype=bool)  # attention shares of the judged prompts (all when none)
+    # a prompt whose subject is position 0 alone cannot tell the subject from the sink (METHOD.md §4): the largest-
+    # target rule needs MIN_N prompts where it can, and is not applied (and says so) below that
+    n_decidable = int(np.isfinite(top[basis][:, 0, 0]).sum()) if basis.any() else 0
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a head whose every row is undecidable: NaN, fails
+        warnings.simplefilter("ignore", RuntimeWarning)  # every row undecidable: NaN
         subject_top = np.nanmean(top[basis], 0)
     sink_top = sink[basis].mean(0)
     mean_attn = attn[basis].mean(0)
+    top_rule = subject_top if n_decidable >= MIN_N else None
     if nj >= MIN_N:
-        head_set = select_head_set(effect.reshape(L, H), mean_attn, rule, simul_hi.reshape(L, H), subject_top)
+        head_set = select_head_set(effect.reshape(L, H), mean_attn, rule, simul_hi.reshape(L, H), top_rule)
         names = [f"L{l}.H{h}" for l, h in head_set.heads]
         no_heads = None if names else (
             f"no argument-passing heads: none of the {L * H} heads has a patching effect significantly below 0 and "
             f"at most -{rule.min_effect:g}% ({int(head_set.significant.sum())} significantly below 0) while "
-            f"attending to S above its layer's median and {rule.attention_floor:g} with the subject its largest "
-            f"target in {rule.subject_top_share:.0%} of the prompts")
+            f"attending to S above its layer's median and {rule.attention_floor:g}" + (
+                f" with the subject its largest target in {rule.subject_top_share:.0%} of the prompts"
+                if top_rule is not None else ""))
     else:
-        head_set = HeadSet([], passes_attention(mean_attn, rule, subject_top), simul_hi.reshape(L, H) < 0, 0.0, 0.0)
+        head_set = HeadSet([], passes_attention(mean_attn, rule, top_rule), simul_hi.reshape(L, H) < 0, 0.0, 0.0)
         names = []
         no_heads = (f"too few prompts answered correctly: {nj} of {n} (accuracy {nj / max(n, 1):.2f}); the head set "
                     f"and the claims need at least {MIN_N}")
@@ -288,6 +293,10 @@ def compute(inp: StageInput) -> Iterator[HeadsResult]:
         set_effect_relation_pct=(float(sum(effect_rel.reshape(L, H)[lh] for lh in head_set.heads))
                                  if effect_rel is not None and head_set.heads else None),
         n_prompts=n, n_correct=nj, n_copy=nc, n_answer_in_subject=int(in_subject.sum()),
+        n_subject_top_decidable=n_decidable,
+        subject_top_rule=("applied" if top_rule is not None else
+                          f"not applied: the subject is position 0 alone in all but {n_decidable} of the prompts (no "
+                          f"BOS, a subject-first template), where it cannot be told from the sink"),
         n_corrupt_subject=len(corrupt_subject), n_corrupt_relation=len(corrupt_relation),
         relation_corruption=relation_note, seconds_patching=seconds_patching)
     yield HeadsResult(

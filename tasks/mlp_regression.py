@@ -140,6 +140,9 @@ def pooled_bootstrap(heads, mlp, n_boot: int, seed: int, chunk: int = 100) -> Po
     m = torch.as_tensor(mlp, dtype=torch.float64)
     n, H, d = o.shape
     fit = fit_pooled(o, m)
+    # centred first (the weighted-centring formulas below are unchanged by a common shift): the rounding of X'X formed
+    # by subtraction then scales with the outputs' variation, not with a large shared mean
+    o, m = o - o.mean(0), m - m.mean(0)
     G = torch.einsum("nhd,nkd->nhk", o, o)  # [n, H, H]
     g = torch.einsum("nhd,nd->nh", o, m)  # [n, H]
     mm = (m * m).sum(1)  # [n]

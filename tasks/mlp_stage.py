@@ -358,8 +358,8 @@ def _regress_layers(lm: LoadedModel, vec: EndVectors, layers: list[int], answer:
                 cs.append(task_component(o, m, fit.beta) if ok else np.full((n, d), np.nan))
                 bs.append(np.broadcast_to(fit.intercept, (n, d)) if ok else np.full((n, d), np.nan))
             for name, c_own in (("d_in_a", cs[0]), ("d_in_b", cs[1])):
-                p_own, null_own = push(c_own)
-                comp[key][name].append(p_own - null_own)
+                p_own, null_own = push(c_own)  # a singular half has no c: NaN, never a push of 0 to choose
+                comp[key][name].append(np.where(np.isfinite(c_own).all(1), p_own - null_own, np.nan))
             other = half_a[:, None]  # out of fold: half A's prompts take half B's fit, every other prompt half A's
             c = np.where(other, cs[1], cs[0])
             p_c, null_c = push(c)

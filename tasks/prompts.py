@@ -137,12 +137,13 @@ def _match_case(src: str, word: str) -> str:
     return word
 
 
-#: Relation words that are not nouns although no suffix rule says so (verbs, participles, prepositions, adverbs):
-#: replacing one by a noun would change the sentence's syntax, not just its task (docs/METHOD.md §1).
-NOT_NOUNS = frozenset("""works work plays originates evolves speaks speak lives belongs born written made known inside
+#: Relation words that are not nouns although no suffix rule says so (verbs, participles, prepositions, adverbs,
+#: auxiliaries): replacing one by a noun would change the sentence's syntax, not just its task (docs/METHOD.md §1).
+#: Words that are nouns as often as verbs ("work", "use", "border") are not listed: a template's noun phrase may hold them.
+NOT_NOUNS = frozenset("""works plays originates evolves speaks speak lives belongs born written made known inside
     outside opposite native someone died maintains maintain communicates communicate specializes specialize
-    specialises specialise performs perform writes write premieres premiere spoken found away within shares share
-    follows follow starts start ends end uses use means mean looks look sounds sound refers refer tends tend""".split())
+    specialises specialise performs perform writes write spoken found away within shares follows starts ends uses
+    means looks sounds refers refer tends tend took can could will would may might must shall should""".split())
 
 
 def looks_like_a_noun(word: str) -> bool:
@@ -162,24 +163,35 @@ def template_relation_word(relation: Relation, template: str) -> str | None:
 
     The relation's named word where the data names one (the paper's "capital", ParaRel's relation lemma) and the
     template holds it as a noun; otherwise the template's noun phrase that names the relation: runs of consecutive
-    noun-like content words (not a stopword, ``looks_like_a_noun``, at least 3 letters), the last run followed by
-    "of" if there is one ("{}'s phase of matter at room temperature is a" -> "phase"; "The capital city of {} is"
-    -> "capital city"), else the last run ("{} is a country in the region of" -> "region"; "People from {} are
-    called" -> "People"). A template with no such word ("{} is known as") has none."""
+    noun-like content words (not a stopword, ``looks_like_a_noun``, at least 3 letters, nothing but spaces between
+    them), the last run followed by "of" if there is one ("{}'s phase of matter at room temperature is a" ->
+    "phase"; "The capital city of {} is" -> "capital city"), else the last run ("{} is a country in the region of"
+    -> "region"; "People from {} are called" -> "People"). A template with no such word ("{} is known as") has
+    none."""
+    span = _relation_span(relation, template)
+    return None if span is None else template[span[0]:span[1]]
+
+
+def _relation_span(relation: Relation, template: str) -> tuple[int, int] | None:
+    """(start, end) of ``template_relation_word`` in the template."""
     named = relation.relation_word
-    if (relation.source in NAMED_WORD_SOURCES and named and looks_like_a_noun(named)
-            and find_word(template, named) is not None):
-        return named
+    if relation.source in NAMED_WORD_SOURCES and named and looks_like_a_noun(named):
+        m = find_word(template, named)
+        if m is not None:
+            return m.start(), m.end()
     runs: list[tuple[int, int, str | None]] = []  # (start, end, the word after the run)
     start = end = None
-    words = list(re.finditer(r"\{\}|[A-Za-z]+", template))
-    for i, m in enumerate(words):
+    for m in re.finditer(r"\{\}|[A-Za-z]+", template):
         w = m.group(0)
+        joined = start is not None and template[end:m.start()].strip() == ""
         if w != "{}" and len(w) >= 3 and w.lower() not in STOPWORDS and looks_like_a_noun(w):
+            if start is not None and not joined:  # punctuation between: a new run
+                runs.append((start, end, None))
+                start = None
             start, end = (m.start() if start is None else start), m.end()
             continue
         if start is not None:
-            runs.append((start, end, w.lower()))
+            runs.append((start, end, w.lower() if joined else None))
         start = None
     if start is not None:
         runs.append((start, end, None))
@@ -187,18 +199,19 @@ def template_relation_word(relation: Relation, template: str) -> str | None:
         return None
     before_of = [r for r in runs if r[2] == "of"]
     a, b, _ = (before_of or runs)[-1]
-    return template[a:b]
+    return a, b
 
 
 def _corrupt_template(relation: Relation, template: str, rng: random.Random) -> tuple[str, str] | None:
     """(corrupted template, "word->replacement"), or None when the template has no relation word."""
-    word = template_relation_word(relation, template)
-    m = find_word(template, word) if word else None
-    if m is None:
+    span = _relation_span(relation, template)
+    if span is None:
         return None
-    choices = [n for n in UNRELATED_NOUNS if n.casefold() != m.group(0).casefold()]
-    new = _match_case(m.group(0), rng.choice(choices))
-    return template[: m.start()] + new + template[m.end():], f"{m.group(0)}->{new}"
+    a, b = span
+    old = template[a:b]
+    choices = [n for n in UNRELATED_NOUNS if n.casefold() != old.casefold()]
+    new = _match_case(old, rng.choice(choices))
+    return template[:a] + new + template[b:], f"{old}->{new}"
 
 
 def build_prompts(relation: Relation, shot: int, seed: int, variants=("clean",),

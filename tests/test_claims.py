@@ -101,6 +101,7 @@ def test_claims_are_not_tested_where_the_model_does_not_know_the_facts():
     lens = _lens(np.full(30, 0.3), np.full(30, 0.1), correct=np.zeros(30, dtype=bool))
     row = JUDGE["final_layer_suppresses"](lens, CONFIG)
     assert row["verdict"] == NOT_TESTED and row["value_all"] == pytest.approx(-0.2)
+    assert "top-1 entering or leaving the last layer in 0 of 30 prompts" in row["note"]
 
 
 def test_heads_copy_subject_is_judged_on_what_the_head_writes():

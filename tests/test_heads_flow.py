@@ -155,3 +155,26 @@ def test_prompts_whose_answer_is_a_subject_token_are_left_out_of_the_copy_statis
     rows = con.sql("SELECT prompt_id, any_value(answer_in_subject) FROM head_prompts GROUP BY ALL "
                    "ORDER BY prompt_id").fetchall()
     assert [f for _, f in rows] == [p.answer_in_subject for p in clean]
+
+
+def test_a_subject_that_is_position_0_alone_leaves_the_largest_target_rule_out_and_says_so(tmp_path):
+    """Without BOS (GPT-2's tokenizer) a subject-first template at shot 0 puts a one-token subject at position 0,
+    where the usual attention sink is: the rule cannot tell them apart there, so it is not applied (a head set is
+    not emptied by an undecidable filter), and the row says why."""
+    from tiny_models import every_prompt_answered
+
+    path = tmp_path / "letters.jsonl"
+    letters = "BCDFGHKLMNPR"
+    path.write_text("".join(json.dumps({"subject": a, "object": b, "template": "{} comes before"}) + "\n"
+                            for a, b in zip(letters, letters[1:] + "S")))
+    relation = load_generic_jsonl(path)
+    lm = loaded_tiny_model("gpt2")
+    clean = tokenize_prompts(lm.tokenizer, build_prompts(relation, 0, 0), lm.max_length)
+    assert not clean[0].bos and all(p.s_first_pos == p.s_pos == 0 for p in clean)
+    with pytest.MonkeyPatch.context() as mp:
+        every_prompt_answered(mp)
+        run_stage(tmp_path / "s", "heads", lm, relation, 0, HeadsConfig(n_boot=20), "t")
+    con = connect(tmp_path / "s")
+    decidable, rule = con.sql("SELECT n_subject_top_decidable, subject_top_rule FROM head_sets").fetchall()[0]
+    assert decidable == 0 and rule.startswith("not applied: the subject is position 0 alone")
+    assert con.sql("SELECT count(*) FROM head_summary WHERE subject_top_share IS NOT NULL").fetchall()[0][0] == 0

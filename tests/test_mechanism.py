@@ -229,6 +229,35 @@ def test_the_swap_replaces_at_each_token_of_a_shared_object_prefix(family):
     assert (at_end[:, 1:] - reference[:, 1:]).abs().max() > 20 * (logits - reference).abs().max()
 
 
+@pytest.mark.parametrize("family", ("gpt2", "gemma3"))
+def test_a_batch_of_rows_with_different_shared_prefixes_is_swapped_row_by_row_right(family):
+    """Rows whose objects share 0, 1 and 2 leading tokens in one batch: each row's replacement at its own positions
+    equals the forced-output reference of that row alone (no position of one row leaks into another)."""
+    lm = loaded_tiny_model(family)
+    rows, twin_rows = _rows(5), _rows(6)
+    prefixes = [[], [17], [17, 23]]
+    ext = [r + p for r, p in zip(rows, prefixes)]
+    twin_ext = [r + p for r, p in zip(twin_rows, prefixes)]
+    end, twin_end = [len(r) - 1 for r in rows], [len(r) - 1 for r in twin_rows]
+    L, H, dh = lm.dims.n_layers, lm.dims.n_heads, lm.dims.d_head
+    K = 3
+    z = z_after_end(lm, twin_ext, twin_end, K).reshape(3, K, L, H, dh)
+    mask = torch.zeros(3, L, H, dtype=torch.bool)
+    mask[:, 0, 1] = mask[:, 1, 2] = True
+    logits, valid = logits_after_end(lm, ext, end, replace={l: (z[:, :, l], mask[:, l]) for l in (0, 1)})
+    assert valid.tolist() == [[True, False, False], [True, True, False], [True, True, True]]
+    for i, prefix in enumerate(prefixes):
+        k = len(prefix)
+        raw = torch.stack([capture_batch(lm.model, lm.adapter, lm.dims, [twin_ext[i][: twin_end[i] + 1 + j]], 0).head_raw
+                           for j in range(k + 1)], 1)  # [1, k+1, L, H, d]
+        forced = {(0, 1): raw[:, :, 0, 1], (1, 2): raw[:, :, 1, 2]}
+        if k:
+            ref = _forced_outputs_reference(lm, [ext[i]], forced, [end[i]], k)[0]
+        else:
+            ref = _forced_outputs_reference(lm, [ext[i]], {lh: v[:, 0] for lh, v in forced.items()}, [end[i]])
+        torch.testing.assert_close(logits[i, : k + 1], ref.reshape(k + 1, -1), atol=5e-5, rtol=5e-5)
+
+
 def test_swap_outcomes_judge_the_decision_token_and_leave_subject_copies_out():
     from factrecall.tasks.mlp_stage import swap_outcomes
 
@@ -249,6 +278,31 @@ def test_swap_outcomes_judge_the_decision_token_and_leave_subject_copies_out():
     assert o["excluded"].tolist() == [False, False, False, False, True]
     # first-token scoring would have missed prompt 0's swap: X and X' share " North"
     assert swap["object_tokens"][0][0] == swap["swap_object_tokens"][0][0]
+
+
+def test_argument_swap_reads_objects_that_share_a_first_token_at_their_decision_token(tmp_path):
+    import json
+
+    from factrecall.tasks.relations import load_generic_jsonl
+
+    path = tmp_path / "continents.jsonl"
+    facts = [("Canada", "North America"), ("Chad", "North Africa"), ("Peru", "South America"), ("Kenya", "East Africa"),
+             ("Mali", "West Africa"), ("Laos", "Southeast Asia")]
+    path.write_text("".join(json.dumps({"subject": a, "object": b, "template": "{} is a country in"}) + "\n"
+                            for a, b in facts))
+    relation = load_generic_jsonl(path)
+    lm = loaded_tiny_model("llama")
+    clean = tokenize_prompts(lm.tokenizer, build_prompts(relation, 0, 0), lm.max_length)
+    twins = tokenize_prompts(lm.tokenizer, build_prompts(relation, 0, 0, ("subject_corrupt",)), lm.max_length)
+    out = argument_swap(lm, relation, clean, twins, [(0, 0), (1, 2)], batch_size=4)
+    swapped = dict(zip(out["swap_subject"], out["swap_object_tokens"]))
+    for i, p in enumerate(clean):
+        x, y = list(p.object_token_ids), out["swap_object_tokens"][i]
+        k = next((j for j in range(min(len(x), len(y))) if x[j] != y[j]), -1)
+        assert out["decision"][i] == k and out["object_tokens"][i] == x
+        assert len(out["top1_before"][i]) == len(out["top1_after"][i]) == max(k, 0) + 1
+    assert (out["decision"] > 0).any(), "no pair of objects shares a first token: the test would not exercise it"
+    assert swapped
 
 
 def test_head_names_are_checked_against_the_model():
@@ -307,8 +361,9 @@ def test_a_model_that_answers_nothing_has_no_head_set_and_no_claim_is_tested(tmp
     con = connect(tmp_path)
     assert _one(con, "SELECT n_correct, no_heads_reason FROM head_sets")[0] == 0
     notes = dict(con.sql("SELECT claim, note FROM claims").fetchall())
-    for claim in ("argument_heads", "heads_copy_subject", "final_layer_suppresses"):
+    for claim in ("argument_heads", "heads_copy_subject"):
         assert f"answers 0 of {N} prompts correctly" in notes[claim], claim
+    assert f"in 0 of {N} prompts" in notes["final_layer_suppresses"]
     for claim in ("mlp_linear", "task_push", "argument_swap"):
         assert "too few prompts answered correctly: 0 of 12" in notes[claim], claim
     assert "does not suppress" in notes["mitigation_raises_confidence"]

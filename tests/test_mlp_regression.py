@@ -74,6 +74,13 @@ def test_singular_designs_are_reported_not_crashed_on():
     assert pooled.singular and pooled.rank == H - 1 and np.isnan(pooled.beta).all()
     boot = pooled_bootstrap(same, m, n_boot=20, seed=0)  # no resample and no null of a singular design
     assert np.isnan(boot.beta_draws).all() and np.isnan(boot.r2_draws).all() and np.isnan(boot.null_r2).all()
+    # collinear across prompts only after centring (head 4 = 2 head 0 + a vector shared by every prompt, 100x their
+    # variation): the resamples must still see it (X'X formed from uncentred outputs lost it to rounding in 104 of
+    # 200 resamples)
+    shifted = same + 100 * RNG.normal(size=(1, H, D))
+    shifted[:, 4] = 2 * shifted[:, 0] + 100 * RNG.normal(size=(1, D))
+    assert fit_pooled(shifted, m).singular
+    assert np.isnan(pooled_bootstrap(shifted, m, n_boot=200, seed=0).beta_draws).all()
 
 
 def test_labels_follow_the_thresholds():

@@ -155,6 +155,8 @@ def test_relation_corrupt_preserves_case_and_skips_templates_without_a_word():
     ("{}'s phase of matter at room temperature is a", "phase"),  # the phrase followed by "of" names the relation
     ("The capital city of {} is", "capital city"),
     ("People in {} speak", "People"),  # a verb is not replaced by a noun
+    ("The capital, city of {} is", "city"),  # a run does not cross punctuation
+    ("{} took up work in", "work"),  # "took" is a verb, "work" a noun here
     ("{} is known as", None),  # nothing but stopwords and a participle: no relation word
 ])
 def test_the_relation_word_is_chosen_per_template(template, word):
@@ -162,6 +164,14 @@ def test_the_relation_word_is_chosen_per_template(template, word):
     assert template_relation_word(rel, template) == word
     bad = build_prompts(rel, shot=0, seed=0, variants=("relation_corrupt",))
     assert [p.relation_word.split("->")[0] for p in bad] == ([word, word] if word else [])
+
+
+def test_the_chosen_phrase_is_replaced_where_it_was_chosen():
+    """The phrase before "of" is the second "colour" here: the replacement is there, not at the first match."""
+    rel = _relation([("a", "x"), ("b", "y")], templates=("The colour of the colour of {} is",), word="x")
+    p = build_prompts(rel, shot=0, seed=0, variants=("relation_corrupt",))[0]
+    old, new = p.relation_word.split("->")
+    assert old == "colour" and p.text == f"The colour of the {new} of a is"
 
 
 def test_a_named_relation_word_is_kept_where_the_template_has_it():
