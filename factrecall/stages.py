@@ -117,7 +117,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         model_plots={"lens_by_layer": final_layer_stage.model_lens_plot},
     ),
     Stage(
-        name="claims", version=4, config=claims_stage.ClaimsConfig, upstream=("heads", "mlp", "final_layer"),
+        name="claims", version=5, config=claims_stage.ClaimsConfig, upstream=("heads", "mlp", "final_layer"),
         compute=claims_stage.compute, schemas=claims_tables.SCHEMAS, encode=claims_tables.encode,
         help="The paper's claims judged on the partition's heads, mlp and final-layer results (runs them if needed).",
         code=("factrecall.tasks.claims_stage", "factrecall.tasks.claims", "factrecall.tasks.intervals",

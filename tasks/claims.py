@@ -288,10 +288,10 @@ def _argument_swap(up: dict, config) -> dict:
 
 
 # -- step 4 ----------------------------------------------------------------------------------------------
-def _last_layer_deltas(up: dict) -> tuple[np.ndarray, np.ndarray] | None:
+def _last_layer_deltas(up: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Per prompt Δp(answer) across the last layer and whether the model knows the answer there: it is top-1
     entering or leaving the last layer (selecting on the output alone would drop the prompts the last layer
-    pushed off top-1, the suppression the claim is about), from ``lens``."""
+    pushed off top-1, the suppression the claim is about), from ``lens``. Returns (delta, known, prompt ids)."""
     lens = up.get("lens", [])
     if not lens:
         return None
@@ -303,7 +303,7 @@ def _last_layer_deltas(up: dict) -> tuple[np.ndarray, np.ndarray] | None:
     pids = sorted(p for p, v in by.items() if len(v) == 2)
     delta = np.array([by[p][last]["p_answer"] - by[p][last - 1]["p_answer"] for p in pids], dtype=np.float64)
     correct = np.array([by[p][last]["rank_answer"] == 0 or by[p][last - 1]["rank_answer"] == 0 for p in pids])
-    return delta, correct
+    return delta, correct, np.array(pids)
 
 
 def _final_layer_suppresses(up: dict, config) -> dict:
@@ -312,7 +312,7 @@ def _final_layer_suppresses(up: dict, config) -> dict:
     deltas = _last_layer_deltas(up)
     if s is None or deltas is None:
         return _row(threshold=bound, note="the final_layer stage has no summary for this partition")
-    delta, correct = deltas
+    delta, correct, _ = deltas
     gate = _too_few_correct(int(correct.sum()), len(correct),
                             "the answer is top-1 entering or leaving the last layer in {k} of {n} prompts")
     alls = dict(value_all=s["delta_p"], lo_all=s["delta_p_lo"], hi_all=s["delta_p_hi"], n_all=s["n"])
@@ -343,14 +343,17 @@ def _mitigation_raises_confidence(up: dict, config, suppression: dict | None = N
                                           f"({suppression['verdict']}): nothing to undo; {note}", **alls)
     if not m["components"]:  # no head suppresses on the calibration half: no suppression to undo
         return _row(threshold=bound, n=m["n_held_out"], note=note, **alls)
+    deltas = _last_layer_deltas(up)  # the prompts whose answer the model knows: as for the suppression
+    known = set() if deltas is None else set(deltas[2][deltas[1]].tolist())
     held = [r for r in up.get("mitigation_prompts", []) if r["variant"] == "heads" and r["choice"] == "cost_bounded"
-            and r["split"] == "held_out" and r["correct_before"]]
+            and r["split"] == "held_out" and r["prompt_id"] in known]
     delta = np.array([r["p_after"] - r["p_before"] for r in held], dtype=np.float64)
     if m["alpha"] == 1.0:  # suppressing heads, but no scale within the cost bound: it raised nothing
         return _row(0.0, 0.0, 0.0, len(held), bound, DOES_NOT, note, **alls)
     f = mean_ci_fields("d", delta, config.n_boot, config.seed)
     return _row(f["d"], f["d_lo"], f["d_hi"], len(held), bound,
-                interval_verdict(f["d_lo"], f["d_hi"], bound, "above"), note + "; held-out prompts answered correctly",
+                interval_verdict(f["d_lo"], f["d_hi"], bound, "above"),
+                note + "; held-out prompts whose answer is top-1 entering or leaving the last layer",
                 null=0.0, **alls)
 
 
@@ -420,8 +423,8 @@ CLAIMS: tuple[Claim, ...] = (
           "holds: the interval lies below -suppression_bound; does not: above it; null: 0", "final_layer",
           _final_layer_suppresses),
     Claim("mitigation_raises_confidence", 4, "Undoing the suppression raises held-out confidence",
-          "held-out Δp(answer) of the cost-bounded mitigation of the suppressing heads, held-out prompts answered "
-          "correctly (95% interval)",
+          "held-out Δp(answer) of the cost-bounded mitigation of the suppressing heads, held-out prompts whose answer "
+          "is top-1 entering or leaving the last layer (95% interval)",
           "holds: the interval lies above gain_bound; does not: below it, or no scale of the suppressing heads is "
           "within the cost bound (α = 1); not tested: the last layer does not suppress (final_layer_suppresses "
           "does not hold) or no head suppresses", "final_layer", _mitigation_raises_confidence),

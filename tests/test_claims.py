@@ -242,21 +242,26 @@ def test_final_layer_suppression_is_judged_on_correct_prompts():
 def _mitigation_rows(delta, alpha=0.5, components=("L4.H3",)):
     m = {"variant": "heads", "choice": "cost_bounded", "alpha": alpha, "components": list(components),
          "delta_p": 0.03, "delta_p_lo": 0.01, "delta_p_hi": 0.05, "n_held_out": 20, "note": None}
-    prompts = [{"variant": "heads", "choice": "cost_bounded", "split": "held_out", "correct_before": True,
-                "p_before": 0.5, "p_after": 0.5 + d} for d in delta]
-    prompts.append({"variant": "heads", "choice": "cost_bounded", "split": "held_out", "correct_before": False,
-                    "p_before": 0.1, "p_after": 0.9})  # not judged: answered wrongly
+    prompts = [{"prompt_id": i, "variant": "heads", "choice": "cost_bounded", "split": "held_out",
+                "correct_before": True, "p_before": 0.5, "p_after": 0.5 + d} for i, d in enumerate(delta)]
+    prompts.append({"prompt_id": 29, "variant": "heads", "choice": "cost_bounded", "split": "held_out",
+                    "correct_before": False, "p_before": 0.1, "p_after": 0.9})  # not judged: the answer is unknown
+    prompts.append({"prompt_id": 28, "variant": "heads", "choice": "cost_bounded", "split": "held_out",
+                    "correct_before": False, "p_before": 0.3, "p_after": 0.3 + float(np.mean(delta))})
+    # judged: the last layer pushed its answer off top-1 (wrong output), so the model knows it
     other = m | {"variant": "mlp_top1", "delta_p": -1.0, "delta_p_lo": -1.0, "delta_p_hi": -1.0}
     return {"mitigation": [other, m], "mitigation_prompts": prompts}
 
 
 def test_mitigation_is_judged_only_where_the_last_layer_suppresses():
     rng = np.random.default_rng(1)
-    suppresses = _lens(np.full(30, 0.6), np.full(30, 0.6) - 0.1 + rng.normal(0, 0.01, 30), np.ones(30, dtype=bool))
+    leaving = np.r_[np.ones(28, dtype=bool), False, False]  # 28: pushed off top-1; 29: top-1 neither entering nor
+    entering = np.r_[np.ones(29, dtype=bool), False]  # leaving the last layer
+    suppresses = _lens(np.full(30, 0.6), np.full(30, 0.6) - 0.1 + rng.normal(0, 0.01, 30), leaving, entering)
     raises = _lens(np.full(30, 0.4), np.full(30, 0.4) + 0.2 + rng.normal(0, 0.01, 30), np.ones(30, dtype=bool))
     gain = rng.normal(0.04, 0.01, 20)
     row = JUDGE["mitigation_raises_confidence"](suppresses | _mitigation_rows(gain), CONFIG)
-    assert row["verdict"] == HOLDS and row["n"] == 20 and row["value"] == pytest.approx(gain.mean())
+    assert row["verdict"] == HOLDS and row["n"] == 21 and row["value"] == pytest.approx(gain.mean())
     assert row["value_all"] == 0.03
     # finding 8: where the last layer raises the answer there is nothing to undo
     row = JUDGE["mitigation_raises_confidence"](raises | _mitigation_rows(gain), CONFIG)

@@ -135,6 +135,6 @@ def every_prompt_answered(mp) -> None:
 
     def deltas(up):
         out = real(up)
-        return None if out is None else (out[0], np.ones_like(out[1]))
+        return None if out is None else (out[0], np.ones_like(out[1]), out[2])
 
     mp.setattr(claims, "_last_layer_deltas", deltas)

@@ -1,10 +1,12 @@
 """Verdicts of the size axis under the current claim rules against the first rules (claims version 1).
 
-    .venv/bin/python results/size-axis/compare_with_v1.py [--changes] [--models m1,m2]
+    .venv/bin/python results/size-axis/compare_with_v1.py [--changes] [--models m1,m2] [--table]
 
 Reads the two folders of published claims (`results/size-axis/` and `results/size-axis-claims-v1/`) without a store
 and prints, per claim, the verdict counts before and after over the partitions both hold, then (with --changes)
-every partition whose verdict changed, with the new rule's statistic and note (why).
+every partition whose verdict changed, with the new rule's statistic and note (why). With --table it prints the
+README's tables instead: per claim and model, zero-shot and few-shot, the partitions where the claim holds / those
+where it was tested, and the mean statistic over the tested ones.
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ def main() -> None:
     ap.add_argument("--changes", action="store_true", help="list every partition whose verdict changed")
     ap.add_argument("--models", default=None, help="only these models (comma-separated)")
     ap.add_argument("--after", type=Path, default=HERE, help="the folder of current claims (default: this one)")
+    ap.add_argument("--table", action="store_true", help="print the README's holds/tested tables of --after")
     args = ap.parse_args()
     key = ["model", "relation", "shot", "claim"]
+    if args.table:
+        return table(claims(args.after))
     after, before = claims(args.after), claims(HERE.parent / "size-axis-claims-v1")
     both = after.join(before.select(*key, pl.col("verdict").alias("before"), pl.col("value").alias("value_v1")),
                       on=key, how="inner")
@@ -57,6 +62,23 @@ def main() -> None:
             interval = "" if r["lo"] is None else f" [{r['lo']:.3g}, {r['hi']:.3g}]"
             print(f"- {r['model']} {r['relation']} shot {r['shot']} {r['claim']}: {r['before']} -> {r['verdict']} "
                   f"({value}{interval}, n = {r['n']}): {r['note']}")
+
+
+def table(rows: pl.DataFrame) -> None:
+    models = sorted(rows["model"].unique())
+    for setting, shots in (("zero-shot", [0]), ("few-shot", [1, 2])):
+        part = rows.filter(pl.col("shot").is_in(shots))
+        print(f"\n| claim (statistic), {setting} | " + " | ".join(models) + " |")
+        print("|---|" + "---|" * len(models))
+        for c in CLAIMS:
+            cells = []
+            for m in models:
+                r = part.filter((pl.col("claim") == c.name) & (pl.col("model") == m))
+                tested = r.filter(pl.col("verdict") != "not tested")
+                mean = tested["value"].drop_nulls().mean()
+                holds = (tested["verdict"] == "holds").sum()
+                cells.append(f"{holds}/{tested.height}" + (f" ({mean:.2g})" if mean is not None else ""))
+            print(f"| {c.name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
